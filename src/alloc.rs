@@ -1,0 +1,428 @@
+//! `HeapSight<A>`: the `GlobalAlloc` wrapper. This file runs on every allocation and free.
+//!
+//! The fast path is one thread-local read, one compare, and own-thread counter stores:
+//!
+//! * **alloc**: `countdown > size`? subtract, count into this thread's slot, done. Otherwise the
+//!   `#[cold]` [`alloc_slow`]: a new thread, the profiler guard, an exited thread, or a sample.
+//! * **free**: `slot` non-null and the sampled-block filter byte zero? count, done. Otherwise
+//!   [`free_slow`].
+//!
+//! No lock, no shared read-modify-write, no allocation, no hashing but the filter's shift-and-mask.
+//! Blocks carry no header: the inner allocator sees exactly the caller's layout.
+use core::alloc::{GlobalAlloc, Layout};
+use core::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering::*};
+use std::alloc::System;
+
+use crate::counters::{self, Slot};
+use crate::guard::{InProfiler, ThreadState, LIFE_ACTIVE, LIFE_EXITED, LIFE_NEW, THREAD};
+use crate::{config, sampler, sites, stack};
+
+/// A `#[global_allocator]` that profiles the heap of the program it serves.
+///
+/// It forwards `alloc`, `dealloc`, `realloc` and `alloc_zeroed` to the inner allocator `A`
+/// unchanged, counts every call exactly, and samples allocations for the heap profile.
+/// See the crate documentation for set-up.
+///
+/// ```
+/// #[global_allocator]
+/// static GLOBAL: heapsight::HeapSight = heapsight::HeapSight::system();
+/// # fn main() {}
+/// ```
+pub struct HeapSight<A = System> {
+    inner: A,
+}
+
+impl HeapSight<System> {
+    /// Profiles the system allocator (`malloc`).
+    pub const fn system() -> Self {
+        HeapSight { inner: System }
+    }
+}
+
+impl<A> HeapSight<A> {
+    /// Profiles `inner`, e.g. `HeapSight::new(mimalloc::MiMalloc)`. Usable in a `static`.
+    pub const fn new(inner: A) -> Self {
+        HeapSight { inner }
+    }
+
+    /// The wrapped allocator.
+    pub const fn inner(&self) -> &A {
+        &self.inner
+    }
+}
+
+// SAFETY: every method forwards to `A` with the caller's arguments unchanged and returns what `A`
+// returned, so `A`'s guarantees hold for our callers. The bookkeeping around the calls neither
+// touches the blocks nor panics (no unwinding across the allocator).
+unsafe impl<A: GlobalAlloc> GlobalAlloc for HeapSight<A> {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        debug_assert!(layout.align().is_power_of_two());
+        // SAFETY: forwarded with the caller's layout, for which the caller vouches.
+        let p = unsafe { self.inner.alloc(layout) };
+        if !p.is_null() {
+            on_alloc(p, layout.size());
+        }
+        p
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        debug_assert!(layout.align().is_power_of_two());
+        // SAFETY: as in `alloc`.
+        let p = unsafe { self.inner.alloc_zeroed(layout) };
+        if !p.is_null() {
+            on_alloc(p, layout.size());
+        }
+        p
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        debug_assert!(!ptr.is_null(), "dealloc of a null pointer");
+        // Count (and retire a sample) before the block can be handed out again by `A`: another
+        // thread could otherwise be given and sample this address before we remove ours.
+        on_free(ptr, layout.size());
+        // SAFETY: the caller guarantees `ptr` was allocated by this allocator with `layout`,
+        // hence by `A` with `layout`.
+        unsafe { self.inner.dealloc(ptr, layout) }
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        debug_assert!(!ptr.is_null(), "realloc of a null pointer");
+        debug_assert!(
+            Layout::from_size_align(new_size, layout.align()).is_ok(),
+            "realloc to a size that overflows when rounded to the alignment"
+        );
+        // The old block may be a live sample: take it out before `A` may free it (see dealloc).
+        let taken = if sites::maybe_sampled(ptr) { take_sample_for_realloc(ptr) } else { None };
+        // SAFETY: forwarded unchanged; the caller's guarantees about `ptr`, `layout` and
+        // `new_size` are the ones `A::realloc` requires.
+        let new = unsafe { self.inner.realloc(ptr, layout, new_size) };
+        if new.is_null() {
+            // The old block is untouched and still the caller's: put its sample back.
+            if let Some(live) = taken {
+                crate::guard::profiler_scope(|| sites::restore_sample(ptr, live));
+            }
+            return new;
+        }
+        // One free of the old block and one allocation of the new one, as Go's growslice does.
+        on_free_counted(ptr, layout.size());
+        on_alloc(new, new_size);
+        new
+    }
+}
+
+#[inline(always)]
+fn on_alloc(ptr: *mut u8, size: usize) {
+    THREAD.with(|t| {
+        let c = t.countdown.get();
+        if c > size as u64 {
+            t.countdown.set(c - size as u64);
+            // SAFETY: `countdown > 0` only while this thread owns a slot that is installed in
+            // `t.slot` (thread init sets the slot before the countdown; the guard and thread exit
+            // clear both), and slots are never freed.
+            unsafe { (*t.slot.get()).add_alloc(size) }
+        } else {
+            alloc_slow(t, ptr, size)
+        }
+    })
+}
+
+#[inline(always)]
+fn on_free(ptr: *mut u8, size: usize) {
+    THREAD.with(|t| {
+        let slot = t.slot.get();
+        // One branch for both rare cases: no slot (new thread, guard, exiting) or maybe sampled.
+        if slot.is_null() | sites::maybe_sampled(ptr) {
+            free_slow(t, ptr, size, true)
+        } else {
+            // SAFETY: non-null `slot` is this thread's owned, never-freed slot.
+            unsafe { (*slot).add_free(size) }
+        }
+    })
+}
+
+/// Counts a free whose sample, if any, was already taken out (realloc).
+#[inline(always)]
+fn on_free_counted(ptr: *mut u8, size: usize) {
+    THREAD.with(|t| {
+        let slot = t.slot.get();
+        if slot.is_null() {
+            free_slow(t, ptr, size, false)
+        } else {
+            // SAFETY: as in `on_free`.
+            unsafe { (*slot).add_free(size) }
+        }
+    })
+}
+
+#[cold]
+#[inline(never)]
+fn take_sample_for_realloc(ptr: *mut u8) -> Option<sites::Live> {
+    THREAD.with(|t| {
+        // The profiler's own blocks are never sampled, and the profiler may be holding the site
+        // lock right now: do not look.
+        let _g = InProfiler::enter(t)?;
+        sites::remove_sample(ptr)
+    })
+}
+
+/// Where a thread's slot goes at exit: a thread-local whose destructor hands the slot back.
+/// Its destructor is registered by the thread's first slow-path call, inside the guard (the
+/// registration may allocate).
+struct ExitHook;
+
+impl Drop for ExitHook {
+    fn drop(&mut self) {
+        THREAD.with(|t| {
+            if t.life.get() != LIFE_ACTIVE {
+                return;
+            }
+            let slot = t.own_slot();
+            t.life.set(LIFE_EXITED);
+            t.set_slot(core::ptr::null());
+            t.set_countdown(0);
+            if !slot.is_null() {
+                // SAFETY: slots are never freed.
+                counters::release_slot(unsafe { &*slot });
+            }
+        })
+    }
+}
+
+thread_local! {
+    static EXIT_HOOK: ExitHook = const { ExitHook };
+}
+
+#[cold]
+#[inline(never)]
+fn alloc_slow(t: &ThreadState, ptr: *mut u8, size: usize) {
+    if t.in_profiler.get() {
+        counters::profiler_alloc(size);
+        return;
+    }
+    if t.life.get() == LIFE_NEW {
+        init_thread(t);
+    }
+    if t.life.get() != LIFE_ACTIVE {
+        counters::orphan_alloc(size);
+        return;
+    }
+    // SAFETY: an active thread outside the guard has its slot installed.
+    let slot: &Slot = unsafe { &*t.slot.get() };
+    slot.add_alloc(size);
+    let c = t.countdown.get();
+    if c > size as u64 {
+        // Only after thread init: the fresh countdown does not cover this allocation.
+        t.countdown.set(c - size as u64);
+        return;
+    }
+    // The countdown fell inside this allocation: it is sampled, with the weight of the rate the
+    // countdown was drawn with.
+    let rate = t.drawn_rate.get();
+    rearm(t);
+    counters::resync(slot);
+    if rate != 0 {
+        take_sample(t, ptr, size as u64, rate);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn free_slow(t: &ThreadState, ptr: *mut u8, size: usize, check_sample: bool) {
+    if t.in_profiler.get() {
+        // The profiler's own memory; never sampled, so no table look-up (we may hold its lock).
+        counters::profiler_free(size);
+        return;
+    }
+    if check_sample && sites::maybe_sampled(ptr) {
+        if let Some(_g) = InProfiler::enter(t) {
+            sites::remove_sample(ptr);
+        }
+    }
+    if t.life.get() == LIFE_NEW {
+        init_thread(t);
+    }
+    let slot = t.slot.get();
+    if slot.is_null() {
+        counters::orphan_free(size);
+    } else {
+        // SAFETY: this thread's owned, never-freed slot.
+        unsafe { (*slot).add_free(size) }
+    }
+}
+
+/// Draws this thread's next countdown from the current global rate.
+fn rearm(t: &ThreadState) {
+    let rate = RATE.load(Relaxed);
+    let mut rng = t.rng.get();
+    let gap = sampler::next_gap(&mut rng, rate);
+    t.rng.set(rng);
+    t.drawn_rate.set(rate);
+    t.set_countdown(gap);
+}
+
+#[cold]
+#[inline(never)]
+fn take_sample(t: &ThreadState, ptr: *mut u8, size: u64, rate: u64) {
+    let Some(_g) = InProfiler::enter(t) else { return };
+    let mut buf = [0usize; stack::BUF_LEN];
+    let depth = (MAX_DEPTH.load(Relaxed) + stack::ENTRY_FRAMES).min(stack::BUF_LEN);
+    let n = stack::capture(&mut buf[..depth], (t.stack_lo.get(), t.stack_hi.get()));
+    sites::record_sample(&buf[..n], ptr, size, rate, t.tag.get(), now_ns());
+}
+
+/// Monotonic nanoseconds (vDSO clock_gettime: no system call, no allocation).
+pub(crate) fn now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Gives this thread a slot, an exit hook, stack bounds, a seeded generator and a countdown.
+/// Leaves `life` as ACTIVE on success, EXITED if the thread is already tearing down.
+#[cold]
+#[inline(never)]
+fn init_thread(t: &ThreadState) {
+    init_global();
+    let Some(_g) = InProfiler::enter(t) else { return };
+    // The exit hook is a thread-local with a destructor; if this thread's destructors are already
+    // running we cannot get one, and a slot taken now would never be handed back.
+    if EXIT_HOOK.try_with(|_| ()).is_err() {
+        t.life.set(LIFE_EXITED);
+        return;
+    }
+    let slot = counters::acquire_slot();
+    let (lo, hi) = stack::thread_stack_bounds();
+    t.stack_lo.set(lo);
+    t.stack_hi.set(hi);
+    let n = THREAD_SEQ.fetch_add(1, Relaxed);
+    t.rng.set(sampler::mix_seed(seed().wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15))));
+    t.set_slot(slot);
+    t.life.set(LIFE_ACTIVE);
+    counters::resync(slot);
+    rearm(t);
+}
+
+static RATE: AtomicU64 = AtomicU64::new(sampler::DEFAULT_RATE);
+pub(crate) static MAX_DEPTH: AtomicUsize = AtomicUsize::new(stack::DEFAULT_MAX_DEPTH);
+static SEED: AtomicU64 = AtomicU64::new(0);
+static THREAD_SEQ: AtomicU64 = AtomicU64::new(0);
+static GLOBAL_STATE: AtomicU8 = AtomicU8::new(0);
+
+fn seed() -> u64 {
+    let s = SEED.load(Relaxed);
+    if s != 0 {
+        return s;
+    }
+    let fresh = sampler::mix_seed(now_ns() ^ ((std::process::id() as u64) << 32) ^ (&SEED as *const _ as u64));
+    match SEED.compare_exchange(0, fresh, Relaxed, Relaxed) {
+        Ok(_) => fresh,
+        Err(s) => s,
+    }
+}
+
+pub(crate) fn sample_rate() -> u64 {
+    RATE.load(Relaxed)
+}
+
+/// Sets the rate and re-arms the calling thread at once; other threads pick it up at their next
+/// countdown expiry (within about one interval of the old rate, 1 MiB if it was 0).
+pub(crate) fn set_sample_rate(rate: u64) {
+    init_global();
+    RATE.store(rate, Relaxed);
+    THREAD.with(|t| {
+        if t.life.get() == LIFE_ACTIVE {
+            rearm(t)
+        }
+    })
+}
+
+pub(crate) fn set_seed(seed: u64) {
+    init_global();
+    SEED.store(sampler::mix_seed(seed), Relaxed);
+    THREAD_SEQ.store(0, Relaxed);
+    THREAD.with(|t| {
+        t.rng.set(sampler::mix_seed(seed));
+        if t.life.get() == LIFE_ACTIVE {
+            rearm(t)
+        }
+    })
+}
+
+/// One-time process set-up: environment, fork handlers, unwinder warm-up. Runs on the first
+/// slow-path call (normally the process's first allocation, before `main`) and from the start-up
+/// constructor below, whichever comes first; a thread that finds it in progress carries on with
+/// the defaults rather than wait inside the allocator.
+pub(crate) fn init_global() {
+    if GLOBAL_STATE.load(Acquire) == 2 {
+        return;
+    }
+    if GLOBAL_STATE.compare_exchange(0, 1, Acquire, Relaxed).is_err() {
+        return;
+    }
+    read_env();
+    #[cfg(unix)]
+    // SAFETY: the handlers are `extern "C"` functions that only take and release a spin lock.
+    unsafe {
+        libc::pthread_atfork(
+            Some(sites::atfork_prepare),
+            Some(sites::atfork_release),
+            Some(sites::atfork_release),
+        );
+    }
+    core::hint::black_box(&START_UP);
+    GLOBAL_STATE.store(2, Release);
+}
+
+fn read_env() {
+    if let Some(v) = config::getenv(b"HEAPSIGHT_SAMPLE_RATE\0") {
+        match config::parse_bytes(v) {
+            Ok(r) => RATE.store(r, Relaxed),
+            Err(e) => config::complain("HEAPSIGHT_SAMPLE_RATE", v, e, &sampler::DEFAULT_RATE),
+        }
+    }
+    if let Some(v) = config::getenv(b"HEAPSIGHT_MAX_DEPTH\0") {
+        match config::parse_count(v, 1, stack::MAX_DEPTH_LIMIT as u64) {
+            Ok(d) => MAX_DEPTH.store(d as usize, Relaxed),
+            Err(e) => config::complain("HEAPSIGHT_MAX_DEPTH", v, e, &stack::DEFAULT_MAX_DEPTH),
+        }
+    }
+    if let Some(v) = config::getenv(b"HEAPSIGHT_MAX_SITES\0") {
+        match config::parse_count(v, 1, 1 << 24) {
+            Ok(d) => sites::MAX_SITES.store(d as usize, Relaxed),
+            Err(e) => config::complain("HEAPSIGHT_MAX_SITES", v, e, &sites::DEFAULT_MAX_SITES),
+        }
+    }
+    if let Some(v) = config::getenv(b"HEAPSIGHT_UNWINDER\0") {
+        match v {
+            b"auto" => stack::set_unwinder(stack::Unwinder::Auto),
+            b"fp" | b"frame-pointers" => stack::set_unwinder(stack::Unwinder::FramePointers),
+            b"dwarf" => stack::set_unwinder(stack::Unwinder::Dwarf),
+            _ => config::complain("HEAPSIGHT_UNWINDER", v, config::ParseError::UnknownWord, &"auto (one of auto, fp, dwarf)"),
+        }
+    }
+}
+
+/// Start-up constructor (Linux `.init_array`): finishes global set-up and warms the DWARF
+/// unwinder up once, outside any allocation, so libgcc's first-call initialisation (which walks
+/// the loaded objects under the loader lock) never first happens inside the hook.
+#[cfg(target_os = "linux")]
+#[used]
+#[link_section = ".init_array"]
+static START_UP: extern "C" fn() = {
+    extern "C" fn start_up() {
+        init_global();
+        crate::guard::profiler_scope(|| {
+            let mut buf = [0usize; 8];
+            stack::capture_dwarf(&mut buf);
+        });
+        stack::DWARF_CAPTURES.store(0, Relaxed);
+    }
+    start_up
+};
+#[cfg(not(target_os = "linux"))]
+static START_UP: () = ();

@@ -1,0 +1,230 @@
+//! Exact global counters without shared read-modify-write on the fast path.
+//!
+//! Each thread owns a [`Slot`] and is its only writer: an update is `store(load + n)` with
+//! `Relaxed` ordering, which on x86-64 is a plain `add`-free load and store to a line no other
+//! thread writes (~0.5 ns), against ~9 ns for a contended `fetch_add` on a shared line.
+//! Readers ([`totals`]) sum the slots. Slots live on a push-only lock-free list and are never
+//! freed: at thread exit a slot is handed back (its totals stay in the sum) and the next new
+//! thread adopts it, so thread churn neither leaks slots nor loses counts.
+//!
+//! A thread whose slot is gone (its thread-locals are being torn down) still allocates and frees:
+//! those operations go to [`ORPHAN`] with atomic `fetch_add`. That is rare and keeps the counters
+//! exact.
+//!
+//! # Peak in-use bytes without a shared counter
+//!
+//! The global in-use byte count is only known by summing slots, so no thread can see a new global
+//! peak as it happens. Instead each slot keeps `high_water`, the highest *own* net byte count
+//! (`alloc_bytes - free_bytes` of this slot) since the slot's last *resync*, and `others`, the
+//! in-use bytes of all other slots measured at that resync. `others + high_water` is the peak the
+//! process reached if the other threads did not move in between: exact when one thread allocates
+//! at a time, and otherwise off by at most what the other threads allocated or freed since the
+//! resync. A thread resyncs whenever its sampling countdown fires (every ~rate bytes, every 1 MiB
+//! at rate 0) and whenever it calls [`crate::stats`]. The fast path pays one compare and a rarely
+//! taken store.
+use core::ptr;
+use core::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU64, AtomicUsize, Ordering::*};
+
+#[repr(C, align(128))]
+pub(crate) struct Slot {
+    pub alloc_objects: AtomicU64,
+    pub alloc_bytes: AtomicU64,
+    pub free_objects: AtomicU64,
+    pub free_bytes: AtomicU64,
+    /// Highest `alloc_bytes - free_bytes` of this slot since its last resync.
+    pub high_water: AtomicI64,
+    /// In-use bytes of every other slot at the last resync.
+    pub others: AtomicI64,
+    owned: AtomicBool,
+    next: AtomicPtr<Slot>,
+}
+
+impl Slot {
+    const fn new() -> Self {
+        Slot {
+            alloc_objects: AtomicU64::new(0),
+            alloc_bytes: AtomicU64::new(0),
+            free_objects: AtomicU64::new(0),
+            free_bytes: AtomicU64::new(0),
+            high_water: AtomicI64::new(0),
+            others: AtomicI64::new(0),
+            owned: AtomicBool::new(false),
+            next: AtomicPtr::new(ptr::null_mut()),
+        }
+    }
+
+    /// Net bytes this slot has seen allocated and not freed here (negative after cross-thread
+    /// frees).
+    pub fn net(&self) -> i64 {
+        self.alloc_bytes.load(Relaxed).wrapping_sub(self.free_bytes.load(Relaxed)) as i64
+    }
+
+    /// Counts one allocation. Only the owning thread calls this.
+    #[inline(always)]
+    pub fn add_alloc(&self, size: usize) {
+        let size = size as u64;
+        self.alloc_objects.store(self.alloc_objects.load(Relaxed) + 1, Relaxed);
+        let ab = self.alloc_bytes.load(Relaxed).wrapping_add(size);
+        self.alloc_bytes.store(ab, Relaxed);
+        let net = ab.wrapping_sub(self.free_bytes.load(Relaxed)) as i64;
+        if net > self.high_water.load(Relaxed) {
+            self.high_water.store(net, Relaxed);
+        }
+    }
+
+    /// Counts one free. Only the owning thread calls this.
+    #[inline(always)]
+    pub fn add_free(&self, size: usize) {
+        self.free_objects.store(self.free_objects.load(Relaxed) + 1, Relaxed);
+        self.free_bytes.store(self.free_bytes.load(Relaxed).wrapping_add(size as u64), Relaxed);
+    }
+}
+
+/// Head of the push-only slot list.
+static SLOTS: AtomicPtr<Slot> = AtomicPtr::new(ptr::null_mut());
+/// Counts of threads that had no slot (tearing down): shared, updated with `fetch_add`.
+static ORPHAN: Slot = Slot::new();
+/// Highest in-use byte count observed by any resync or reader.
+static PEAK: AtomicU64 = AtomicU64::new(0);
+/// Bytes the profiler itself holds: site tables, live-sample index, symbol cache, snapshots.
+static PROFILER_BYTES: AtomicI64 = AtomicI64::new(0);
+/// Number of slots ever created (= most threads alive at once).
+static SLOT_COUNT: AtomicUsize = AtomicUsize::new(0);
+
+pub(crate) fn orphan_alloc(size: usize) {
+    ORPHAN.alloc_objects.fetch_add(1, Relaxed);
+    ORPHAN.alloc_bytes.fetch_add(size as u64, Relaxed);
+}
+
+pub(crate) fn orphan_free(size: usize) {
+    ORPHAN.free_objects.fetch_add(1, Relaxed);
+    ORPHAN.free_bytes.fetch_add(size as u64, Relaxed);
+}
+
+pub(crate) fn profiler_alloc(size: usize) {
+    PROFILER_BYTES.fetch_add(size as i64, Relaxed);
+}
+
+pub(crate) fn profiler_free(size: usize) {
+    PROFILER_BYTES.fetch_sub(size as i64, Relaxed);
+}
+
+pub(crate) fn profiler_bytes() -> u64 {
+    PROFILER_BYTES.load(Relaxed).max(0) as u64
+}
+
+pub(crate) fn slot_count() -> usize {
+    SLOT_COUNT.load(Relaxed)
+}
+
+fn for_each_slot(mut f: impl FnMut(&'static Slot)) {
+    let mut p = SLOTS.load(Acquire);
+    while !p.is_null() {
+        // SAFETY: slots are leaked on creation and never freed; `next` was set before the slot
+        // was published with a Release CAS that the Acquire load above synchronises with.
+        let s: &'static Slot = unsafe { &*p };
+        f(s);
+        p = s.next.load(Acquire);
+    }
+}
+
+/// Takes a free slot, or creates one. Must run inside the profiler guard: a new slot is
+/// allocated through the global allocator, which then forwards it uncounted.
+pub(crate) fn acquire_slot() -> &'static Slot {
+    debug_assert!(crate::guard::in_profiler());
+    let mut found: Option<&'static Slot> = None;
+    for_each_slot(|s| {
+        if found.is_none() && s.owned.compare_exchange(false, true, Acquire, Relaxed).is_ok() {
+            found = Some(s);
+        }
+    });
+    if let Some(s) = found {
+        return s;
+    }
+    let s: &'static Slot = Box::leak(Box::new(Slot::new()));
+    s.owned.store(true, Relaxed);
+    SLOT_COUNT.fetch_add(1, Relaxed);
+    let mut head = SLOTS.load(Relaxed);
+    loop {
+        s.next.store(head, Relaxed);
+        match SLOTS.compare_exchange_weak(head, s as *const Slot as *mut Slot, Release, Relaxed) {
+            Ok(_) => return s,
+            Err(h) => head = h,
+        }
+    }
+}
+
+/// Hands a slot back at thread exit. Its totals stay in the sum; its peak candidate is folded
+/// into the global peak first, because an unowned slot's candidate is not read.
+pub(crate) fn release_slot(s: &'static Slot) {
+    PEAK.fetch_max(candidate(s), Relaxed);
+    s.owned.store(false, Release);
+}
+
+fn candidate(s: &Slot) -> u64 {
+    s.others.load(Relaxed).saturating_add(s.high_water.load(Relaxed)).max(0) as u64
+}
+
+/// Raw sums over all slots. Frees are read before allocations so that, for operations that
+/// happened before the call, `alloc >= free` holds in the result.
+#[derive(Clone, Copy, Default, Debug)]
+pub(crate) struct Totals {
+    pub alloc_objects: u64,
+    pub alloc_bytes: u64,
+    pub free_objects: u64,
+    pub free_bytes: u64,
+    pub peak: u64,
+}
+
+impl Totals {
+    pub fn inuse_bytes(&self) -> u64 {
+        self.alloc_bytes.saturating_sub(self.free_bytes)
+    }
+}
+
+pub(crate) fn totals() -> Totals {
+    let mut t = Totals::default();
+    let mut add_frees = |s: &Slot| {
+        t.free_objects = t.free_objects.wrapping_add(s.free_objects.load(Relaxed));
+        t.free_bytes = t.free_bytes.wrapping_add(s.free_bytes.load(Relaxed));
+    };
+    add_frees(&ORPHAN);
+    for_each_slot(|s| add_frees(s));
+    core::sync::atomic::fence(Acquire);
+    let mut peak = PEAK.load(Relaxed);
+    let mut add_allocs = |s: &Slot| {
+        t.alloc_objects = t.alloc_objects.wrapping_add(s.alloc_objects.load(Relaxed));
+        t.alloc_bytes = t.alloc_bytes.wrapping_add(s.alloc_bytes.load(Relaxed));
+    };
+    add_allocs(&ORPHAN);
+    for_each_slot(|s| {
+        add_allocs(s);
+        if s.owned.load(Relaxed) {
+            peak = peak.max(candidate(s));
+        }
+    });
+    peak = peak.max(t.inuse_bytes());
+    PEAK.fetch_max(peak, Relaxed);
+    t.peak = peak;
+    t
+}
+
+/// Re-bases this thread's peak candidate on the current global in-use bytes: folds the old
+/// candidate into the global peak, then sets `others` = everyone else's in-use now and
+/// `high_water` = own net now. Only the slot's owner calls this.
+pub(crate) fn resync(own: &Slot) {
+    let t = totals();
+    let net = own.net();
+    own.others.store((t.inuse_bytes() as i64).wrapping_sub(net), Relaxed);
+    own.high_water.store(net, Relaxed);
+}
+
+/// A thread's own counts, exact, for `measure()`.
+pub(crate) fn own_counts(own: &Slot) -> [u64; 4] {
+    [
+        own.alloc_objects.load(Relaxed),
+        own.alloc_bytes.load(Relaxed),
+        own.free_objects.load(Relaxed),
+        own.free_bytes.load(Relaxed),
+    ]
+}

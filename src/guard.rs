@@ -1,0 +1,154 @@
+//! The per-thread state of the hook, and the one reentrancy guard: [`InProfiler`].
+//!
+//! Every allocation reads this thread's [`ThreadState`]. It is a `const`-initialised
+//! `thread_local!` without `Drop`, so access compiles to a plain TLS-relative load: no lazy
+//! initialisation, no destructor registration, and it stays readable while the thread's other
+//! thread-locals are being destroyed (frees keep arriving then).
+//!
+//! # Why one guard, and why it zeroes the fast-path fields
+//!
+//! The profiler's slow path allocates (site tables grow, `profile()` builds its snapshot,
+//! symbolization fills caches). Those allocations come back into `GlobalAlloc::alloc` on the same
+//! thread. If they were profiled they would recurse (a sample inside a sample), take the site lock
+//! twice, and be counted as the program's memory. While [`InProfiler`] is held:
+//!
+//! * `countdown` is 0 and `slot` is null, so the *unchanged* fast path fails its one check on alloc
+//!   (`countdown > size`) and on free (`slot` non-null) and drops into the cold path, which sees
+//!   `in_profiler` and forwards the call with no counting, no sampling and no lock. The fast path
+//!   pays nothing for the guard.
+//! * The bytes are added to the profiler's own tally instead ([`crate::counters::profiler_bytes`]).
+//!
+//! The guard is entered *before* any lock is taken, so no lock of ours is ever awaited by a
+//! thread that could re-enter profiling while holding it.
+use core::cell::Cell;
+use core::ptr;
+
+use crate::counters::Slot;
+
+/// Lifecycle of a thread as the hook sees it.
+pub(crate) const LIFE_NEW: u8 = 0;
+/// Owns a counter slot; the fast path is armed.
+pub(crate) const LIFE_ACTIVE: u8 = 1;
+/// Its slot was handed back at thread exit; later (de)allocations use the shared fallback.
+pub(crate) const LIFE_EXITED: u8 = 2;
+
+pub(crate) struct ThreadState {
+    /// Bytes left before this thread's next sample. The fast path allocates without a second
+    /// look while `countdown > size`; 0 forces the cold path (new thread, guard held, exited).
+    pub countdown: Cell<u64>,
+    /// This thread's counter slot, written only by this thread. Null forces the cold path on free.
+    pub slot: Cell<*const Slot>,
+    /// The sample rate the current `countdown` was drawn with: the weight of the sample it
+    /// triggers depends on this rate, not on the rate in force when it fires.
+    pub drawn_rate: Cell<u64>,
+    /// xorshift64* state for the exponential draws.
+    pub rng: Cell<u64>,
+    pub life: Cell<u8>,
+    pub in_profiler: Cell<bool>,
+    saved_countdown: Cell<u64>,
+    saved_slot: Cell<*const Slot>,
+    /// Interned tag id of the innermost live `tag()` guard (0 = untagged).
+    pub tag: Cell<u32>,
+    /// This thread's stack `[lo, hi)`, for the bounds-checked frame-pointer walk (0 = unknown).
+    pub stack_lo: Cell<usize>,
+    pub stack_hi: Cell<usize>,
+}
+
+impl ThreadState {
+    const fn new() -> Self {
+        ThreadState {
+            countdown: Cell::new(0),
+            slot: Cell::new(ptr::null()),
+            drawn_rate: Cell::new(0),
+            rng: Cell::new(0),
+            life: Cell::new(LIFE_NEW),
+            in_profiler: Cell::new(false),
+            saved_countdown: Cell::new(0),
+            saved_slot: Cell::new(ptr::null()),
+            tag: Cell::new(0),
+            stack_lo: Cell::new(0),
+            stack_hi: Cell::new(0),
+        }
+    }
+
+    /// The slot this thread counts into, whether or not the guard is held (null if none).
+    pub fn own_slot(&self) -> *const Slot {
+        if self.in_profiler.get() {
+            self.saved_slot.get()
+        } else {
+            self.slot.get()
+        }
+    }
+
+    /// Re-arms the fast path with a fresh countdown. Under the guard the value is parked and
+    /// installed when the guard drops.
+    pub fn set_countdown(&self, c: u64) {
+        if self.in_profiler.get() {
+            self.saved_countdown.set(c)
+        } else {
+            self.countdown.set(c)
+        }
+    }
+
+    /// Installs (or clears) the slot; see [`Self::set_countdown`] for the guard case.
+    pub fn set_slot(&self, s: *const Slot) {
+        if self.in_profiler.get() {
+            self.saved_slot.set(s)
+        } else {
+            self.slot.set(s)
+        }
+    }
+
+    pub fn countdown_value(&self) -> u64 {
+        if self.in_profiler.get() {
+            self.saved_countdown.get()
+        } else {
+            self.countdown.get()
+        }
+    }
+}
+
+thread_local! {
+    pub(crate) static THREAD: ThreadState = const { ThreadState::new() };
+}
+
+/// Held while this thread runs profiler code; see the module docs.
+pub(crate) struct InProfiler<'a> {
+    t: &'a ThreadState,
+}
+
+impl<'a> InProfiler<'a> {
+    /// Enters the profiler, or returns `None` if this thread is already inside it.
+    pub fn enter(t: &'a ThreadState) -> Option<Self> {
+        if t.in_profiler.get() {
+            return None;
+        }
+        t.saved_countdown.set(t.countdown.replace(0));
+        t.saved_slot.set(t.slot.replace(ptr::null()));
+        t.in_profiler.set(true);
+        Some(InProfiler { t })
+    }
+}
+
+impl Drop for InProfiler<'_> {
+    fn drop(&mut self) {
+        self.t.in_profiler.set(false);
+        self.t.countdown.set(self.t.saved_countdown.get());
+        self.t.slot.set(self.t.saved_slot.get());
+    }
+}
+
+/// Runs `f` inside the profiler on this thread: everything it allocates is the profiler's own,
+/// forwarded to the inner allocator uncounted and unsampled. Used by every public entry point that
+/// allocates (`profile()`, encoders, symbolization) and by `Drop` of the values they return.
+pub(crate) fn profiler_scope<R>(f: impl FnOnce() -> R) -> R {
+    THREAD.with(|t| {
+        let _g = InProfiler::enter(t);
+        f()
+    })
+}
+
+/// Whether this thread is inside the profiler right now (for tests and debug assertions).
+pub(crate) fn in_profiler() -> bool {
+    THREAD.with(|t| t.in_profiler.get())
+}
