@@ -381,3 +381,37 @@ fn tokio_task_moves_between_workers_with_its_tag() {
     assert_eq!(o, 3, "two vectors and the hostage's task cell");
     assert!(b > 1234 + 4321, "{b}");
 }
+
+#[inline(never)]
+async fn tagged_leaf_work() -> usize {
+    black_box(vec![0u8; 2345]).len()
+}
+
+#[inline(never)]
+fn tagged_leaf_sync() -> Vec<u8> {
+    black_box(vec![0u8; 3456])
+}
+
+/// The user code a tagged future or `with_tag` runs must stay in sampled stacks: heapsight's
+/// wrappers (`Tagged::poll`, `with_tag`) sit between it and the caller, and are not allocator
+/// frames to trim.
+#[test]
+fn user_frames_inside_heapsight_wrappers_are_kept() {
+    heapsight::set_sample_rate(1);
+    let mut fut = Box::pin(tagged_leaf_work().tagged("t-frames"));
+    let r = fut.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+    let kept = with_tag("t-frames-closure", tagged_leaf_sync);
+    heapsight::set_sample_rate(heapsight::DEFAULT_SAMPLE_RATE);
+    assert_eq!(r, Poll::Ready(2345));
+    let p = heapsight::profile();
+    let symbols_of = |tag: &str| -> Vec<String> {
+        let site = p.sites_by_tag().iter().find(|s| s.tag() == Some(tag)).expect(tag);
+        site.frames().iter().flat_map(|f| f.symbols.iter().map(|s| s.function.clone())).collect()
+    };
+    let f = symbols_of("t-frames");
+    assert!(f.iter().any(|n| n.contains("tagged_leaf_work")), "{f:#?}");
+    let c = symbols_of("t-frames-closure");
+    assert!(c.iter().any(|n| n.contains("tagged_leaf_sync")), "{c:#?}");
+    drop(p);
+    drop(kept);
+}
