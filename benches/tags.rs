@@ -19,6 +19,15 @@ use heapsight::{Tag, TagFutureExt};
 #[global_allocator]
 static GLOBAL: heapsight::HeapSight = heapsight::HeapSight::system();
 
+/// A waker that does nothing (`Waker::noop` needs Rust 1.85; the crate's MSRV is 1.80).
+fn noop_waker() -> Waker {
+    struct Noop;
+    impl std::task::Wake for Noop {
+        fn wake(self: std::sync::Arc<Self>) {}
+    }
+    Waker::from(std::sync::Arc::new(Noop))
+}
+
 fn pair(layout: Layout) {
     // SAFETY: `layout` has a nonzero size; the block is freed with the layout it was allocated
     // with, and never used otherwise.
@@ -68,7 +77,8 @@ impl Future for Idle {
 }
 
 fn polls(c: &mut Criterion) {
-    let mut cx = Context::from_waker(Waker::noop());
+    let waker = noop_waker();
+    let mut cx = Context::from_waker(&waker);
     let mut g = c.benchmark_group("poll");
     g.bench_function("plain", |b| {
         let mut f = pin!(Idle);

@@ -57,6 +57,8 @@ fn run(mode: &str, n: u64) {
 }
 
 fn main() {
+    // Same samples in every mode, so the modes differ only in what they measure.
+    heapsight::set_sampling_seed(1);
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))

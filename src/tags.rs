@@ -321,10 +321,10 @@ pub struct TagStats {
     pub inuse_objects: u64,
     /// Estimated bytes allocated under the tag and live now (sampled).
     pub inuse_bytes: u64,
-    /// Samples taken under the tag, and of those still live: the precision of the estimates
-    /// (relative error about `1/sqrt(live_samples)`).
+    /// Samples taken under the tag since start-up (freed ones included).
     pub samples: u64,
-    /// Samples taken under the tag whose block is still live.
+    /// Samples taken under the tag whose block is still live: the precision of the in-use
+    /// estimates (relative error about `1/sqrt(live_samples)`).
     pub live_samples: u64,
 }
 

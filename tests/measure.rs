@@ -77,7 +77,7 @@ fn nested_measures() {
             black_box(heapsight::stats());
         });
         let b = Box::new(black_box([7u8; 10]));
-        ((inner, (a, b)))
+        (inner, (a, b))
     });
     assert_eq!(
         (

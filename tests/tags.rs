@@ -14,6 +14,15 @@ use heapsight::{measure, tag, tag_stats, with_tag, Tag, TagError, TagFutureExt, 
 #[global_allocator]
 static GLOBAL: heapsight::HeapSight = heapsight::HeapSight::system();
 
+/// A waker that does nothing (`Waker::noop` needs Rust 1.85; the crate's MSRV is 1.80).
+fn noop_waker() -> Waker {
+    struct Noop;
+    impl std::task::Wake for Noop {
+        fn wake(self: std::sync::Arc<Self>) {}
+    }
+    Waker::from(std::sync::Arc::new(Noop))
+}
+
 fn stats_of(name: &str) -> TagStats {
     tag_stats()
         .into_iter()
@@ -207,12 +216,14 @@ fn tagged_future_follows_the_future_across_threads() {
         a.len() + b.len()
     };
     let mut fut = Box::pin(fut.tagged("t-hop"));
-    let mut cx = Context::from_waker(Waker::noop());
+    let waker = noop_waker();
+    let mut cx = Context::from_waker(&waker);
     let (r, u1) = measure(|| fut.as_mut().poll(&mut cx));
     assert!(r.is_pending());
     let main_alloc = black_box(vec![0u8; 999]); // untagged, between the polls
     let (r, u2) = std::thread::spawn(move || {
-        let mut cx = Context::from_waker(Waker::noop());
+        let waker = noop_waker();
+        let mut cx = Context::from_waker(&waker);
         let r = measure(|| fut.as_mut().poll(&mut cx));
         black_box(vec![0u8; 4444]); // untagged, on the other thread
         r
@@ -399,14 +410,21 @@ fn tagged_leaf_sync() -> Vec<u8> {
 fn user_frames_inside_heapsight_wrappers_are_kept() {
     heapsight::set_sample_rate(1);
     let mut fut = Box::pin(tagged_leaf_work().tagged("t-frames"));
-    let r = fut.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+    let r = fut.as_mut().poll(&mut Context::from_waker(&noop_waker()));
     let kept = with_tag("t-frames-closure", tagged_leaf_sync);
     heapsight::set_sample_rate(heapsight::DEFAULT_SAMPLE_RATE);
     assert_eq!(r, Poll::Ready(2345));
     let p = heapsight::profile();
     let symbols_of = |tag: &str| -> Vec<String> {
-        let site = p.sites_by_tag().iter().find(|s| s.tag() == Some(tag)).expect(tag);
-        site.frames().iter().flat_map(|f| f.symbols.iter().map(|s| s.function.clone())).collect()
+        let site = p
+            .sites_by_tag()
+            .iter()
+            .find(|s| s.tag() == Some(tag))
+            .expect(tag);
+        site.frames()
+            .iter()
+            .flat_map(|f| f.symbols.iter().map(|s| s.function.clone()))
+            .collect()
     };
     let f = symbols_of("t-frames");
     assert!(f.iter().any(|n| n.contains("tagged_leaf_work")), "{f:#?}");

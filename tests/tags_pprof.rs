@@ -20,6 +20,13 @@ fn go_available() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// Runs `go tool pprof ARGS FILE`, returns its standard output; fails the test on an error.
+fn pprof(args: &[&str], file: &std::path::Path) -> String {
+    let out = Command::new("go").args(["tool", "pprof"]).args(args).arg(file).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[test]
 fn pprof_tags_and_tagfocus() {
     if !go_available() {
@@ -34,45 +41,27 @@ fn pprof_tags_and_tagfocus() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("heap.pb.gz");
     let p = heapsight::profile();
-    p.write_pprof(std::fs::File::create(&path).unwrap())
-        .unwrap();
+    p.write_pprof(std::fs::File::create(&path).unwrap()).unwrap();
     drop(p);
 
-    let out = Command::new("go")
-        .args(["tool", "pprof", "-tags"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = pprof(&["-tags"], &path);
     assert!(text.contains("tag:"), "{text}");
-    assert!(
-        text.contains("pprof-alpha") && text.contains("pprof-beta"),
-        "{text}"
-    );
+    assert!(text.contains("pprof-alpha") && text.contains("pprof-beta"), "{text}");
 
     // -tagfocus keeps one tag: in-use bytes are exactly that tag's 40,000 (plus nothing else).
-    let out = Command::new("go")
-        .args(["tool", "pprof", "-raw", "-tagfocus=tag=pprof-alpha"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let raw = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let raw = pprof(&["-raw", "-tagfocus=tag=pprof-alpha"], &path);
     let inuse: Vec<i64> = raw
         .lines()
         .skip_while(|l| !l.starts_with("Samples:"))
         .skip(2)
         .take_while(|l| !l.starts_with("Locations"))
-        .filter_map(|l| l.split_whitespace().nth(3)?.parse().ok())
+        .filter_map(|l| {
+            l.split_whitespace()
+                .nth(3)?
+                .trim_end_matches(':')
+                .parse()
+                .ok()
+        })
         .collect();
     assert_eq!(inuse.iter().sum::<i64>(), 40_000, "{raw}");
     drop((a, b));
