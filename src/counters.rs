@@ -29,19 +29,19 @@
 //! between two moments" is the difference of two reads. Both [`crate::measure`] and the per-tag
 //! counts are built on that and cost the allocation fast path nothing:
 //!
-//! * **Tags.** The slot remembers the *open interval*: the tag in force on its thread and the slot's
-//!   `alloc_*` counts when that tag was entered. Switching tags (entering or leaving a guard, every
-//!   poll of a tagged future) adds `now - start` to the old tag's per-thread total and opens a new
-//!   interval: a dozen own-thread loads and stores. Readers add the totals of every slot plus each
-//!   open interval, under a per-slot sequence counter (a seqlock whose only writer is the owner),
-//!   so a reader never counts an interval both as open and as flushed. The per-tag totals live in a
-//!   [`TagCounts`] block allocated the first time the slot's thread uses a tag, and kept with the
-//!   slot like its other counts.
-//! * **Peak within a scope.** `high_water` is reset at every resync, so on its own it only knows the
-//!   maximum since the last one. `scope_hw` keeps the maximum across resyncs: a resync folds
-//!   `high_water` into it before resetting. A measured scope saves `scope_hw`, sets it to the current
-//!   net, and at the end reads `max(scope_hw, high_water)`; it then folds its own maximum back into
-//!   the saved value so an enclosing scope sees it.
+//! * **Tags.** The slot remembers the *open interval*: the tag in force on its thread and the
+//!   slot's `alloc_*` counts when that tag was entered. Switching tags (entering or leaving a
+//!   guard, every poll of a tagged future) adds `now - start` to the old tag's per-thread total
+//!   and opens a new interval: a dozen own-thread loads and stores. Readers add the totals of every
+//!   slot plus each open interval, under a per-slot sequence counter (a seqlock whose only writer
+//!   is the owner), so a reader never counts an interval both as open and as flushed. The per-tag
+//!   totals live in a [`TagCounts`] block allocated the first time the slot's thread uses a tag,
+//!   and kept with the slot like its other counts.
+//! * **Peak within a scope.** `high_water` is reset at every resync, so on its own it only knows
+//!   the maximum since the last one. `scope_hw` keeps the maximum across resyncs: a resync folds
+//!   `high_water` into it before resetting. A measured scope saves `scope_hw`, sets it to the
+//!   current net, and at the end reads `max(scope_hw, high_water)`; it then folds its own maximum
+//!   back into the saved value so an enclosing scope sees it.
 use core::ptr;
 use core::sync::atomic::{
     fence, AtomicBool, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering::*,

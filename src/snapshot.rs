@@ -286,7 +286,11 @@ pub(crate) fn take(symbolize: bool) -> HeapProfile {
 
 /// Merges records into sites: per stack, or per (stack, tag) when `names` is given (the tag
 /// names, index = id). Heaviest in-use bytes first.
-fn merge_sites(records: &[Record], stacks: &[Arc<[Frame]>], names: Option<&[Arc<str>]>) -> Vec<Site> {
+fn merge_sites(
+    records: &[Record],
+    stacks: &[Arc<[Frame]>],
+    names: Option<&[Arc<str>]>,
+) -> Vec<Site> {
     let mut merged: HashMap<(usize, u32), (Estimates, u64), FxBuild> = HashMap::default();
     for r in records {
         let tag = if names.is_some() { r.tag } else { 0 };

@@ -146,7 +146,8 @@ mod tests {
         assert!(!is_allocator_frame("alloc::fmt::format::format_inner"));
         assert!(!is_allocator_frame("myapp::build"));
         // Wrappers that run the program's code are the program's frames.
-        assert!(!is_allocator_frame("<heapsight::tags::Tagged<F> as core::future::future::Future>::poll"));
+        let poll = "<heapsight::tags::Tagged<F> as core::future::future::Future>::poll";
+        assert!(!is_allocator_frame(poll));
         assert!(!is_allocator_frame("heapsight::tags::with_tag"));
         assert!(!is_allocator_frame("heapsight::measure::measure"));
         assert!(is_allocator_frame("heapsight::alloc::take_sample"));

@@ -22,8 +22,17 @@ fn go_available() -> bool {
 
 /// Runs `go tool pprof ARGS FILE`, returns its standard output; fails the test on an error.
 fn pprof(args: &[&str], file: &std::path::Path) -> String {
-    let out = Command::new("go").args(["tool", "pprof"]).args(args).arg(file).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("go")
+        .args(["tool", "pprof"])
+        .args(args)
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -41,12 +50,16 @@ fn pprof_tags_and_tagfocus() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("heap.pb.gz");
     let p = heapsight::profile();
-    p.write_pprof(std::fs::File::create(&path).unwrap()).unwrap();
+    p.write_pprof(std::fs::File::create(&path).unwrap())
+        .unwrap();
     drop(p);
 
     let text = pprof(&["-tags"], &path);
     assert!(text.contains("tag:"), "{text}");
-    assert!(text.contains("pprof-alpha") && text.contains("pprof-beta"), "{text}");
+    assert!(
+        text.contains("pprof-alpha") && text.contains("pprof-beta"),
+        "{text}"
+    );
 
     // -tagfocus keeps one tag: in-use bytes are exactly that tag's 40,000 (plus nothing else).
     let raw = pprof(&["-raw", "-tagfocus=tag=pprof-alpha"], &path);
