@@ -282,6 +282,22 @@ pub(crate) fn now_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// This thread's counter slot, initialising the thread first if it has not allocated yet (so a
+/// scope or tag entered before the first allocation still counts it). `None` inside the
+/// profiler and once the thread's slot was handed back at exit.
+pub(crate) fn thread_slot(t: &ThreadState) -> Option<&'static Slot> {
+    if t.in_profiler.get() {
+        return None;
+    }
+    if t.life.get() == LIFE_NEW {
+        init_thread(t);
+    }
+    let s = t.slot.get();
+    // SAFETY: a non-null slot outside the guard is this thread's owned slot; slots are never
+    // freed.
+    (!s.is_null()).then(|| unsafe { &*s })
+}
+
 /// Gives this thread a slot, an exit hook, stack bounds, a seeded generator and a countdown.
 /// Leaves `life` as ACTIVE on success, EXITED if the thread is already tearing down.
 #[cold]

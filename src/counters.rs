@@ -22,8 +22,30 @@
 //! resync. A thread resyncs whenever its sampling countdown fires (every ~rate bytes, every 1 MiB
 //! at rate 0) and whenever it calls [`crate::stats`]. The fast path pays one compare and a rarely
 //! taken store.
+//!
+//! # Scopes: `measure()` and tags, with nothing added to the fast path
+//!
+//! A slot's own counts only grow, and only its thread writes them, so "what this thread allocated
+//! between two moments" is the difference of two reads. Both [`crate::measure`] and the per-tag
+//! counts are built on that and cost the allocation fast path nothing:
+//!
+//! * **Tags.** The slot remembers the *open interval*: the tag in force on its thread and the
+//!   slot's `alloc_*` counts when that tag was entered. Switching tags (entering or leaving a
+//!   guard, every poll of a tagged future) adds `now - start` to the old tag's per-thread total
+//!   and opens a new interval: a dozen own-thread loads and stores. Readers add the totals of every
+//!   slot plus each open interval, under a per-slot sequence counter (a seqlock whose only writer
+//!   is the owner), so a reader never counts an interval both as open and as flushed. The per-tag
+//!   totals live in a [`TagCounts`] block allocated the first time the slot's thread uses a tag,
+//!   and kept with the slot like its other counts.
+//! * **Peak within a scope.** `high_water` is reset at every resync, so on its own it only knows
+//!   the maximum since the last one. `scope_hw` keeps the maximum across resyncs: a resync folds
+//!   `high_water` into it before resetting. A measured scope saves `scope_hw`, sets it to the
+//!   current net, and at the end reads `max(scope_hw, high_water)`; it then folds its own maximum
+//!   back into the saved value so an enclosing scope sees it.
 use core::ptr;
-use core::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU64, AtomicUsize, Ordering::*};
+use core::sync::atomic::{
+    fence, AtomicBool, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering::*,
+};
 
 #[repr(C, align(128))]
 pub(crate) struct Slot {
@@ -37,6 +59,30 @@ pub(crate) struct Slot {
     pub others: AtomicI64,
     owned: AtomicBool,
     next: AtomicPtr<Slot>,
+    // The fields below are written only when a scope begins or ends, a tag changes, or at a
+    // resync; the fast path never touches them (they sit on the slot's second cache line).
+    /// Highest own net bytes across resyncs since the innermost `measure()` began (see the module
+    /// docs); meaningless outside one.
+    scope_hw: AtomicI64,
+    /// Seqlock over `open_*` and `tags`: odd while the owner is switching tags.
+    tag_seq: AtomicU32,
+    /// The tag in force on the owning thread (0 = untagged) and this slot's `alloc_*` counts when
+    /// it was entered.
+    open_tag: AtomicU32,
+    open_objects: AtomicU64,
+    open_bytes: AtomicU64,
+    /// Per-tag totals of closed intervals; null until the owning thread first enters a tag.
+    tags: AtomicPtr<TagCounts>,
+}
+
+/// Number of tag ids, including 0 (untagged) and [`crate::tags`]'s overflow id.
+pub(crate) const MAX_TAGS: usize = 1024;
+
+/// Per-thread, per-tag exact allocation totals (of closed intervals). 16 KiB, allocated once per
+/// slot that ever sees a tag, never freed (reused with the slot).
+pub(crate) struct TagCounts {
+    objects: [AtomicU64; MAX_TAGS],
+    bytes: [AtomicU64; MAX_TAGS],
 }
 
 impl Slot {
@@ -50,6 +96,12 @@ impl Slot {
             others: AtomicI64::new(0),
             owned: AtomicBool::new(false),
             next: AtomicPtr::new(ptr::null_mut()),
+            scope_hw: AtomicI64::new(0),
+            tag_seq: AtomicU32::new(0),
+            open_tag: AtomicU32::new(0),
+            open_objects: AtomicU64::new(0),
+            open_bytes: AtomicU64::new(0),
+            tags: AtomicPtr::new(ptr::null_mut()),
         }
     }
 
@@ -157,6 +209,9 @@ pub(crate) fn acquire_slot() -> &'static Slot {
 /// Hands a slot back at thread exit. Its totals stay in the sum; its peak candidate is folded
 /// into the global peak first, because an unowned slot's candidate is not read.
 pub(crate) fn release_slot(s: &'static Slot) {
+    // Close the open tag interval: the next owner starts untagged, and its allocations must not
+    // count for this thread's last tag (a leaked `TagGuard` would otherwise leave it open).
+    switch_tag(s, 0);
     PEAK.fetch_max(candidate(s), Relaxed);
     s.owned.store(false, Release);
 }
@@ -215,11 +270,14 @@ pub(crate) fn totals() -> Totals {
 pub(crate) fn resync(own: &Slot) {
     let t = totals();
     let net = own.net();
+    // Keep the maximum for an enclosing `measure()` before `high_water` forgets it.
+    fold_scope_hw(own);
     own.others.store((t.inuse_bytes() as i64).wrapping_sub(net), Relaxed);
     own.high_water.store(net, Relaxed);
 }
 
-/// A thread's own counts, exact, for `measure()`.
+/// A thread's own counts, exact, for `measure()`: allocations, bytes allocated, frees, bytes
+/// freed.
 pub(crate) fn own_counts(own: &Slot) -> [u64; 4] {
     [
         own.alloc_objects.load(Relaxed),
@@ -227,4 +285,130 @@ pub(crate) fn own_counts(own: &Slot) -> [u64; 4] {
         own.free_objects.load(Relaxed),
         own.free_bytes.load(Relaxed),
     ]
+}
+
+fn fold_scope_hw(own: &Slot) {
+    let hw = own.high_water.load(Relaxed);
+    if hw > own.scope_hw.load(Relaxed) {
+        own.scope_hw.store(hw, Relaxed);
+    }
+}
+
+/// Starts a measured scope on the owner's slot: returns the enclosing scope's running maximum
+/// (to hand back to [`end_scope`]) and starts tracking from the current net. No allocation, no
+/// lock; one shared `fetch_max` (not on the allocation path).
+pub(crate) fn begin_scope(own: &Slot) -> i64 {
+    // Resetting `high_water` below would lose the peak candidate it carries: fold it into the
+    // global peak first, exactly as a resync would.
+    PEAK.fetch_max(candidate(own), Relaxed);
+    let enclosing = own.scope_hw.load(Relaxed).max(own.high_water.load(Relaxed));
+    let net = own.net();
+    // `others + net` is still a valid candidate (what the process held if the others did not
+    // move since the last resync), only no longer the highest since then, which PEAK now has.
+    own.high_water.store(net, Relaxed);
+    own.scope_hw.store(net, Relaxed);
+    enclosing
+}
+
+/// The highest own net bytes reached since the innermost [`begin_scope`].
+pub(crate) fn peek_scope_max(own: &Slot) -> i64 {
+    own.scope_hw.load(Relaxed).max(own.high_water.load(Relaxed))
+}
+
+/// Ends a measured scope: folds its maximum into the enclosing scope's, which [`begin_scope`]
+/// returned.
+pub(crate) fn end_scope(own: &Slot, enclosing: i64) {
+    let max = peek_scope_max(own);
+    own.scope_hw.store(enclosing.max(max), Relaxed);
+}
+
+/// Makes sure the slot has its per-tag totals block. Only the owner calls this; allocates (inside
+/// the profiler guard) the first time only.
+fn tag_counts(own: &Slot) -> &'static TagCounts {
+    let p = own.tags.load(Acquire);
+    if !p.is_null() {
+        // SAFETY: a non-null `tags` was leaked by the code below and is never freed.
+        return unsafe { &*p };
+    }
+    let block: &'static TagCounts = crate::guard::profiler_scope(|| {
+        Box::leak(Box::new(TagCounts {
+            objects: [const { AtomicU64::new(0) }; MAX_TAGS],
+            bytes: [const { AtomicU64::new(0) }; MAX_TAGS],
+        }))
+    });
+    // Release: a reader that sees the pointer sees the zeroed block.
+    own.tags.store(block as *const TagCounts as *mut TagCounts, Release);
+    block
+}
+
+/// Closes the slot's open tag interval (crediting it to its tag) and opens one for `tag`.
+/// Only the owning thread calls this. Allocates only the first time the slot sees a tag.
+pub(crate) fn switch_tag(own: &Slot, tag: u32) {
+    let old = own.open_tag.load(Relaxed);
+    if old == tag {
+        return;
+    }
+    debug_assert!((tag as usize) < MAX_TAGS);
+    let counts = if old != 0 || tag != 0 { Some(tag_counts(own)) } else { None };
+    let ao = own.alloc_objects.load(Relaxed);
+    let ab = own.alloc_bytes.load(Relaxed);
+    // Seqlock write side (sole writer, so plain stores): odd, fence, data, even with Release.
+    let seq = own.tag_seq.load(Relaxed);
+    own.tag_seq.store(seq.wrapping_add(1), Relaxed);
+    fence(Release);
+    if let (Some(c), true) = (counts, old != 0) {
+        let i = old as usize;
+        let dobj = ao.wrapping_sub(own.open_objects.load(Relaxed));
+        let dbytes = ab.wrapping_sub(own.open_bytes.load(Relaxed));
+        c.objects[i].store(c.objects[i].load(Relaxed).wrapping_add(dobj), Relaxed);
+        c.bytes[i].store(c.bytes[i].load(Relaxed).wrapping_add(dbytes), Relaxed);
+    }
+    own.open_tag.store(tag, Relaxed);
+    own.open_objects.store(ao, Relaxed);
+    own.open_bytes.store(ab, Relaxed);
+    own.tag_seq.store(seq.wrapping_add(2), Release);
+}
+
+/// Adds every slot's exact per-tag allocation totals (closed intervals plus the open one) into
+/// `out[id] = (objects, bytes)` for ids below `out.len()`. Lock-free, allocation-free.
+pub(crate) fn add_tag_totals(out: &mut [(u64, u64)]) {
+    let n = out.len().min(MAX_TAGS);
+    for_each_slot(|s| {
+        let p = s.tags.load(Acquire);
+        if p.is_null() {
+            return; // this slot never saw a tag
+        }
+        // SAFETY: non-null `tags` is a leaked, never-freed block.
+        let c: &TagCounts = unsafe { &*p };
+        // Seqlock read side: copy, then keep the copy only if no switch overlapped it. A switch
+        // takes nanoseconds; if the owner keeps switching we still stop after a bounded number of
+        // tries and take the last copy (then off by at most one interval, never unbounded).
+        let mut local = [(0u64, 0u64); MAX_TAGS];
+        for attempt in 0..1000 {
+            let s1 = s.tag_seq.load(Acquire);
+            if s1 & 1 == 1 && attempt < 999 {
+                core::hint::spin_loop();
+                continue;
+            }
+            for (i, l) in local[..n].iter_mut().enumerate() {
+                *l = (c.objects[i].load(Relaxed), c.bytes[i].load(Relaxed));
+            }
+            let open = s.open_tag.load(Relaxed) as usize;
+            // Read after the Acquire above, so at least the counts the start was taken from.
+            let dobj = s.alloc_objects.load(Relaxed).saturating_sub(s.open_objects.load(Relaxed));
+            let dbytes = s.alloc_bytes.load(Relaxed).saturating_sub(s.open_bytes.load(Relaxed));
+            if open != 0 && open < n {
+                local[open].0 = local[open].0.wrapping_add(dobj);
+                local[open].1 = local[open].1.wrapping_add(dbytes);
+            }
+            fence(Acquire);
+            if s.tag_seq.load(Relaxed) == s1 {
+                break;
+            }
+        }
+        for (o, l) in out[..n].iter_mut().zip(&local[..n]) {
+            o.0 = o.0.wrapping_add(l.0);
+            o.1 = o.1.wrapping_add(l.1);
+        }
+    });
 }

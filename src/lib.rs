@@ -8,18 +8,25 @@ mod alloc;
 mod config;
 mod counters;
 mod guard;
+mod measure;
 mod sampler;
 mod sites;
 mod snapshot;
 mod stack;
 mod symbols;
 mod sync;
+mod tags;
 
 pub use crate::alloc::HeapSight;
 pub use crate::config::ParseError;
 pub use crate::snapshot::{HeapProfile, Site};
 pub use crate::stack::Unwinder;
 pub use crate::symbols::{Frame, Symbol};
+pub use crate::measure::{measure, Usage};
+pub use crate::tags::{
+    tag, tag_stats, try_tag, with_tag, Tag, TagError, TagFutureExt, TagGuard, TagStats, Tagged,
+    MAX_TAG_LEN, MAX_TAG_NAMES, OVERFLOW_TAG,
+};
 
 /// Go's default `MemProfileRate`, heapsight's default: one sample per 512 KiB allocated.
 pub const DEFAULT_SAMPLE_RATE: u64 = sampler::DEFAULT_RATE;

@@ -308,6 +308,12 @@ pub(crate) fn snapshot() -> RawTable {
     })
 }
 
+/// A copy of the buckets only (for per-tag estimates), so the weights are computed outside the
+/// lock. Must run inside the profiler guard.
+pub(crate) fn buckets() -> Vec<Bucket> {
+    with_table(|t| t.buckets.clone())
+}
+
 /// Counts that `stats()` reports without copying the table.
 pub(crate) fn table_counts() -> (usize, usize, u64) {
     with_table(|t| (t.stacks.len() - 1, t.live.len(), t.overflow_samples))

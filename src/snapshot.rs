@@ -60,6 +60,11 @@ pub struct HeapProfile {
     pub(crate) live_samples: usize,
     pub(crate) overflow_samples: u64,
     pub(crate) symbol_cache_bytes: usize,
+    /// Tag names at snapshot time, index = tag id (`Record::tag`); `tag_names[0]` is `""`, the
+    /// untagged id.
+    pub(crate) tag_names: Vec<String>,
+    /// Sites split by (stack, tag); empty when no record carries a tag (then `sites` is the split).
+    sites_by_tag: Vec<Site>,
 }
 
 /// One call site: a distinct (trimmed) stack, with the four estimates Go's heap profile has.
@@ -83,6 +88,7 @@ pub struct Site {
     frames: Arc<[Frame]>,
     /// True for the pseudo-site that collects samples once the site cap is reached.
     pub overflow: bool,
+    tag: Option<Arc<str>>,
 }
 
 impl Site {
@@ -90,12 +96,39 @@ impl Site {
     pub fn frames(&self) -> &[Frame] {
         &self.frames
     }
+
+    /// The tag these samples were taken under, for sites from [`HeapProfile::sites_by_tag`];
+    /// `None` for untagged samples and for the per-stack sites of [`HeapProfile::sites`] (which
+    /// add up every tag).
+    pub fn tag(&self) -> Option<&str> {
+        self.tag.as_deref()
+    }
 }
 
 impl HeapProfile {
     /// Call sites, heaviest in-use bytes first.
     pub fn sites(&self) -> &[Site] {
         &self.sites
+    }
+
+    /// Call sites split by tag: one entry per (stack, tag) pair, [`Site::tag`] set, heaviest
+    /// in-use bytes first. The same as [`Self::sites`] when no sample carries a tag.
+    pub fn sites_by_tag(&self) -> &[Site] {
+        if self.sites_by_tag.is_empty() {
+            &self.sites
+        } else {
+            &self.sites_by_tag
+        }
+    }
+
+    /// The name of tag `id` (a `Record::tag`); `None` for 0 (untagged) and unknown ids.
+    // MERGE: the pprof/text encoders of issue 3 read this (same signature on their branch).
+    #[allow(dead_code)]
+    pub(crate) fn tag_name(&self, id: u32) -> Option<&str> {
+        if id == 0 {
+            return None;
+        }
+        self.tag_names.get(id as usize).map(String::as_str)
     }
 
     /// The sample rate in force when the profile was taken (bytes; 0 = off).
@@ -137,6 +170,8 @@ impl Drop for HeapProfile {
             drop(core::mem::take(&mut self.stacks));
             drop(core::mem::take(&mut self.records));
             drop(core::mem::take(&mut self.sites));
+            drop(core::mem::take(&mut self.tag_names));
+            drop(core::mem::take(&mut self.sites_by_tag));
         })
     }
 }
@@ -224,29 +259,13 @@ pub(crate) fn take(symbolize: bool) -> HeapProfile {
                 },
             });
         }
-        // Sites: records merged per stack.
-        let mut per_stack: Vec<(Estimates, u64)> = vec![(Estimates::default(), 0); stacks.len()];
-        let mut used = vec![false; stacks.len()];
-        for r in &records {
-            per_stack[r.stack].0.add(&r.est);
-            per_stack[r.stack].1 += r.allocs;
-            used[r.stack] = true;
-        }
-        let mut site_list: Vec<Site> = per_stack
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| used[*i])
-            .map(|(i, (e, n))| Site {
-                alloc_objects: e.alloc_objects.round() as u64,
-                alloc_bytes: e.alloc_bytes.round() as u64,
-                inuse_objects: e.inuse_objects.round() as u64,
-                inuse_bytes: e.inuse_bytes.round() as u64,
-                samples: *n,
-                frames: stacks[i].clone(),
-                overflow: i == 0,
-            })
-            .collect();
-        site_list.sort_by(|a, b| b.inuse_bytes.cmp(&a.inuse_bytes).then(b.alloc_bytes.cmp(&a.alloc_bytes)));
+        let names = crate::tags::names();
+        let site_list = merge_sites(&records, &stacks, None);
+        let sites_by_tag = if records.iter().any(|r| r.tag != 0) {
+            merge_sites(&records, &stacks, Some(&names))
+        } else {
+            Vec::new()
+        };
         records.sort_by(|a, b| b.est.inuse_bytes.total_cmp(&a.est.inuse_bytes));
         HeapProfile {
             time_nanos: unix_nanos(),
@@ -259,8 +278,47 @@ pub(crate) fn take(symbolize: bool) -> HeapProfile {
             live_samples: raw.live_samples,
             overflow_samples: raw.overflow_samples,
             symbol_cache_bytes: if symbolize { symbols::cache_bytes() } else { 0 },
+            tag_names: names.iter().map(|n| n.to_string()).collect(),
+            sites_by_tag,
         }
     })
+}
+
+/// Merges records into sites: per stack, or per (stack, tag) when `names` is given (the tag
+/// names, index = id). Heaviest in-use bytes first.
+fn merge_sites(
+    records: &[Record],
+    stacks: &[Arc<[Frame]>],
+    names: Option<&[Arc<str>]>,
+) -> Vec<Site> {
+    let mut merged: HashMap<(usize, u32), (Estimates, u64), FxBuild> = HashMap::default();
+    for r in records {
+        let tag = if names.is_some() { r.tag } else { 0 };
+        let e = merged.entry((r.stack, tag)).or_default();
+        e.0.add(&r.est);
+        e.1 += r.allocs;
+    }
+    // Key order first, so ties below keep stack order whatever the hash order was.
+    let mut merged: Vec<_> = merged.into_iter().collect();
+    merged.sort_unstable_by_key(|(k, _)| *k);
+    let mut sites: Vec<Site> = merged
+        .into_iter()
+        .map(|((stack, tag), (e, n))| Site {
+            alloc_objects: e.alloc_objects.round() as u64,
+            alloc_bytes: e.alloc_bytes.round() as u64,
+            inuse_objects: e.inuse_objects.round() as u64,
+            inuse_bytes: e.inuse_bytes.round() as u64,
+            samples: n,
+            frames: stacks[stack].clone(),
+            overflow: stack == 0,
+            tag: match (tag, names) {
+                (0, _) | (_, None) => None,
+                (t, Some(names)) => names.get(t as usize).cloned(),
+            },
+        })
+        .collect();
+    sites.sort_by(|a, b| b.inuse_bytes.cmp(&a.inuse_bytes).then(b.alloc_bytes.cmp(&a.alloc_bytes)));
+    sites
 }
 
 /// Drops the leaf-side frames that belong to the allocator (see `symbols::is_allocator_frame`),

@@ -100,9 +100,18 @@ pub(crate) fn cache_bytes() -> usize {
 /// sends `drop_frames`). Growth frames like `alloc::raw_vec::finish_grow` or hashbrown's
 /// `reserve_rehash` are *not* matched: they tell which container grew.
 pub(crate) fn is_allocator_frame(function: &str) -> bool {
+    // heapsight's own frames on the allocation path, by module, not all of `heapsight::`: the
+    // generic wrappers that run the program's code (`<heapsight::tags::Tagged<F>>::poll`,
+    // `heapsight::tags::with_tag`, `heapsight::measure::measure`) sit between a call site and its
+    // caller, and the code inlined into them is the program's.
     const PREFIXES: &[&str] = &[
-        "heapsight::",
-        "<heapsight::",
+        "heapsight::alloc::",
+        "<heapsight::alloc::",
+        "heapsight::guard::",
+        "heapsight::counters::",
+        "heapsight::sampler::",
+        "heapsight::sites::",
+        "heapsight::stack::",
         "__rust_alloc",
         "__rust_dealloc",
         "__rust_realloc",
@@ -121,7 +130,7 @@ pub(crate) fn is_allocator_frame(function: &str) -> bool {
 
 /// The regular expression pprof's `drop_frames` gets, for stacks written without symbols and
 /// symbolized later by `go tool pprof`: the same frames as [`is_allocator_frame`].
-pub const DROP_FRAMES_REGEX: &str = r"(heapsight::.*|<heapsight::.*|__rust_alloc.*|__rust_dealloc.*|__rust_realloc.*|__rg_.*|__rdl_.*|alloc::alloc::.*|<alloc::alloc::Global as core::alloc::Allocator>.*|std::alloc::.*|core::alloc::.*|backtrace::.*|_Unwind_.*)";
+pub const DROP_FRAMES_REGEX: &str = r"(<?heapsight::(alloc|guard|counters|sampler|sites|stack)::.*|__rust_alloc.*|__rust_dealloc.*|__rust_realloc.*|__rg_.*|__rdl_.*|alloc::alloc::.*|<alloc::alloc::Global as core::alloc::Allocator>.*|std::alloc::.*|core::alloc::.*|backtrace::.*|_Unwind_.*)";
 
 #[cfg(test)]
 mod tests {
@@ -136,6 +145,13 @@ mod tests {
         assert!(!is_allocator_frame("hashbrown::raw::RawTable<T,A>::reserve_rehash"));
         assert!(!is_allocator_frame("alloc::fmt::format::format_inner"));
         assert!(!is_allocator_frame("myapp::build"));
+        // Wrappers that run the program's code are the program's frames.
+        let poll = "<heapsight::tags::Tagged<F> as core::future::future::Future>::poll";
+        assert!(!is_allocator_frame(poll));
+        assert!(!is_allocator_frame("heapsight::tags::with_tag"));
+        assert!(!is_allocator_frame("heapsight::measure::measure"));
+        assert!(is_allocator_frame("heapsight::alloc::take_sample"));
+        assert!(is_allocator_frame("heapsight::stack::capture"));
     }
 
     #[test]
