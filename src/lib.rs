@@ -122,7 +122,10 @@ pub fn set_sampling_seed(seed: u64) {
 /// Sets how many frames a sampled stack keeps (leaf-most; default 128, at most 256). Also
 /// `HEAPSIGHT_MAX_DEPTH`.
 pub fn set_max_depth(frames: usize) {
-    alloc::MAX_DEPTH.store(frames.clamp(1, stack::MAX_DEPTH_LIMIT), std::sync::atomic::Ordering::Relaxed);
+    alloc::MAX_DEPTH.store(
+        frames.clamp(1, stack::MAX_DEPTH_LIMIT),
+        std::sync::atomic::Ordering::Relaxed,
+    );
 }
 
 /// Sets the cap on distinct sampled stacks (default 16,384); samples with a new stack beyond it go
@@ -135,6 +138,40 @@ pub fn set_max_sites(sites: usize) {
 /// `HEAPSIGHT_UNWINDER=auto|fp|dwarf`.
 pub fn set_unwinder(u: Unwinder) {
     stack::set_unwinder(u)
+}
+
+/// The cap on distinct sampled stacks in force (see [`set_max_sites`]).
+pub fn max_sites() -> usize {
+    sites::MAX_SITES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The stack depth in force (see [`set_max_depth`]).
+pub fn max_depth() -> usize {
+    alloc::MAX_DEPTH.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The unwinder in force (see [`set_unwinder`]).
+pub fn unwinder() -> Unwinder {
+    stack::unwinder()
+}
+
+/// Whether the calling thread is inside heapsight's own code right now (the reentrancy guard is
+/// held), i.e. whether an allocation it makes now is the profiler's own. For inner allocators
+/// and the reliability tests, which use it to tell the program's calls from the profiler's and to
+/// show that the unsampled path never re-enters the allocator. Not part of the stable API.
+#[doc(hidden)]
+pub fn in_profiler() -> bool {
+    guard::in_profiler()
+}
+
+/// Runs `f` while the calling thread holds the site-table lock, the one lock the allocation hook
+/// can take. For the reliability test that proves the unsampled path never takes it (it
+/// allocates on another thread meanwhile): a sampled allocation, a free of a sampled block or a
+/// `profile()` on another thread waits until `f` returns. `f` runs inside the profiler, so what it
+/// allocates is the profiler's own. Not part of the stable API.
+#[doc(hidden)]
+pub fn with_site_lock_held<R>(f: impl FnOnce() -> R) -> R {
+    guard::profiler_scope(|| sites::with_lock_held(f))
 }
 
 /// Takes a heap profile: every sampled call site with unbiased estimates of allocated and live
