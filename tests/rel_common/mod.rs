@@ -89,8 +89,9 @@ pub fn exact() -> Exact {
 }
 
 /// Asserts that live objects and bytes are back at `base` exactly, and that everything allocated
-/// since was freed (alloc and free grew by the same amounts).
-pub fn assert_back_to(base: Exact, what: &str) {
+/// since was freed (alloc and free grew by the same amounts). `what` is only formatted on failure
+/// (pass `format_args!`, not a `String`, which would itself be live during the check).
+pub fn assert_back_to(base: Exact, what: impl std::fmt::Display) {
     let now = exact();
     assert_eq!(
         (now.inuse_objects, now.inuse_bytes),
