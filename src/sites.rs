@@ -318,19 +318,28 @@ pub(crate) fn table_counts() -> (usize, usize, u64) {
     with_table(|t| (t.stacks.len() - 1, t.live.len(), t.overflow_samples))
 }
 
-/// `pthread_atfork` handlers: hold the symbol-cache lock and the site lock across `fork()` so the
-/// child never inherits them locked by a thread that does not exist there (see `sync`). The
-/// cache lock first: its holder (a `profile()` symbolizing) finishes without needing anything the
-/// forking thread holds, while the site lock, taken last, is held only for the fork itself.
+/// `pthread_atfork` handlers: hold the symbol-cache lock, the DWARF unwinder's fork gate and the
+/// site lock across `fork()`, so the child never inherits them held by a thread that does not
+/// exist there (see `sync`). The cache lock first: its holder (a `profile()` symbolizing) finishes
+/// without needing anything the forking thread holds; then the gate (captures in progress finish,
+/// new ones do not wait); the site lock last, held only for the fork itself.
 pub(crate) extern "C" fn atfork_prepare() {
     crate::symbols::lock_for_fork();
+    crate::stack::fork_gate_close();
     TABLE.raw_lock();
 }
-pub(crate) extern "C" fn atfork_release() {
-    // SAFETY: both taken by `atfork_prepare` on the forking thread, which is the thread running
-    // this (in the parent) or its only copy (in the child).
+pub(crate) extern "C" fn atfork_parent() {
+    atfork_release(false)
+}
+pub(crate) extern "C" fn atfork_child() {
+    atfork_release(true)
+}
+fn atfork_release(child: bool) {
+    // SAFETY: both locks were taken by `atfork_prepare` on the forking thread, which is the
+    // thread running this (in the parent) or its only copy (in the child).
     unsafe {
         TABLE.raw_unlock();
+        crate::stack::fork_gate_open(child);
         crate::symbols::unlock_after_fork();
     }
 }

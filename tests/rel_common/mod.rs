@@ -162,3 +162,29 @@ pub fn rerun_with_env(env: &[(&str, &std::ffi::OsStr)], remove: &[&str]) -> std:
     }
     cmd.output().expect("run child")
 }
+
+/// Calls `f` at the end of a call chain of `levels` frames that goes through `path_left` or
+/// `path_right` at each level as the bits of `bits` say: `2^levels` distinct stacks (distinct
+/// return addresses at every level), to fill the site table.
+pub fn on_distinct_stack(bits: u64, levels: u32, f: &mut dyn FnMut()) {
+    if levels == 0 {
+        f()
+    } else if bits & 1 == 0 {
+        path_left(bits >> 1, levels - 1, f)
+    } else {
+        path_right(bits >> 1, levels - 1, f)
+    }
+}
+
+#[inline(never)]
+fn path_left(bits: u64, levels: u32, f: &mut dyn FnMut()) {
+    on_distinct_stack(bits, levels, f);
+    // Not a tail call: this frame stays on the stack.
+    std::hint::black_box(bits);
+}
+
+#[inline(never)]
+fn path_right(bits: u64, levels: u32, f: &mut dyn FnMut()) {
+    on_distinct_stack(bits, levels, f);
+    std::hint::black_box(levels);
+}
