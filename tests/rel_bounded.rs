@@ -68,18 +68,28 @@ fn overflow_site(p: &heapsight::HeapProfile) -> Option<&heapsight::Site> {
     p.sites().iter().find(|s| s.overflow)
 }
 
-fn cap_of_1000_sites() {
-    heapsight::set_max_sites(1000);
+/// Sets the site cap, allocates on 100,000 new distinct stacks, and checks that the table stopped
+/// at the cap, that the rest went to the overflow site, that the profiler's memory is under the
+/// bound, and that still more new stacks do not grow it.
+fn cap_holds(cap: usize) {
+    heapsight::set_max_sites(cap);
     heapsight::set_sample_rate(1);
     let over0 = heapsight::profile_unsymbolized().overflow_samples();
     distinct_stacks(0, 100_000);
     let p = heapsight::profile_unsymbolized();
     let regular = p.sites().iter().filter(|s| !s.overflow).count();
-    assert!(regular <= 1000, "{regular} sites past a cap of 1000");
+    assert!(regular <= cap, "{regular} sites past a cap of {cap}");
+    assert!(
+        regular >= cap * 9 / 10,
+        "a cap of {cap} but only {regular} sites"
+    );
     let over = overflow_site(&p).expect("no overflow site");
     assert!(over.frames().is_empty());
     let overflowed = p.overflow_samples() - over0;
-    assert!(overflowed >= 99_000, "only {overflowed} samples overflowed");
+    assert!(
+        overflowed >= 100_000 - cap as u64,
+        "only {overflowed} samples overflowed"
+    );
     // Rate 1: every sample weighs 1, so the overflow site's count estimate is its sample count,
     // and it has nothing in use (every block was freed).
     assert_eq!(over.alloc_objects, over.samples);
@@ -87,47 +97,26 @@ fn cap_of_1000_sites() {
     drop(p);
     let used = heapsight::stats().profiler_bytes;
     let bound = bound_now();
-    println!("  (cap 1000: profiler_bytes {used}, bound {bound})");
+    println!("  (cap {cap}: profiler_bytes {used}, bound {bound})");
     assert!(
         used <= bound,
         "profiler_bytes {used} over the bound {bound}"
     );
-    no_growth_past_the_cap();
-}
-
-/// Once the cap is reached, more new stacks cost nothing: they share the overflow site.
-fn no_growth_past_the_cap() {
-    let before = heapsight::stats().profiler_bytes;
+    // Once the cap is reached, more new stacks cost nothing: they share the overflow site.
     distinct_stacks(100_000, 30_000);
     assert_eq!(
         heapsight::stats().profiler_bytes,
-        before,
+        used,
         "the profiler grew past the site cap"
     );
 }
 
+fn cap_of_1000_sites() {
+    cap_holds(1000)
+}
+
 fn default_cap() {
-    heapsight::set_max_sites(16_384);
-    heapsight::set_sample_rate(1);
-    let over0 = heapsight::profile_unsymbolized().overflow_samples();
-    distinct_stacks(0, 100_000);
-    let p = heapsight::profile_unsymbolized();
-    let regular = p.sites().iter().filter(|s| !s.overflow).count();
-    assert!(regular <= 16_384, "{regular} sites past the default cap");
-    assert!(
-        regular > 10_000,
-        "the cap was raised but only {regular} sites exist"
-    );
-    assert!(p.overflow_samples() - over0 >= 100_000 - 16_384);
-    drop(p);
-    let used = heapsight::stats().profiler_bytes;
-    let bound = bound_now();
-    println!("  (cap 16384: profiler_bytes {used}, bound {bound})");
-    assert!(
-        used <= bound,
-        "profiler_bytes {used} over the bound {bound}"
-    );
-    no_growth_past_the_cap();
+    cap_holds(16_384)
 }
 
 fn profile_with_100k_sites() {
