@@ -382,12 +382,13 @@ pub(crate) fn init_global() {
     }
     read_env();
     #[cfg(unix)]
-    // SAFETY: the handlers are `extern "C"` functions that only take and release a spin lock.
+    // SAFETY: the handlers are `extern "C"` functions that only take and release spin locks and
+    // the unwinder's fork gate (see `sites::atfork_prepare`).
     unsafe {
         libc::pthread_atfork(
             Some(sites::atfork_prepare),
-            Some(sites::atfork_release),
-            Some(sites::atfork_release),
+            Some(sites::atfork_parent),
+            Some(sites::atfork_child),
         );
     }
     core::hint::black_box(&START_UP);

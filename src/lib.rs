@@ -144,6 +144,40 @@ pub fn set_unwinder(u: Unwinder) {
     stack::set_unwinder(u)
 }
 
+/// The cap on distinct sampled stacks in force (see [`set_max_sites`]).
+pub fn max_sites() -> usize {
+    sites::MAX_SITES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The stack depth in force (see [`set_max_depth`]).
+pub fn max_depth() -> usize {
+    alloc::MAX_DEPTH.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The unwinder in force (see [`set_unwinder`]).
+pub fn unwinder() -> Unwinder {
+    stack::unwinder()
+}
+
+/// Whether the calling thread is inside heapsight's own code right now (the reentrancy guard is
+/// held), i.e. whether an allocation it makes now is the profiler's own. For inner allocators
+/// and the reliability tests, which use it to tell the program's calls from the profiler's and to
+/// show that the unsampled path never re-enters the allocator. Not part of the stable API.
+#[doc(hidden)]
+pub fn in_profiler() -> bool {
+    guard::in_profiler()
+}
+
+/// Runs `f` while the calling thread holds the site-table lock, the one lock the allocation hook
+/// can take. For the reliability test that proves the unsampled path never takes it (it
+/// allocates on another thread meanwhile): a sampled allocation, a free of a sampled block or a
+/// `profile()` on another thread waits until `f` returns. `f` runs inside the profiler, so what it
+/// allocates is the profiler's own. Not part of the stable API.
+#[doc(hidden)]
+pub fn with_site_lock_held<R>(f: impl FnOnce() -> R) -> R {
+    guard::profiler_scope(|| sites::with_lock_held(f))
+}
+
 /// Takes a heap profile: every sampled call site with unbiased estimates of allocated and live
 /// objects and bytes, stacks symbolized in process (cached). Safe to call from any thread while
 /// the program runs; the site lock is held only to copy the table.

@@ -314,18 +314,37 @@ pub(crate) fn buckets() -> Vec<Bucket> {
     with_table(|t| t.buckets.clone())
 }
 
+/// Runs `f` with the table lock held (see `crate::with_site_lock_held`). Inside the guard.
+pub(crate) fn with_lock_held<R>(f: impl FnOnce() -> R) -> R {
+    with_table(|_| f())
+}
 /// Counts that `stats()` reports without copying the table.
 pub(crate) fn table_counts() -> (usize, usize, u64) {
     with_table(|t| (t.stacks.len() - 1, t.live.len(), t.overflow_samples))
 }
 
-/// `pthread_atfork` handlers: hold the site lock across `fork()` so the child never inherits it
-/// locked by a thread that does not exist there.
+/// `pthread_atfork` handlers: hold the symbol-cache lock, the DWARF unwinder's fork gate and the
+/// site lock across `fork()`, so the child never inherits them held by a thread that does not
+/// exist there (see `sync`). The cache lock first: its holder (a `profile()` symbolizing) finishes
+/// without needing anything the forking thread holds; then the gate (captures in progress finish,
+/// new ones do not wait); the site lock last, held only for the fork itself.
 pub(crate) extern "C" fn atfork_prepare() {
+    crate::symbols::lock_for_fork();
+    crate::stack::fork_gate_close();
     TABLE.raw_lock();
 }
-pub(crate) extern "C" fn atfork_release() {
-    // SAFETY: taken by `atfork_prepare` on the forking thread, which is the thread running this
-    // (in the parent) or its only copy (in the child).
-    unsafe { TABLE.raw_unlock() }
+pub(crate) extern "C" fn atfork_parent() {
+    atfork_release(false)
+}
+pub(crate) extern "C" fn atfork_child() {
+    atfork_release(true)
+}
+fn atfork_release(child: bool) {
+    // SAFETY: both locks were taken by `atfork_prepare` on the forking thread, which is the
+    // thread running this (in the parent) or its only copy (in the child).
+    unsafe {
+        TABLE.raw_unlock();
+        crate::stack::fork_gate_open(child);
+        crate::symbols::unlock_after_fork();
+    }
 }

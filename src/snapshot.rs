@@ -202,7 +202,9 @@ pub(crate) fn take(symbolize: bool) -> HeapProfile {
             let resolved = symbols::resolve_all(&addrs);
             symbols_of.extend(addrs.into_iter().zip(resolved));
         }
-        let empty: Arc<[Symbol]> = Arc::from(Vec::new());
+        // Shared with the symbol cache, like every symbol list a profile hands out (see
+        // `symbols::Cache` for why).
+        let empty: Arc<[Symbol]> = symbols::empty();
         // Trim and dedupe stacks: raw stack id -> profile stack index.
         let mut index: HashMap<Vec<usize>, usize, FxBuild> = HashMap::default();
         let mut stacks: Vec<Arc<[Frame]>> = vec![Arc::from(Vec::new())];
@@ -336,11 +338,11 @@ fn trim_allocator_frames(frames: &mut Vec<Frame>) {
         }
     }
     let Some((i, j)) = cut else { return };
-    let keep_in_frame: Vec<Symbol> = frames[i].symbols[j + 1..].to_vec();
-    if keep_in_frame.is_empty() {
+    if j + 1 == frames[i].symbols.len() {
         frames.drain(..=i);
     } else {
-        frames[i].symbols = keep_in_frame.into();
+        // The process-wide cached list, not a fresh `Arc` (see `symbols::Cache`).
+        frames[i].symbols = symbols::trimmed(frames[i].address, &frames[i].symbols[j + 1..]);
         frames.drain(..i);
     }
 }

@@ -18,7 +18,7 @@
 //!
 //! The captured stack starts inside heapsight; the allocator frames are trimmed by name at dump
 //! time (see `symbols`), where symbols are known.
-use core::sync::atomic::{AtomicU8, Ordering::Relaxed};
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 
 /// The most frames kept (leaf-most), Go's `maxProfStackDepth` since Go 1.23 is 128.
 pub const DEFAULT_MAX_DEPTH: usize = 128;
@@ -76,13 +76,53 @@ pub(crate) fn capture(buf: &mut [usize], bounds: (usize, usize)) -> usize {
             return n;
         }
     }
-    capture_dwarf(buf)
+    let n = capture_dwarf(buf);
+    if n == 0 && bounds.1 != 0 {
+        // A fork is in progress (see `fork_gate_close`): a frame-pointer stack, however short,
+        // rather than none.
+        return walk_frame_pointers(buf, bounds.1);
+    }
+    n
+}
+
+/// The fork gate of the DWARF unwinder. `backtrace::trace` holds backtrace's global lock while it
+/// unwinds; a child forked at that moment inherits the lock held by a thread it does not have,
+/// and its first DWARF capture or symbolization waits forever. So `fork()` (the `pthread_atfork`
+/// prepare handler) closes the gate and waits until no capture is in progress; captures that
+/// find the gate closed do not wait (the thread may hold a lock the forking thread needs, e.g.
+/// backtrace's own, in a program that calls `backtrace` itself) but return no frames.
+static UNWINDING: AtomicUsize = AtomicUsize::new(0);
+static FORKING: AtomicBool = AtomicBool::new(false);
+
+/// `pthread_atfork` prepare: closes the gate and waits for captures in progress to finish.
+pub(crate) fn fork_gate_close() {
+    FORKING.store(true, SeqCst);
+    while UNWINDING.load(SeqCst) != 0 {
+        // SAFETY: no preconditions; neither allocates nor locks.
+        unsafe { libc::sched_yield() };
+    }
+}
+
+/// `pthread_atfork` parent and child: opens the gate. In the child, a thread that does not exist
+/// there may have been between its increment and decrement of the counter: reset it.
+pub(crate) fn fork_gate_open(child: bool) {
+    if child {
+        UNWINDING.store(0, SeqCst);
+    }
+    FORKING.store(false, SeqCst);
 }
 
 /// Counts the DWARF captures, for tests and `Stats`.
 pub(crate) static DWARF_CAPTURES: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
+/// Captures with `backtrace::trace`; returns 0 frames while a fork is in progress (see
+/// [`fork_gate_close`]).
 pub(crate) fn capture_dwarf(buf: &mut [usize]) -> usize {
+    UNWINDING.fetch_add(1, SeqCst);
+    if FORKING.load(SeqCst) {
+        UNWINDING.fetch_sub(1, SeqCst);
+        return 0;
+    }
     DWARF_CAPTURES.fetch_add(1, Relaxed);
     let mut n = 0;
     backtrace::trace(|frame| {
@@ -93,6 +133,7 @@ pub(crate) fn capture_dwarf(buf: &mut [usize]) -> usize {
         n += 1;
         true
     });
+    UNWINDING.fetch_sub(1, SeqCst);
     n
 }
 

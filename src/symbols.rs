@@ -8,9 +8,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
-
 use crate::sites::FxBuild;
+use crate::sync::SpinLock;
 
 /// One function at a frame: the outermost is the function the return address lies in; inlined
 /// callees come before it (innermost first), as pprof orders the Lines of a Location.
@@ -41,34 +40,99 @@ impl Frame {
     }
 }
 
+/// Why every symbol list handed out is also kept here, for the life of the process: they are
+/// allocated inside the profiler guard, and `Frame` is `Clone` with a public `symbols` field, so a
+/// program can keep an `Arc` past its `HeapProfile`. If that clone were the last reference, its
+/// drop would free, outside the guard, a block the program never allocated, and the exact counters
+/// would drift (`free > alloc`). With the cache holding a reference, a program's drop only ever
+/// decrements a count. So: never evict from this cache without revisiting that.
 struct Cache {
     map: HashMap<usize, Arc<[Symbol]>, FxBuild>,
+    /// Per address, its symbols after trimming the allocator's functions off the inner end
+    /// (`snapshot::trim_allocator_frames`); same lifetime rule as `map`.
+    trimmed: HashMap<(usize, usize), Arc<[Symbol]>, FxBuild>,
+    /// The symbols of an unsymbolized or unknown frame.
+    empty: Arc<[Symbol]>,
     bytes: usize,
 }
 
-static CACHE: Mutex<Option<Cache>> = Mutex::new(None);
+/// A spin lock, not a `parking_lot::Mutex`, so that `fork()` can hold it across the fork and the
+/// child can release it (see `sync`): a parking_lot mutex with parked waiters unlocks through
+/// parking_lot's global hash table, whose bucket locks a thread that does not exist in the child
+/// may hold. It is only taken at dump time (waiters yield), never in the allocation hook.
+static CACHE: SpinLock<Option<Cache>> = SpinLock::new(None);
+
+/// `pthread_atfork` prepare: takes the cache lock (see `sites::atfork_prepare`).
+pub(crate) fn lock_for_fork() {
+    CACHE.raw_lock();
+}
+
+/// `pthread_atfork` parent and child: releases the lock taken by [`lock_for_fork`].
+///
+/// # Safety
+/// [`lock_for_fork`] must have been called by this thread (or, in a forked child, by the thread
+/// that forked) with no release since.
+pub(crate) unsafe fn unlock_after_fork() {
+    // SAFETY: per this function's contract the lock is held by `raw_lock` and no guard exists.
+    unsafe { CACHE.raw_unlock() }
+}
+
+fn with_cache<R>(f: impl FnOnce(&mut Cache) -> R) -> R {
+    let mut guard = CACHE.lock();
+    f(guard.get_or_insert_with(|| Cache {
+        map: HashMap::default(),
+        trimmed: HashMap::default(),
+        empty: Arc::from(Vec::new()),
+        bytes: 0,
+    }))
+}
+
+/// The shared empty symbol list (see [`Cache`] for why it is shared). Inside the guard.
+pub(crate) fn empty() -> Arc<[Symbol]> {
+    with_cache(|c| c.empty.clone())
+}
+
+/// `keep`, the inner-end-trimmed symbols of the frame at `address`, as the shared list for that
+/// address (see [`Cache`]). Inside the guard.
+pub(crate) fn trimmed(address: usize, keep: &[Symbol]) -> Arc<[Symbol]> {
+    with_cache(|c| {
+        // The kept symbols are a suffix of the address's symbol list, so (address, length)
+        // names them; entries are never replaced (a replaced entry could leave a program's
+        // clone as the last reference).
+        if let Some(s) = c.trimmed.get(&(address, keep.len())) {
+            return s.clone();
+        }
+        let s: Arc<[Symbol]> = Arc::from(keep);
+        c.bytes += 64 + keep.iter().map(Symbol::heap_bytes).sum::<usize>();
+        c.trimmed.insert((address, keep.len()), s.clone());
+        s
+    })
+}
+
+impl Symbol {
+    /// Bytes this symbol holds on the heap, roughly, for `cache_bytes`.
+    fn heap_bytes(&self) -> usize {
+        48 + self.function.len() + self.file.as_ref().map_or(0, |f| f.len())
+    }
+}
 
 /// Resolves every address in `addrs`, returning them in order. Must run inside the profiler guard.
 pub(crate) fn resolve_all(addrs: &[usize]) -> Vec<Arc<[Symbol]>> {
     debug_assert!(crate::guard::in_profiler());
-    let mut guard = CACHE.lock();
-    let cache = guard.get_or_insert_with(|| Cache { map: HashMap::default(), bytes: 0 });
-    addrs
-        .iter()
-        .map(|&a| {
-            if let Some(s) = cache.map.get(&a) {
-                return s.clone();
-            }
-            let syms = resolve_one(a);
-            cache.bytes += 64
-                + syms
-                    .iter()
-                    .map(|s| 48 + s.function.len() + s.file.as_ref().map_or(0, |f| f.len()))
-                    .sum::<usize>();
-            cache.map.insert(a, syms.clone());
-            syms
-        })
-        .collect()
+    with_cache(|cache| {
+        addrs
+            .iter()
+            .map(|&a| {
+                if let Some(s) = cache.map.get(&a) {
+                    return s.clone();
+                }
+                let syms = resolve_one(a);
+                cache.bytes += 64 + syms.iter().map(Symbol::heap_bytes).sum::<usize>();
+                cache.map.insert(a, syms.clone());
+                syms
+            })
+            .collect()
+    })
 }
 
 fn resolve_one(addr: usize) -> Arc<[Symbol]> {

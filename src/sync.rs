@@ -6,11 +6,16 @@
 //!   holding it, dhat-rs#25), never allocates, and is held for a hash-table insert or remove.
 //!   Waiters spin briefly, then `sched_yield`. Every holder is inside the profiler guard, so an
 //!   allocation made while holding it goes straight to the inner allocator.
-//! * The symbol cache in [`crate::symbols`] uses a `parking_lot::Mutex`: it is taken only at dump
-//!   time by `profile()`, never in the hook, so its allocating slow path cannot deadlock us.
-//! * `fork()`: `pthread_atfork` handlers take the site lock before the fork and release it in
-//!   both parent and child, so a child forked while another thread held it can still allocate
-//!   and profile.
+//! * The symbol cache in [`crate::symbols`] is a second `SpinLock`, taken only at dump time by
+//!   `profile()` (held while symbolizing, so waiters mostly yield), never in the hook. It is not a
+//!   `parking_lot::Mutex` because of `fork()`, below.
+//! * `fork()`: `pthread_atfork` handlers take the symbol-cache lock and then the site lock before
+//!   the fork and release both in parent and child, so a child forked while another thread held
+//!   either can still allocate, symbolize and profile. Holding the cache lock also means no
+//!   heapsight thread is inside `backtrace::resolve` (and its global lock) at the fork. Releasing
+//!   in the child is a plain store; a `parking_lot::Mutex` could not be released safely there
+//!   (with parked waiters its unlock goes through parking_lot's global table, whose bucket locks
+//!   may belong to threads that do not exist in the child).
 use core::cell::UnsafeCell;
 use core::ops::{Deref, DerefMut};
 use core::sync::atomic::{AtomicBool, Ordering::*};

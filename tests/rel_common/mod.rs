@@ -1,0 +1,198 @@
+//! Shared by the `rel_*` reliability test binaries (issue 7): a tiny `harness = false` runner, a
+//! watchdog that turns a hang into a loud failure, and exact-counter helpers.
+//!
+//! Every `rel_*` binary is its own process with its own `#[global_allocator]`, so the global
+//! counters see only that scenario. They use `harness = false` to own the process: no test
+//! harness threads allocate during the quiet windows in which exact counters are compared.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::time::Duration;
+
+/// One test: a name and a function that panics on failure.
+pub type Test = (&'static str, fn());
+
+/// Runs `tests` in order, printing libtest-style `test NAME ... ok` lines. A failing test panics,
+/// which ends the process with a non-zero status (the default panic hook prints why). Accepts a
+/// substring filter as the first non-flag argument, and `--list` (as `cargo test -- --list`).
+pub fn run(tests: &[Test]) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--list") {
+        for (name, _) in tests {
+            println!("{name}: test");
+        }
+        return;
+    }
+    let filter = args.iter().find(|a| !a.starts_with('-')).cloned();
+    let mut ran = 0;
+    for (name, f) in tests {
+        if filter.as_deref().is_some_and(|p| !name.contains(p)) {
+            continue;
+        }
+        print!("test {name} ... ");
+        let _ = std::io::stdout().flush();
+        f();
+        println!("ok");
+        ran += 1;
+    }
+    println!("\ntest result: ok. {ran} passed; 0 failed");
+}
+
+/// Aborts the process with a message if it is still running after `secs` seconds. This is a hang
+/// detector, not a timing assertion: the bound is many times the expected run time, and hitting
+/// it means a deadlock (or a livelock), which would otherwise hang CI silently.
+///
+/// Returns once the watchdog thread is running, so that its start-up allocations do not land in
+/// a caller's quiet window.
+///
+/// Debug builds get three times the bound: the suite is sized for `cargo test --release`, and an
+/// unoptimized build runs the same work several times slower.
+pub fn watchdog(secs: u64, what: &'static str) {
+    let secs = if cfg!(debug_assertions) {
+        3 * secs
+    } else {
+        secs
+    };
+    static STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    std::thread::Builder::new()
+        .name("watchdog".into())
+        .spawn(move || {
+            STARTED.store(true, std::sync::atomic::Ordering::SeqCst);
+            std::thread::sleep(Duration::from_secs(secs));
+            let msg = format!("\nWATCHDOG: {what} still running after {secs} s: deadlock?\n");
+            // SAFETY: writes initialised bytes of `msg` to stderr.
+            unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
+            std::process::abort();
+        })
+        .expect("spawn watchdog");
+    while !STARTED.load(std::sync::atomic::Ordering::SeqCst) {
+        std::thread::yield_now();
+    }
+}
+
+/// The exact counters that must return to a baseline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exact {
+    pub alloc_objects: u64,
+    pub alloc_bytes: u64,
+    pub free_objects: u64,
+    pub free_bytes: u64,
+    pub inuse_objects: u64,
+    pub inuse_bytes: u64,
+}
+
+/// Reads the exact counters, checking `inuse = alloc - free` on the way.
+pub fn exact() -> Exact {
+    let s = heapsight::stats();
+    assert_eq!(s.inuse_objects, s.alloc_objects - s.free_objects, "{s:?}");
+    assert_eq!(s.inuse_bytes, s.alloc_bytes - s.free_bytes, "{s:?}");
+    Exact {
+        alloc_objects: s.alloc_objects,
+        alloc_bytes: s.alloc_bytes,
+        free_objects: s.free_objects,
+        free_bytes: s.free_bytes,
+        inuse_objects: s.inuse_objects,
+        inuse_bytes: s.inuse_bytes,
+    }
+}
+
+/// Asserts that live objects and bytes are back at `base` exactly, and that everything allocated
+/// since was freed (alloc and free grew by the same amounts). `what` is only formatted on failure
+/// (pass `format_args!`, not a `String`, which would itself be live during the check).
+pub fn assert_back_to(base: Exact, what: impl std::fmt::Display) {
+    let now = exact();
+    assert_eq!(
+        (now.inuse_objects, now.inuse_bytes),
+        (base.inuse_objects, base.inuse_bytes),
+        "{what}: in-use drifted from the baseline\nbase {base:?}\nnow  {now:?}"
+    );
+    assert_eq!(
+        now.alloc_objects - base.alloc_objects,
+        now.free_objects - base.free_objects,
+        "{what}: objects allocated and freed since the baseline differ"
+    );
+    assert_eq!(
+        now.alloc_bytes - base.alloc_bytes,
+        now.free_bytes - base.free_bytes,
+        "{what}: bytes allocated and freed since the baseline differ"
+    );
+}
+
+/// Whether any frame of `site` is in a function whose name contains `needle`.
+pub fn site_has(site: &heapsight::Site, needle: &str) -> bool {
+    site.frames()
+        .iter()
+        .any(|f| f.symbols.iter().any(|s| s.function.contains(needle)))
+}
+
+/// Asserts that no site with a frame in a function named like `needle` has anything in use, and
+/// returns how many such sites there are (so callers can check the workload was seen at all).
+pub fn assert_sites_freed(p: &heapsight::HeapProfile, needle: &str) -> usize {
+    let mut n = 0;
+    for s in p.sites().iter().filter(|s| site_has(s, needle)) {
+        n += 1;
+        assert_eq!(
+            (s.inuse_objects, s.inuse_bytes),
+            (0, 0),
+            "site in {needle} still shows live memory after everything was freed: {s:?}"
+        );
+    }
+    n
+}
+
+/// xorshift64: the workloads' own deterministic generator (no allocation, no shared state).
+pub struct Rng(pub u64);
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Re-runs this test binary as a child process with `env` added, so that the variables are in
+/// place before the first allocation (heapsight reads them once, at start-up). Returns the
+/// child's exit status and captured output.
+pub fn rerun_with_env(env: &[(&str, &std::ffi::OsStr)], remove: &[&str]) -> std::process::Output {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut cmd = std::process::Command::new(exe);
+    for k in remove {
+        cmd.env_remove(k);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run child")
+}
+
+/// Calls `f` at the end of a call chain of `levels` frames that goes through `path_left` or
+/// `path_right` at each level as the bits of `bits` say: `2^levels` distinct stacks (distinct
+/// return addresses at every level), to fill the site table.
+pub fn on_distinct_stack(bits: u64, levels: u32, f: &mut dyn FnMut()) {
+    if levels == 0 {
+        f()
+    } else if bits & 1 == 0 {
+        path_left(bits >> 1, levels - 1, f)
+    } else {
+        path_right(bits >> 1, levels - 1, f)
+    }
+}
+
+#[inline(never)]
+fn path_left(bits: u64, levels: u32, f: &mut dyn FnMut()) {
+    on_distinct_stack(bits, levels, f);
+    // Not a tail call: this frame stays on the stack.
+    std::hint::black_box(bits);
+}
+
+#[inline(never)]
+fn path_right(bits: u64, levels: u32, f: &mut dyn FnMut()) {
+    on_distinct_stack(bits, levels, f);
+    std::hint::black_box(levels);
+}

@@ -1,0 +1,173 @@
+//! Guarantee 5: `fork()` while other threads hold heapsight's locks. One thread takes profiles in
+//! a loop (it holds the site lock while copying the table and the symbol-cache lock while
+//! symbolizing; the first fork lands during the first, slow, symbolization), another allocates
+//! with every allocation sampled (it takes the site lock, and with the DWARF unwinder,
+//! backtrace's lock). The main thread forks while the profiler is inside `profile()`; each child
+//! allocates, reads `stats()`, takes a symbolized profile and exits with a status code that the
+//! parent checks. A child that hangs is killed after a generous bound and reported as a deadlock.
+use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::time::{Duration, Instant};
+
+use heapsight::{HeapSight, Unwinder};
+
+mod rel_common;
+
+#[global_allocator]
+static GLOBAL: HeapSight = HeapSight::system();
+
+const ROUNDS: usize = 20;
+/// Per child; a hang detector, not a timing assertion (a child takes milliseconds).
+const CHILD_BOUND: Duration = Duration::from_secs(30);
+
+static STOP: AtomicBool = AtomicBool::new(false);
+static IN_PROFILE: AtomicBool = AtomicBool::new(false);
+
+/// What a forked child checks. Returns its exit status: 0 = all good.
+#[inline(never)]
+fn child_check() -> i32 {
+    let v: Vec<Vec<u8>> = (0..100).map(|i| vec![i as u8; 100 + i]).collect();
+    black_box(&v);
+    let s = heapsight::stats();
+    if s.inuse_objects != s.alloc_objects - s.free_objects || s.inuse_bytes < 10_000 {
+        return 2;
+    }
+    let p = heapsight::profile();
+    if p.sites().is_empty() {
+        return 3;
+    }
+    // The child's own allocations were sampled and symbolized in the child.
+    if !p
+        .sites()
+        .iter()
+        .any(|s| rel_common::site_has(s, "child_check"))
+    {
+        return 4;
+    }
+    drop(p);
+    drop(v);
+    let s2 = heapsight::stats();
+    if s2.inuse_bytes >= s.inuse_bytes {
+        return 5;
+    }
+    0
+}
+
+fn profiler_loop() {
+    while !STOP.load(SeqCst) {
+        IN_PROFILE.store(true, SeqCst);
+        let p = heapsight::profile();
+        black_box(p.sites().len());
+        drop(p);
+        drop(heapsight::profile_unsymbolized());
+        IN_PROFILE.store(false, SeqCst);
+        std::thread::yield_now();
+    }
+}
+
+#[inline(never)]
+fn allocator_loop() {
+    let mut i = 0usize;
+    while !STOP.load(SeqCst) {
+        rel_common::on_distinct_stack(i as u64, 8, &mut || {
+            black_box(vec![0u8; 64 + i % 512]);
+        });
+        i += 1;
+    }
+}
+
+/// Forks; the child runs `child_check` and `_exit`s; returns the child's exit status.
+fn fork_and_check(round: usize) -> i32 {
+    // SAFETY: fork has no preconditions. The child only allocates (through heapsight and glibc
+    // malloc, both fork-safe), takes a profile and calls `_exit`: it does not print or take any
+    // std lock the other threads may have held.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let code = std::panic::catch_unwind(child_check).unwrap_or(6);
+        // SAFETY: ends the child without running the parent's exit handlers.
+        unsafe { libc::_exit(code) };
+    }
+    let start = Instant::now();
+    let mut status = 0;
+    loop {
+        // SAFETY: `status` is a valid out-pointer; `pid` is our child.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        assert!(r >= 0, "waitpid failed");
+        if r == pid {
+            break;
+        }
+        if start.elapsed() > CHILD_BOUND {
+            // SAFETY: our own child.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut status, 0);
+            }
+            panic!("round {round}: the forked child hung for {CHILD_BOUND:?}: deadlock after fork");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(
+        libc::WIFEXITED(status),
+        "round {round}: child died: status {status:#x}"
+    );
+    libc::WEXITSTATUS(status)
+}
+
+fn fork_while_profiling(unwinder: Unwinder) {
+    heapsight::set_unwinder(unwinder);
+    heapsight::set_sample_rate(1);
+    STOP.store(false, SeqCst);
+    // Live blocks on many distinct stacks, so that profiles have work to do.
+    let mut keep = Vec::new();
+    for i in 0..2048u64 {
+        rel_common::on_distinct_stack(i, 11, &mut || keep.push(vec![1u8; 32]));
+    }
+    std::thread::scope(|s| {
+        // Stops the helper threads even when an assertion below fails, so the failure is
+        // reported instead of the scope waiting for them forever.
+        struct StopOnDrop;
+        impl Drop for StopOnDrop {
+            fn drop(&mut self) {
+                STOP.store(true, SeqCst);
+            }
+        }
+        let _stop = StopOnDrop;
+        let p = s.spawn(profiler_loop);
+        let a = s.spawn(allocator_loop);
+        for round in 0..ROUNDS {
+            while !IN_PROFILE.load(SeqCst) {
+                std::thread::yield_now();
+            }
+            let code = fork_and_check(round);
+            assert_eq!(
+                code, 0,
+                "round {round} ({unwinder:?}): the child failed its check"
+            );
+        }
+        STOP.store(true, SeqCst);
+        p.join().unwrap();
+        a.join().unwrap();
+    });
+    drop(keep);
+    heapsight::set_unwinder(Unwinder::Auto);
+}
+
+fn fork_while_profiling_frame_pointers() {
+    fork_while_profiling(Unwinder::Auto)
+}
+
+fn fork_while_profiling_dwarf() {
+    fork_while_profiling(Unwinder::Dwarf)
+}
+
+fn main() {
+    rel_common::watchdog(120, "rel_fork");
+    rel_common::run(&[
+        (
+            "fork_while_profiling_frame_pointers",
+            fork_while_profiling_frame_pointers,
+        ),
+        ("fork_while_profiling_dwarf", fork_while_profiling_dwarf),
+    ]);
+}
