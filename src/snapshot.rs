@@ -23,7 +23,7 @@ pub(crate) struct Estimates {
 }
 
 impl Estimates {
-    fn add(&mut self, o: &Estimates) {
+    pub(crate) fn add(&mut self, o: &Estimates) {
         self.alloc_objects += o.alloc_objects;
         self.alloc_bytes += o.alloc_bytes;
         self.inuse_objects += o.inuse_objects;
@@ -50,16 +50,22 @@ pub(crate) struct Record {
 /// what is still live, with symbolized stacks. Returned by [`crate::profile`].
 pub struct HeapProfile {
     pub(crate) time_nanos: i64,
+    /// Nonzero for a [`HeapProfile::delta`]: the time between the two snapshots.
+    pub(crate) duration_nanos: i64,
     pub(crate) rate: u64,
     pub(crate) stats: Stats,
     /// Trimmed, deduplicated stacks, leaf first. `stacks[0]` is the overflow pseudo-site.
     pub(crate) stacks: Vec<Arc<[Frame]>>,
     pub(crate) records: Vec<Record>,
-    sites: Vec<Site>,
+    pub(crate) sites: Vec<Site>,
     pub(crate) symbolized: bool,
     pub(crate) live_samples: usize,
     pub(crate) overflow_samples: u64,
     pub(crate) symbol_cache_bytes: usize,
+    /// Tag names by tag id (0 = untagged); filled by the tagging API, empty until then.
+    pub(crate) tag_names: Vec<String>,
+    /// Lifetime bins of freed samples, one row per entry of `stacks` (see `sites::LIFE_BINS`).
+    pub(crate) lifetimes: Vec<sites::LifeRow>,
 }
 
 /// One call site: a distinct (trimmed) stack, with the four estimates Go's heap profile has.
@@ -83,6 +89,8 @@ pub struct Site {
     frames: Arc<[Frame]>,
     /// True for the pseudo-site that collects samples once the site cap is reached.
     pub overflow: bool,
+    /// Index into `HeapProfile::stacks`.
+    pub(crate) stack: usize,
 }
 
 impl Site {
@@ -127,6 +135,14 @@ impl HeapProfile {
     pub fn time_nanos(&self) -> i64 {
         self.time_nanos
     }
+
+    /// The name of a tag id, if the tagging API named it (0 is untagged and has none).
+    pub(crate) fn tag_name(&self, id: u32) -> Option<&str> {
+        if id == 0 {
+            return None;
+        }
+        self.tag_names.get(id as usize).map(String::as_str)
+    }
 }
 
 impl Drop for HeapProfile {
@@ -137,6 +153,8 @@ impl Drop for HeapProfile {
             drop(core::mem::take(&mut self.stacks));
             drop(core::mem::take(&mut self.records));
             drop(core::mem::take(&mut self.sites));
+            drop(core::mem::take(&mut self.tag_names));
+            drop(core::mem::take(&mut self.lifetimes));
         })
     }
 }
@@ -158,76 +176,130 @@ pub(crate) fn take(symbolize: bool) -> HeapProfile {
     let stats = crate::stats();
     profiler_scope(|| {
         let raw = sites::snapshot();
-        // Resolve every distinct address once (outside the site lock).
-        let mut symbols_of: HashMap<usize, Arc<[Symbol]>, FxBuild> = HashMap::default();
-        if symbolize {
-            let mut addrs: Vec<usize> = raw.stacks.iter().flat_map(|s| s.iter().copied()).collect();
-            addrs.sort_unstable();
-            addrs.dedup();
-            let resolved = symbols::resolve_all(&addrs);
-            symbols_of.extend(addrs.into_iter().zip(resolved));
+        build(raw, symbolize, stats, unix_nanos())
+    })
+}
+
+/// The profile as of the sampled-heap high-water mark (see `sites::Peak`), or an empty profile
+/// if nothing was sampled yet.
+pub(crate) fn take_peak(symbolize: bool) -> HeapProfile {
+    let stats = crate::stats();
+    profiler_scope(|| match sites::peak_snapshot() {
+        Some((raw, _inuse, at_ns)) => {
+            // The capture has a monotonic time stamp; place it on the wall clock.
+            let ago = crate::alloc::now_ns().saturating_sub(at_ns) as i64;
+            build(raw, symbolize, stats, unix_nanos() - ago)
         }
-        let empty: Arc<[Symbol]> = Arc::from(Vec::new());
-        // Trim and dedupe stacks: raw stack id -> profile stack index.
-        let mut index: HashMap<Vec<usize>, usize, FxBuild> = HashMap::default();
-        let mut stacks: Vec<Arc<[Frame]>> = vec![Arc::from(Vec::new())];
-        let max_depth = crate::alloc::MAX_DEPTH.load(std::sync::atomic::Ordering::Relaxed);
-        let remap: Vec<usize> = raw
-            .stacks
-            .iter()
-            .enumerate()
-            .map(|(id, s)| {
-                if id as u32 == OVERFLOW_STACK {
-                    return 0;
-                }
-                let mut frames: Vec<Frame> = s
-                    .iter()
-                    .map(|&a| Frame { address: a, symbols: symbols_of.get(&a).cloned().unwrap_or_else(|| empty.clone()) })
-                    .collect();
-                if symbolize {
-                    trim_allocator_frames(&mut frames);
-                }
-                frames.truncate(max_depth);
-                let key: Vec<usize> = frames.iter().map(|f| f.address).collect();
-                *index.entry(key).or_insert_with(|| {
-                    stacks.push(frames.into());
-                    stacks.len() - 1
+        None => build(sites::RawTable::default(), symbolize, stats, unix_nanos()),
+    })
+}
+
+/// Everything after the lock: symbolize, trim, merge stacks, estimate, build sites.
+fn build(raw: sites::RawTable, symbolize: bool, stats: Stats, time_nanos: i64) -> HeapProfile {
+    // Resolve every distinct address once (outside the site lock).
+    let mut symbols_of: HashMap<usize, Arc<[Symbol]>, FxBuild> = HashMap::default();
+    if symbolize {
+        let mut addrs: Vec<usize> = raw.stacks.iter().flat_map(|s| s.iter().copied()).collect();
+        addrs.sort_unstable();
+        addrs.dedup();
+        let resolved = symbols::resolve_all(&addrs);
+        symbols_of.extend(addrs.into_iter().zip(resolved));
+    }
+    let empty: Arc<[Symbol]> = Arc::from(Vec::new());
+    // Trim and dedupe stacks: raw stack id -> profile stack index.
+    let mut index: HashMap<Vec<usize>, usize, FxBuild> = HashMap::default();
+    let mut stacks: Vec<Arc<[Frame]>> = vec![Arc::from(Vec::new())];
+    let max_depth = crate::alloc::MAX_DEPTH.load(std::sync::atomic::Ordering::Relaxed);
+    let remap: Vec<usize> = raw
+        .stacks
+        .iter()
+        .enumerate()
+        .map(|(id, s)| {
+            if id as u32 == OVERFLOW_STACK {
+                return 0;
+            }
+            let mut frames: Vec<Frame> = s
+                .iter()
+                .map(|&a| Frame {
+                    address: a,
+                    symbols: symbols_of.get(&a).cloned().unwrap_or_else(|| empty.clone()),
                 })
+                .collect();
+            if symbolize {
+                trim_allocator_frames(&mut frames);
+            }
+            frames.truncate(max_depth);
+            let key: Vec<usize> = frames.iter().map(|f| f.address).collect();
+            *index.entry(key).or_insert_with(|| {
+                stacks.push(frames.into());
+                stacks.len() - 1
             })
-            .collect();
-        let mut records: Vec<Record> = raw
-            .buckets
-            .iter()
-            .map(|b| Record {
-                stack: remap[b.key.stack as usize],
-                tag: b.key.tag,
-                size: b.key.size,
-                rate: b.key.rate,
-                allocs: b.allocs,
-                frees: b.frees,
-                est: estimates(b.key.size, b.key.rate, b.allocs, b.frees),
-            })
-            .collect();
-        if raw.mixed.samples > 0 {
-            records.push(Record {
-                stack: 0,
-                tag: 0,
-                size: 0,
-                rate: 0,
-                allocs: raw.mixed.samples,
-                frees: raw.mixed.frees,
-                est: Estimates {
-                    alloc_objects: raw.mixed.alloc_objects,
-                    alloc_bytes: raw.mixed.alloc_bytes,
-                    inuse_objects: raw.mixed.inuse_objects(),
-                    inuse_bytes: raw.mixed.inuse_bytes(),
-                },
-            });
+        })
+        .collect();
+    // Lifetime rows follow the stacks they belong to (summed where trimming merged stacks).
+    let mut lifetimes = vec![[0u32; sites::LIFE_BINS]; stacks.len()];
+    for (id, row) in raw.lifetimes.iter().enumerate() {
+        let to = &mut lifetimes[remap[id]];
+        for (t, f) in to.iter_mut().zip(row) {
+            *t = t.saturating_add(*f);
         }
-        // Sites: records merged per stack.
+    }
+    let mut records: Vec<Record> = raw
+        .buckets
+        .iter()
+        .map(|b| Record {
+            stack: remap[b.key.stack as usize],
+            tag: b.key.tag,
+            size: b.key.size,
+            rate: b.key.rate,
+            allocs: b.allocs,
+            frees: b.frees,
+            est: estimates(b.key.size, b.key.rate, b.allocs, b.frees),
+        })
+        .collect();
+    if raw.mixed.samples > 0 {
+        records.push(Record {
+            stack: 0,
+            tag: 0,
+            size: 0,
+            rate: 0,
+            allocs: raw.mixed.samples,
+            frees: raw.mixed.frees,
+            est: Estimates {
+                alloc_objects: raw.mixed.alloc_objects,
+                alloc_bytes: raw.mixed.alloc_bytes,
+                inuse_objects: raw.mixed.inuse_objects(),
+                inuse_bytes: raw.mixed.inuse_bytes(),
+            },
+        });
+    }
+    let mut p = HeapProfile {
+        time_nanos,
+        duration_nanos: 0,
+        rate: crate::sample_rate(),
+        stats,
+        stacks,
+        records,
+        sites: Vec::new(),
+        symbolized: symbolize,
+        live_samples: raw.live_samples,
+        overflow_samples: raw.overflow_samples,
+        symbol_cache_bytes: if symbolize { symbols::cache_bytes() } else { 0 },
+        tag_names: Vec::new(),
+        lifetimes,
+    };
+    p.assemble();
+    p
+}
+
+impl HeapProfile {
+    /// Derives `sites` from `records` (merged per stack) and puts both in display order. Must
+    /// run inside the profiler guard.
+    pub(crate) fn assemble(&mut self) {
+        let stacks = &self.stacks;
         let mut per_stack: Vec<(Estimates, u64)> = vec![(Estimates::default(), 0); stacks.len()];
         let mut used = vec![false; stacks.len()];
-        for r in &records {
+        for r in &self.records {
             per_stack[r.stack].0.add(&r.est);
             per_stack[r.stack].1 += r.allocs;
             used[r.stack] = true;
@@ -244,23 +316,23 @@ pub(crate) fn take(symbolize: bool) -> HeapProfile {
                 samples: *n,
                 frames: stacks[i].clone(),
                 overflow: i == 0,
+                stack: i,
             })
             .collect();
-        site_list.sort_by(|a, b| b.inuse_bytes.cmp(&a.inuse_bytes).then(b.alloc_bytes.cmp(&a.alloc_bytes)));
-        records.sort_by(|a, b| b.est.inuse_bytes.total_cmp(&a.est.inuse_bytes));
-        HeapProfile {
-            time_nanos: unix_nanos(),
-            rate: crate::sample_rate(),
-            stats,
-            stacks,
-            records,
-            sites: site_list,
-            symbolized: symbolize,
-            live_samples: raw.live_samples,
-            overflow_samples: raw.overflow_samples,
-            symbol_cache_bytes: if symbolize { symbols::cache_bytes() } else { 0 },
-        }
-    })
+        site_list.sort_by(|a, b| {
+            b.inuse_bytes
+                .cmp(&a.inuse_bytes)
+                .then(b.alloc_bytes.cmp(&a.alloc_bytes))
+        });
+        self.records.sort_by(|a, b| {
+            b.est
+                .inuse_bytes
+                .total_cmp(&a.est.inuse_bytes)
+                .then(b.est.alloc_bytes.total_cmp(&a.est.alloc_bytes))
+        });
+        let old = core::mem::replace(&mut self.sites, site_list);
+        drop(old);
+    }
 }
 
 /// Drops the leaf-side frames that belong to the allocator (see `symbols::is_allocator_frame`),
@@ -302,7 +374,11 @@ mod tests {
             address: addr,
             symbols: names
                 .iter()
-                .map(|n| Symbol { function: n.to_string(), file: None, line: None })
+                .map(|n| Symbol {
+                    function: n.to_string(),
+                    file: None,
+                    line: None,
+                })
                 .collect::<Vec<_>>()
                 .into(),
         }
@@ -312,14 +388,30 @@ mod tests {
     fn trims_entry_frames_and_keeps_growth_frames() {
         let mut f = vec![
             frame(1, &["heapsight::alloc::take_sample"]),
-            frame(2, &["<heapsight::alloc::HeapSight<A> as core::alloc::global::GlobalAlloc>::realloc", "__rust_realloc"]),
+            frame(
+                2,
+                &[
+                    "<heapsight::alloc::HeapSight<A> as core::alloc::global::GlobalAlloc>::realloc",
+                    "__rust_realloc",
+                ],
+            ),
             frame(3, &["alloc::alloc::realloc", "alloc::raw_vec::finish_grow"]),
             frame(4, &["alloc::raw_vec::RawVec<T,A>::grow_one"]),
             frame(5, &["app::build"]),
         ];
         trim_allocator_frames(&mut f);
-        let names: Vec<_> = f.iter().map(|f| f.function().unwrap().to_string()).collect();
-        assert_eq!(names, ["alloc::raw_vec::finish_grow", "alloc::raw_vec::RawVec<T,A>::grow_one", "app::build"]);
+        let names: Vec<_> = f
+            .iter()
+            .map(|f| f.function().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "alloc::raw_vec::finish_grow",
+                "alloc::raw_vec::RawVec<T,A>::grow_one",
+                "app::build"
+            ]
+        );
         assert_eq!(f[0].address, 3);
         assert_eq!(f[0].symbols.len(), 1);
     }
