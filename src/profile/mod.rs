@@ -138,7 +138,7 @@ impl HeapProfile {
     /// The whole output is built in memory first (the profiler's own memory), then written.
     pub fn write_pprof(&self, w: impl Write) -> io::Result<()> {
         encode_then_write(w, |buf| {
-            pprof::write_gzipped(self, None, &maps::read_self().1, buf)
+            pprof::write_gzipped(self, None, &maps::read_self(), buf)
         })
     }
 
@@ -146,12 +146,7 @@ impl HeapProfile {
     /// alloc_space`, as Go's `allocs` profile: pprof opens it on bytes allocated since start-up.
     pub fn write_pprof_allocs(&self, w: impl Write) -> io::Result<()> {
         encode_then_write(w, |buf| {
-            pprof::write_gzipped(
-                self,
-                Some(SampleType::AllocSpace),
-                &maps::read_self().1,
-                buf,
-            )
+            pprof::write_gzipped(self, Some(SampleType::AllocSpace), &maps::read_self(), buf)
         })
     }
 
@@ -161,7 +156,7 @@ impl HeapProfile {
     /// heap.txt` can find the binary). See `profile/text.rs` for how records taken at another
     /// rate than the header's are written.
     pub fn write_text(&self, w: impl Write) -> io::Result<()> {
-        encode_then_write(w, |buf| text::write(self, Some(&maps::read_self().0), buf))
+        encode_then_write(w, |buf| text::write(self, Some(&maps::read_self()), buf))
     }
 
     /// Writes collapsed stacks (`root;...;leaf value`, one line per site, values of `ty`,

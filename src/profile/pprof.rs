@@ -28,6 +28,13 @@ use super::SampleType;
 use crate::snapshot::HeapProfile;
 use crate::symbols::{Frame, Symbol, DROP_FRAMES_REGEX};
 
+/// `drop_frames` for the symbolizer of the `go tool pprof` that ships with Go: it names Rust
+/// functions by their DWARF short name (`take_sample`, not `heapsight::alloc::take_sample`), which
+/// [`DROP_FRAMES_REGEX`] cannot match. Every sampled stack passes through `take_sample` (never
+/// inlined), and pprof drops a matching frame *and everything leaf-ward of it*, so this one name
+/// removes heapsight's frames under both symbolizers.
+const SHORT_NAME_DROP: &str = "take_sample";
+
 /// The string table: `string_table[0]` must be "" (index 0 means "unset" everywhere).
 #[derive(Default)]
 pub(crate) struct Strings {
@@ -248,7 +255,7 @@ pub(crate) fn encode(
     let drop_frames = if p.symbolized {
         0
     } else {
-        st.intern(DROP_FRAMES_REGEX)
+        st.intern(&format!("{DROP_FRAMES_REGEX}|{SHORT_NAME_DROP}"))
     };
     let (space, bytes) = (st.intern("space"), st.intern("bytes"));
     let default_type = default_type.map_or(0, |t| st.intern(t.name()));

@@ -33,6 +33,7 @@ use std::fmt::Write as _;
 use std::io::{self, Write};
 
 use super::dist;
+use super::maps::Mapping;
 use crate::snapshot::{Estimates, HeapProfile};
 
 /// Sites listed with their size and lifetime quantiles in the trailer.
@@ -72,7 +73,11 @@ struct Line {
     alloc: (u64, u64),
 }
 
-pub(crate) fn write(p: &HeapProfile, maps: Option<&str>, out: &mut Vec<u8>) -> io::Result<()> {
+pub(crate) fn write(
+    p: &HeapProfile,
+    maps: Option<&[Mapping]>,
+    out: &mut Vec<u8>,
+) -> io::Result<()> {
     let rate = header_rate(p);
     // Merge records per (stack, size), in first-seen order (records are sorted by in-use bytes).
     let mut index: HashMap<(usize, u64), usize> = HashMap::new();
@@ -147,8 +152,9 @@ pub(crate) fn write(p: &HeapProfile, maps: Option<&str>, out: &mut Vec<u8>) -> i
     if let Some(maps) = maps {
         // The gperftools sentinel: pprof reads the memory map after it and can then find the
         // binary and symbolize the addresses (Go's text has no map, so pprof cannot).
-        out.write_all(b"\nMAPPED_LIBRARIES:\n")?;
-        out.write_all(maps.as_bytes())?;
+        let mut m = String::from("\nMAPPED_LIBRARIES:\n");
+        super::maps::write_proc_maps(maps, &mut m);
+        out.write_all(m.as_bytes())?;
     }
     Ok(())
 }
