@@ -443,8 +443,13 @@ pub(crate) struct RawTable {
     pub live_samples: usize,
     pub samples: u64,
     pub overflow_samples: u64,
-    /// Lifetime rows, indexed like `stacks`.
-    pub lifetimes: Vec<LifeRow>,
+    /// Lifetime rows of the stacks that have any, by stack id (sparse: most stacks of a long
+    /// running program have few frees sampled, and copying every row costs page faults).
+    pub lifetimes: Vec<(u32, LifeRow)>,
+}
+
+fn nonzero_rows(rows: &[LifeRow]) -> Vec<(u32, LifeRow)> {
+    rows.iter().enumerate().filter(|(_, r)| r.iter().any(|&n| n != 0)).map(|(i, r)| (i as u32, *r)).collect()
 }
 
 fn copy_raw(t: &Table) -> RawTable {
@@ -455,7 +460,7 @@ fn copy_raw(t: &Table) -> RawTable {
         live_samples: t.live.len(),
         samples: t.samples,
         overflow_samples: t.overflow_samples,
-        lifetimes: t.lifetimes.clone(),
+        lifetimes: nonzero_rows(&t.lifetimes),
     }
 }
 
@@ -478,7 +483,7 @@ pub(crate) fn peak_snapshot() -> Option<(RawTable, f64, u64)> {
             live_samples: p.live_samples,
             samples: p.samples,
             overflow_samples: p.overflow_samples,
-            lifetimes: t.lifetimes[..p.stacks].to_vec(),
+            lifetimes: nonzero_rows(&t.lifetimes[..p.stacks]),
         };
         Some((raw, p.inuse_bytes, p.at_ns))
     })

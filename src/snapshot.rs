@@ -65,7 +65,8 @@ pub struct HeapProfile {
     /// Tag names by tag id (0 = untagged); filled by the tagging API, empty until then.
     pub(crate) tag_names: Vec<String>,
     /// Lifetime bins of freed samples, one row per entry of `stacks` (see `sites::LIFE_BINS`).
-    pub(crate) lifetimes: Vec<sites::LifeRow>,
+    /// Sorted by stack; only stacks with freed samples have a row.
+    pub(crate) lifetimes: Vec<(usize, sites::LifeRow)>,
 }
 
 /// One call site: a distinct (trimmed) stack, with the four estimates Go's heap profile has.
@@ -136,6 +137,11 @@ impl HeapProfile {
         self.time_nanos
     }
 
+    /// The lifetime row of profile stack `stack`, if any of its samples was freed.
+    pub(crate) fn lifetime_row(&self, stack: usize) -> Option<&sites::LifeRow> {
+        self.lifetimes.binary_search_by_key(&stack, |r| r.0).ok().map(|i| &self.lifetimes[i].1)
+    }
+
     /// The name of a tag id, if the tagging API named it (0 is untagged and has none).
     pub(crate) fn tag_name(&self, id: u32) -> Option<&str> {
         if id == 0 {
@@ -196,54 +202,9 @@ pub(crate) fn take_peak(symbolize: bool) -> HeapProfile {
 
 /// Everything after the lock: symbolize, trim, merge stacks, estimate, build sites.
 fn build(raw: sites::RawTable, symbolize: bool, stats: Stats, time_nanos: i64) -> HeapProfile {
-    // Resolve every distinct address once (outside the site lock).
-    let mut symbols_of: HashMap<usize, Arc<[Symbol]>, FxBuild> = HashMap::default();
-    if symbolize {
-        let mut addrs: Vec<usize> = raw.stacks.iter().flat_map(|s| s.iter().copied()).collect();
-        addrs.sort_unstable();
-        addrs.dedup();
-        let resolved = symbols::resolve_all(&addrs);
-        symbols_of.extend(addrs.into_iter().zip(resolved));
-    }
-    let empty: Arc<[Symbol]> = Arc::from(Vec::new());
-    // Trim and dedupe stacks: raw stack id -> profile stack index.
-    let mut index: HashMap<Vec<usize>, usize, FxBuild> = HashMap::default();
-    let mut stacks: Vec<Arc<[Frame]>> = vec![Arc::from(Vec::new())];
-    let max_depth = crate::alloc::MAX_DEPTH.load(std::sync::atomic::Ordering::Relaxed);
-    let remap: Vec<usize> = raw
-        .stacks
-        .iter()
-        .enumerate()
-        .map(|(id, s)| {
-            if id as u32 == OVERFLOW_STACK {
-                return 0;
-            }
-            let mut frames: Vec<Frame> = s
-                .iter()
-                .map(|&a| Frame {
-                    address: a,
-                    symbols: symbols_of.get(&a).cloned().unwrap_or_else(|| empty.clone()),
-                })
-                .collect();
-            if symbolize {
-                trim_allocator_frames(&mut frames);
-            }
-            frames.truncate(max_depth);
-            let key: Vec<usize> = frames.iter().map(|f| f.address).collect();
-            *index.entry(key).or_insert_with(|| {
-                stacks.push(frames.into());
-                stacks.len() - 1
-            })
-        })
-        .collect();
+    let (stacks, remap, cache_bytes) = trimmed_stacks(&raw.stacks, symbolize);
     // Lifetime rows follow the stacks they belong to (summed where trimming merged stacks).
-    let mut lifetimes = vec![[0u32; sites::LIFE_BINS]; stacks.len()];
-    for (id, row) in raw.lifetimes.iter().enumerate() {
-        let to = &mut lifetimes[remap[id]];
-        for (t, f) in to.iter_mut().zip(row) {
-            *t = t.saturating_add(*f);
-        }
-    }
+    let lifetimes = merge_rows(raw.lifetimes.iter().map(|(id, row)| (remap[*id as usize], row)));
     let mut records: Vec<Record> = raw
         .buckets
         .iter()
@@ -284,7 +245,7 @@ fn build(raw: sites::RawTable, symbolize: bool, stats: Stats, time_nanos: i64) -
         symbolized: symbolize,
         live_samples: raw.live_samples,
         overflow_samples: raw.overflow_samples,
-        symbol_cache_bytes: if symbolize { symbols::cache_bytes() } else { 0 },
+        symbol_cache_bytes: if symbolize { symbols::cache_bytes() } else { 0 } + cache_bytes,
         tag_names: Vec::new(),
         lifetimes,
     };
@@ -335,27 +296,184 @@ impl HeapProfile {
     }
 }
 
-/// Drops the leaf-side frames that belong to the allocator (see `symbols::is_allocator_frame`),
-/// symbol by symbol so that an inlined growth function sharing a return address with
-/// `alloc::alloc::realloc` is kept. Looks no further than the entry frames captured for this.
-fn trim_allocator_frames(frames: &mut Vec<Frame>) {
-    let window = frames.len().min(crate::stack::ENTRY_FRAMES + 8);
-    // Position (frame, symbol index counted innermost first) of the last allocator symbol.
-    let mut cut: Option<(usize, usize)> = None;
-    for (i, f) in frames[..window].iter().enumerate() {
-        for (j, s) in f.symbols.iter().enumerate() {
-            if symbols::is_allocator_frame(&s.function) {
-                cut = Some((i, j));
-            }
+/// Sparse lifetime rows keyed by profile stack, sorted, rows of the same stack summed.
+pub(crate) fn merge_rows<'a>(rows: impl Iterator<Item = (usize, &'a sites::LifeRow)>) -> Vec<(usize, sites::LifeRow)> {
+    let mut out: Vec<(usize, sites::LifeRow)> = rows.map(|(s, r)| (s, *r)).collect();
+    out.sort_unstable_by_key(|r| r.0);
+    out.dedup_by(|later, kept| {
+        if later.0 != kept.0 {
+            return false;
+        }
+        for (k, l) in kept.1.iter_mut().zip(later.1.iter()) {
+            *k = k.saturating_add(*l);
+        }
+        true
+    });
+    out
+}
+
+/// Trimmed, symbolized stacks by raw stack id, kept across profiles.
+///
+/// Raw stacks are immutable once interned and never removed, so each is symbolized, trimmed and
+/// deduplicated once in the life of the process; a profile then maps its raw ids through
+/// `by_raw` in O(1) each. This is what keeps a dump of 10,000 sites to milliseconds once the
+/// symbols are cached (the first dump pays the symbolization). Memory: one `Arc<[Frame]>` per
+/// distinct trimmed stack (shared with every profile that shows it) and a few words per raw
+/// stack, bounded by the site cap; counted in `HeapProfile::symbol_cache_bytes`.
+struct StackCache {
+    max_depth: usize,
+    /// Raw stack id -> canonical trimmed stack.
+    by_raw: Vec<u32>,
+    canon: Vec<Arc<[Frame]>>,
+    index: HashMap<AddrKey, u32, FxBuild>,
+    bytes: usize,
+}
+
+/// A trimmed stack compared by the addresses it keeps (a partially trimmed leaf frame is a
+/// function of its address, so addresses identify the stack).
+struct AddrKey(Arc<[Frame]>);
+
+impl PartialEq for AddrKey {
+    fn eq(&self, o: &Self) -> bool {
+        self.0.len() == o.0.len() && self.0.iter().zip(o.0.iter()).all(|(a, b)| a.address == b.address)
+    }
+}
+impl Eq for AddrKey {}
+impl std::hash::Hash for AddrKey {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        h.write_usize(self.0.len());
+        for f in self.0.iter() {
+            h.write_usize(f.address);
         }
     }
-    let Some((i, j)) = cut else { return };
-    let keep_in_frame: Vec<Symbol> = frames[i].symbols[j + 1..].to_vec();
-    if keep_in_frame.is_empty() {
-        frames.drain(..=i);
-    } else {
-        frames[i].symbols = keep_in_frame.into();
-        frames.drain(..i);
+}
+
+/// One cache for symbolized, one for raw-address profiles.
+static STACK_CACHES: [parking_lot::Mutex<Option<StackCache>>; 2] =
+    [parking_lot::Mutex::new(None), parking_lot::Mutex::new(None)];
+
+/// Profile stacks (index 0 = overflow) for the raw stacks of a snapshot, the map from raw stack
+/// id to profile stack index, and the stack cache's size. Must run inside the profiler guard;
+/// takes the stack-cache lock (never the site lock).
+fn trimmed_stacks(raw: &[Arc<[usize]>], symbolize: bool) -> (Vec<Arc<[Frame]>>, Vec<usize>, usize) {
+    let max_depth = crate::alloc::MAX_DEPTH.load(std::sync::atomic::Ordering::Relaxed);
+    let mut guard = STACK_CACHES[symbolize as usize].lock();
+    if guard.as_ref().is_some_and(|c| c.max_depth != max_depth) {
+        *guard = None;
+    }
+    let cache = guard.get_or_insert_with(|| StackCache {
+        max_depth,
+        by_raw: Vec::new(),
+        canon: Vec::new(),
+        index: HashMap::default(),
+        bytes: 0,
+    });
+    if cache.by_raw.len() < raw.len() {
+        let done = cache.by_raw.len();
+        add_stacks(cache, &raw[done..], symbolize);
+    }
+    let mut stacks: Vec<Arc<[Frame]>> = vec![Arc::from(Vec::new())];
+    let mut local = vec![u32::MAX; cache.canon.len()];
+    let remap = (0..raw.len())
+        .map(|id| {
+            if id as u32 == OVERFLOW_STACK {
+                return 0;
+            }
+            let c = cache.by_raw[id] as usize;
+            if local[c] == u32::MAX {
+                local[c] = stacks.len() as u32;
+                stacks.push(cache.canon[c].clone());
+            }
+            local[c] as usize
+        })
+        .collect();
+    (stacks, remap, cache.bytes)
+}
+
+/// Symbolizes (through the symbol cache), trims and canonicalizes `new` raw stacks, which
+/// follow the ones already in `cache`.
+fn add_stacks(cache: &mut StackCache, new: &[Arc<[usize]>], symbolize: bool) {
+    // Resolve every distinct address once, and note for each where its allocator symbols end
+    // (`last_allocator_symbol`), so trimming a stack is a scan of integers.
+    let mut symbols_of: HashMap<usize, (Arc<[Symbol]>, Option<usize>), FxBuild> = HashMap::default();
+    if symbolize {
+        let mut seen: std::collections::HashSet<usize, FxBuild> = Default::default();
+        let addrs: Vec<usize> = new.iter().flat_map(|s| s.iter().copied()).filter(|a| seen.insert(*a)).collect();
+        drop(seen);
+        let resolved = symbols::resolve_all(&addrs);
+        symbols_of.extend(addrs.into_iter().zip(resolved).map(|(a, syms)| {
+            let cut = last_allocator_symbol(&syms);
+            (a, (syms, cut))
+        }));
+    }
+    let empty: Arc<[Symbol]> = Arc::from(Vec::new());
+    // Partially trimmed leaf frames, per address.
+    let mut partial_of: HashMap<usize, Arc<[Symbol]>, FxBuild> = HashMap::default();
+    for s in new {
+        if cache.by_raw.is_empty() {
+            // Raw id 0 is the overflow pseudo-site: no frames, never looked up.
+            cache.by_raw.push(u32::MAX);
+            continue;
+        }
+        let (start, partial) = if symbolize {
+            trim_point(s, |a| symbols_of.get(&a).and_then(|x| x.1.map(|j| (j, x.0.len()))))
+        } else {
+            (0, None)
+        };
+        let end = s.len().min(start + cache.max_depth);
+        let mut frames: Vec<Frame> = s[start..end]
+            .iter()
+            .map(|&a| Frame { address: a, symbols: symbols_of.get(&a).map_or_else(|| empty.clone(), |x| x.0.clone()) })
+            .collect();
+        if let (Some(j), Some(f)) = (partial, frames.first_mut()) {
+            f.symbols = partial_of.entry(f.address).or_insert_with(|| f.symbols[j + 1..].to_vec().into()).clone();
+        }
+        let key = AddrKey(frames.into());
+        let next = cache.canon.len() as u32;
+        let c = match cache.index.get(&key) {
+            Some(&c) => c,
+            None => {
+                cache.bytes += 64 + key.0.len() * core::mem::size_of::<Frame>();
+                cache.canon.push(key.0.clone());
+                cache.index.insert(key, next);
+                next
+            }
+        };
+        cache.by_raw.push(c);
+        cache.bytes += 4;
+    }
+}
+
+/// Index of the innermost-last allocator symbol of one frame (see `symbols::is_allocator_frame`).
+fn last_allocator_symbol(syms: &[Symbol]) -> Option<usize> {
+    syms.iter().rposition(|s| symbols::is_allocator_frame(&s.function))
+}
+
+/// Where the program's part of a stack starts once the leaf-side allocator frames are dropped,
+/// symbol by symbol so that an inlined growth function sharing a return address with
+/// `alloc::alloc::realloc` is kept. Looks no further than the entry frames captured for this.
+/// `cut_of(address)` gives `(last allocator symbol index, symbol count)` of a frame. Returns the
+/// first kept frame and, if that frame keeps only its symbols after index `j`, `Some(j)`.
+fn trim_point(addrs: &[usize], cut_of: impl Fn(usize) -> Option<(usize, usize)>) -> (usize, Option<usize>) {
+    let window = addrs.len().min(crate::stack::ENTRY_FRAMES + 8);
+    // The last frame in the window with an allocator symbol, and that symbol's position.
+    let cut = addrs[..window].iter().enumerate().rev().find_map(|(i, &a)| cut_of(a).map(|c| (i, c)));
+    match cut {
+        None => (0, None),
+        Some((i, (j, n))) if j + 1 == n => (i + 1, None),
+        Some((i, (j, _))) => (i, Some(j)),
+    }
+}
+
+/// [`trim_point`] applied to a stack of symbolized frames.
+#[cfg(test)]
+fn trim_allocator_frames(frames: &mut Vec<Frame>) {
+    let addrs: Vec<usize> = (0..frames.len()).collect();
+    let (start, partial) =
+        trim_point(&addrs, |i| last_allocator_symbol(&frames[i].symbols).map(|j| (j, frames[i].symbols.len())));
+    frames.drain(..start);
+    if let Some(j) = partial {
+        frames[0].symbols = frames[0].symbols[j + 1..].to_vec().into();
     }
 }
 

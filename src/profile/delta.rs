@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::sites::FxBuild;
 use crate::snapshot::{estimates, Estimates, HeapProfile, Record};
 use crate::symbols::Frame;
 
@@ -25,7 +26,7 @@ fn key(p: &HeapProfile, r: &Record) -> Key {
 }
 
 pub(crate) fn delta(later: &HeapProfile, earlier: &HeapProfile) -> HeapProfile {
-    let before: HashMap<Key, &Record> = earlier
+    let before: HashMap<Key, &Record, FxBuild> = earlier
         .records
         .iter()
         .map(|r| (key(earlier, r), r))
@@ -33,7 +34,7 @@ pub(crate) fn delta(later: &HeapProfile, earlier: &HeapProfile) -> HeapProfile {
     let stack_addrs = |p: &HeapProfile, i: usize| -> Vec<usize> {
         p.stacks[i].iter().map(|f| f.address).collect()
     };
-    let earlier_stack: HashMap<Vec<usize>, usize> = (0..earlier.stacks.len())
+    let earlier_stack: HashMap<Vec<usize>, usize, FxBuild> = (0..earlier.stacks.len())
         .map(|i| (stack_addrs(earlier, i), i))
         .collect();
 
@@ -71,18 +72,17 @@ pub(crate) fn delta(later: &HeapProfile, earlier: &HeapProfile) -> HeapProfile {
     let lifetimes = later
         .lifetimes
         .iter()
-        .enumerate()
-        .map(|(i, row)| {
+        .filter_map(|(i, row)| {
             let old = earlier_stack
-                .get(&stack_addrs(later, i))
-                .and_then(|&j| earlier.lifetimes.get(j));
+                .get(&stack_addrs(later, *i))
+                .and_then(|&j| earlier.lifetime_row(j));
             let mut out = *row;
             if let Some(old) = old {
                 for (o, e) in out.iter_mut().zip(old) {
                     *o = o.saturating_sub(*e);
                 }
             }
-            out
+            out.iter().any(|&n| n != 0).then_some((*i, out))
         })
         .collect();
     let stacks: Vec<Arc<[Frame]>> = later.stacks.clone();

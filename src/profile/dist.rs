@@ -90,7 +90,7 @@ pub(crate) fn of_stack(p: &HeapProfile, stack: usize) -> Distribution {
         // Sizes beyond HIGH are clamped to it (cannot happen on a 48-bit address space).
         let _ = sizes.record_n(r.size.clamp(1, HIGH), n);
     }
-    if let Some(row) = p.lifetimes.get(stack) {
+    if let Some(row) = p.lifetime_row(stack) {
         for (b, &n) in row.iter().enumerate() {
             if n > 0 {
                 let _ = lifetimes.record_n(bin_mid(b).clamp(1, HIGH), n as u64);

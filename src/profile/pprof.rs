@@ -25,6 +25,7 @@ use super::folded::OVERFLOW_NAME;
 use super::maps::Mapping;
 use super::proto::Encoder;
 use super::SampleType;
+use crate::sites::FxBuild;
 use crate::snapshot::HeapProfile;
 use crate::symbols::{Frame, Symbol, DROP_FRAMES_REGEX};
 
@@ -38,7 +39,7 @@ const SHORT_NAME_DROP: &str = "take_sample";
 /// The string table: `string_table[0]` must be "" (index 0 means "unset" everywhere).
 #[derive(Default)]
 pub(crate) struct Strings {
-    index: HashMap<String, i64>,
+    index: HashMap<String, i64, FxBuild>,
     pub list: Vec<String>,
 }
 
@@ -69,7 +70,9 @@ pub(crate) fn write_gzipped(
     out: &mut Vec<u8>,
 ) -> io::Result<()> {
     let raw = encode(p, default_type, mappings);
-    let mut gz = flate2::write::GzEncoder::new(out, flate2::Compression::default());
+    // Go writes its profiles with gzip.BestSpeed too: the encoder is most of a dump's time
+    // otherwise, and the size gain of harder levels is small on this data.
+    let mut gz = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
     gz.write_all(&raw)?;
     gz.finish()?;
     Ok(())
@@ -104,7 +107,7 @@ pub(crate) fn encode(
     }
 
     // Locations: one per (return address, symbols kept), ids in order of first use.
-    let mut loc_ids: HashMap<(usize, usize), u64> = HashMap::new();
+    let mut loc_ids: HashMap<(usize, usize), u64, FxBuild> = HashMap::default();
     let mut locs: Vec<&Frame> = Vec::new();
     let bytes_key = st.intern("bytes");
     let tag_key = st.intern("tag");
@@ -167,7 +170,7 @@ pub(crate) fn encode(
     }
 
     // Profile.location = 4 and Profile.function = 5.
-    let mut fn_ids: HashMap<(i64, i64), u64> = HashMap::new();
+    let mut fn_ids: HashMap<(i64, i64), u64, FxBuild> = HashMap::default();
     let mut functions: Vec<(i64, i64)> = Vec::new();
     let mut res = vec![
         Resolution {

@@ -74,6 +74,7 @@ impl Encoder {
         }
         self.key(field, LEN);
         put_varint(&mut self.buf, len as u64);
+        self.buf.reserve(len);
         for x in xs {
             put_varint(&mut self.buf, x);
         }
@@ -85,11 +86,25 @@ impl Encoder {
         let start = self.buf.len();
         body(self);
         let len = self.buf.len() - start;
-        let mut head = Vec::with_capacity(12);
-        put_varint(&mut head, (field as u64) << 3 | LEN);
-        put_varint(&mut head, len as u64);
-        self.buf.splice(start..start, head);
+        let mut head = [0u8; 20];
+        let mut n = write_varint(&mut head, (field as u64) << 3 | LEN);
+        n += write_varint(&mut head[n..], len as u64);
+        self.buf.extend_from_slice(&head[..n]);
+        self.buf.copy_within(start..start + len, start + n);
+        self.buf[start..start + n].copy_from_slice(&head[..n]);
     }
+}
+
+/// Writes `x` as a varint into `out` (at least 10 bytes), returning the length.
+fn write_varint(out: &mut [u8], mut x: u64) -> usize {
+    let mut i = 0;
+    while x >= 0x80 {
+        out[i] = x as u8 | 0x80;
+        x >>= 7;
+        i += 1;
+    }
+    out[i] = x as u8;
+    i + 1
 }
 
 /// Bytes a varint takes.

@@ -34,6 +34,7 @@ use std::io::{self, Write};
 
 use super::dist;
 use super::maps::Mapping;
+use crate::sites::FxBuild;
 use crate::snapshot::{Estimates, HeapProfile};
 
 /// Sites listed with their size and lifetime quantiles in the trailer.
@@ -56,7 +57,7 @@ pub(crate) fn raw_counts(objects: f64, avg: f64, rate: u64) -> (u64, u64) {
 
 /// The rate most raw samples were taken at (ties: the larger rate), or the profile's rate.
 fn header_rate(p: &HeapProfile) -> u64 {
-    let mut by_rate: HashMap<u64, u64> = HashMap::new();
+    let mut by_rate: HashMap<u64, u64, FxBuild> = HashMap::default();
     for r in p.records.iter().filter(|r| r.rate > 0) {
         *by_rate.entry(r.rate).or_default() += r.allocs;
     }
@@ -80,7 +81,7 @@ pub(crate) fn write(
 ) -> io::Result<()> {
     let rate = header_rate(p);
     // Merge records per (stack, size), in first-seen order (records are sorted by in-use bytes).
-    let mut index: HashMap<(usize, u64), usize> = HashMap::new();
+    let mut index: HashMap<(usize, u64), usize, FxBuild> = HashMap::default();
     let mut merged: Vec<((usize, u64), Estimates)> = Vec::new();
     for r in &p.records {
         let i = *index.entry((r.stack, r.size)).or_insert_with(|| {
