@@ -200,6 +200,10 @@ struct Table {
     overflow_samples: u64,
     /// Lifetime bins, one row per stack id.
     lifetimes: Vec<LifeRow>,
+    /// Stack ids whose row has ever been written, so a snapshot copies only those rows, and the
+    /// per-stack flag that keeps each id in that list once.
+    life_used: Vec<u32>,
+    life_flag: Vec<bool>,
     /// Sampled in-use bytes estimate, fixed point (2^-16 bytes), so it returns exactly to 0.
     inuse_fx: i128,
     peak: Peak,
@@ -218,6 +222,8 @@ impl Table {
             samples: 0,
             overflow_samples: 0,
             lifetimes: vec![[0; LIFE_BINS]],
+            life_used: Vec::new(),
+            life_flag: vec![false],
             inuse_fx: 0,
             peak: Peak::default(),
         }
@@ -236,6 +242,7 @@ impl Table {
         self.stacks.push(arc.clone());
         self.stack_index.insert(arc, id);
         self.lifetimes.push([0; LIFE_BINS]);
+        self.life_flag.push(false);
         id
     }
 
@@ -287,6 +294,12 @@ impl Table {
         if let Some(now) = now_ns {
             let bin = life_bin(now.saturating_sub(live.born_ns));
             let stack = self.stack_of(&live);
+            if !self.life_flag[stack] {
+                // First lifetime of this stack: remember the row (once per stack, so bounded by
+                // the site cap like the rows themselves).
+                self.life_flag[stack] = true;
+                self.life_used.push(stack as u32);
+            }
             let cell = &mut self.lifetimes[stack][bin];
             *cell = cell.saturating_add(1);
             live.died_bin = Some(bin as u8);
@@ -448,8 +461,9 @@ pub(crate) struct RawTable {
     pub lifetimes: Vec<(u32, LifeRow)>,
 }
 
-fn nonzero_rows(rows: &[LifeRow]) -> Vec<(u32, LifeRow)> {
-    rows.iter().enumerate().filter(|(_, r)| r.iter().any(|&n| n != 0)).map(|(i, r)| (i as u32, *r)).collect()
+/// The lifetime rows ever written, of stacks below `stacks`.
+fn used_rows(t: &Table, stacks: usize) -> Vec<(u32, LifeRow)> {
+    t.life_used.iter().filter(|&&s| (s as usize) < stacks).map(|&s| (s, t.lifetimes[s as usize])).collect()
 }
 
 fn copy_raw(t: &Table) -> RawTable {
@@ -460,7 +474,7 @@ fn copy_raw(t: &Table) -> RawTable {
         live_samples: t.live.len(),
         samples: t.samples,
         overflow_samples: t.overflow_samples,
-        lifetimes: nonzero_rows(&t.lifetimes),
+        lifetimes: used_rows(t, t.stacks.len()),
     }
 }
 
@@ -483,7 +497,7 @@ pub(crate) fn peak_snapshot() -> Option<(RawTable, f64, u64)> {
             live_samples: p.live_samples,
             samples: p.samples,
             overflow_samples: p.overflow_samples,
-            lifetimes: nonzero_rows(&t.lifetimes[..p.stacks]),
+            lifetimes: used_rows(t, p.stacks),
         };
         Some((raw, p.inuse_bytes, p.at_ns))
     })
