@@ -25,16 +25,17 @@ const LIBRARY_CRATES: &[&str] = &[
 ];
 
 /// Library functions that make a container grow or build a fresh allocation: the "why" of a
-/// site. Matched as substrings of the demangled name.
+/// site. Compared with the last path segment of a demangled name; earlier entries win when a
+/// stack has several (`grow_one` over the `finish_grow` it calls, `reserve_rehash` over the
+/// `reserve` that calls it).
 const GROWTH: &[&str] = &[
     "grow_one",
     "grow_amortized",
     "grow_exact",
-    "finish_grow",
     "reserve_rehash",
     "format_inner",
-    "do_reserve_and_handle",
     "reserve_for_push",
+    "do_reserve_and_handle",
     "try_reserve",
     "reserve",
     "with_capacity",
@@ -44,17 +45,47 @@ const GROWTH: &[&str] = &[
     "from_iter",
     "collect",
     "extend",
+    "extend_from_slice",
+    "finish_grow",
 ];
 
+/// The last path segment of a demangled function, without generic arguments:
+/// `<alloc::raw_vec::RawVec<u8>>::grow_one` -> `grow_one`.
+fn last_segment(function: &str) -> &str {
+    let mut depth = 0usize;
+    let mut cut = 0;
+    let b = function.as_bytes();
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            b'<' => depth += 1,
+            b'>' => depth = depth.saturating_sub(1),
+            b':' if depth == 0 && b.get(i + 1) == Some(&b':') => cut = i + 2,
+            _ => {}
+        }
+    }
+    let name = &function[cut.min(function.len())..];
+    &name[..name.find('<').unwrap_or(name.len())]
+}
+
+/// Rank of a growth function in [`GROWTH`] (lower is preferred).
+fn growth_rank(function: &str) -> Option<usize> {
+    let name = last_segment(function);
+    GROWTH.iter().position(|g| *g == name)
+}
+
 /// The crate a demangled function belongs to: the first path segment, looking through `<...>`
-/// of trait impls (`<alloc::vec::Vec<T> as core::clone::Clone>::clone` is in `alloc`).
+/// of trait impls (`<alloc::vec::Vec<T> as core::clone::Clone>::clone` is in `alloc`). An impl
+/// for a type without a path (`<u64 as core::fmt::Display>::fmt`, `<[u8] as ...>`) belongs to
+/// the trait's crate.
 fn crate_of(function: &str) -> &str {
     let f = function
-        .trim_start_matches('<')
-        .trim_start_matches('&')
+        .trim_start_matches(['<', '&', '[', '('])
         .trim_start_matches("mut ");
-    let end = f.find("::").unwrap_or(f.len());
-    &f[..end]
+    let first = &f[..f.find("::").unwrap_or(f.len())];
+    match first.find(" as ") {
+        Some(i) => first[i + 4..].trim_start_matches(['<', '&']),
+        None => first,
+    }
 }
 
 pub(crate) fn is_library(function: &str) -> bool {
@@ -133,21 +164,22 @@ pub(crate) fn name_site(frames: &[crate::symbols::Frame]) -> (Option<Symbol>, Op
     // Leaf first, inlined callees before their callers (the order of `Frame::symbols`).
     let syms: Vec<&Symbol> = frames.iter().flat_map(|f| f.symbols.iter()).collect();
     let Some(u) = syms.iter().position(|s| !is_library(&s.function)) else {
-        return (
-            None,
-            syms.iter()
-                .rev()
-                .find(|s| GROWTH.iter().any(|g| s.function.contains(g)))
-                .map(|s| (*s).clone()),
-        );
+        let growth = syms
+            .iter()
+            .filter_map(|s| growth_rank(&s.function).map(|r| (r, *s)))
+            .min_by_key(|x| x.0);
+        return (None, growth.map(|(_, s)| s.clone()));
     };
     let under = &syms[..u];
+    // The preferred growth function; among equals, the one nearest the program frame.
     let growth = under
         .iter()
-        .rev()
-        .find(|s| GROWTH.iter().any(|g| s.function.contains(g)))
-        .or(under.last())
-        .map(|s| (*s).clone());
+        .enumerate()
+        .filter_map(|(i, s)| growth_rank(&s.function).map(|r| (r, usize::MAX - i, *s)))
+        .min_by_key(|&(r, near, _)| (r, near))
+        .map(|(_, _, s)| s)
+        .or(under.last().copied())
+        .cloned();
     (Some(syms[u].clone()), growth)
 }
 
