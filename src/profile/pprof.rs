@@ -36,6 +36,34 @@ use crate::symbols::{Frame, Symbol, DROP_FRAMES_REGEX};
 /// removes heapsight's frames under both symbolizers.
 const SHORT_NAME_DROP: &str = "take_sample";
 
+/// The `Function.name` pprof displays. pprof shortens C++-looking names by deleting everything
+/// in angle brackets, which turns Rust's `<alloc::raw_vec::RawVec<u8>>::grow_one` into
+/// `::grow_one`. So the name loses its outer `<...>` wrapper (`alloc::raw_vec::RawVec<u8>::grow_one`,
+/// which pprof shows as `alloc::raw_vec::RawVec::grow_one`; `<u64 as core::fmt::Display>::fmt`
+/// becomes `u64 as core::fmt::Display::fmt`); `system_name` keeps the exact demangled name.
+pub(crate) fn display_name(function: &str) -> String {
+    if !function.starts_with('<') {
+        return function.to_string();
+    }
+    let mut depth = 0usize;
+    for (i, c) in function.char_indices() {
+        match c {
+            '<' => depth += 1,
+            '>' => {
+                depth -= 1;
+                if depth == 0 {
+                    if function[i + 1..].starts_with("::") {
+                        return format!("{}{}", &function[1..i], &function[i + 1..]);
+                    }
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    function.to_string()
+}
+
 /// The string table: `string_table[0]` must be "" (index 0 means "unset" everywhere).
 #[derive(Default)]
 pub(crate) struct Strings {
@@ -224,12 +252,14 @@ pub(crate) fn encode(
             }
         });
     }
-    for (i, (name, file)) in functions.iter().enumerate() {
+    for (i, (system_name, file)) in functions.iter().enumerate() {
+        let full = st.list[*system_name as usize].clone();
+        let name = st.intern(&display_name(&full));
         // Function { id = 1, name = 2, system_name = 3, filename = 4, start_line = 5 }.
         e.message(5, |e| {
             e.u64(1, i as u64 + 1);
-            e.i64_opt(2, *name);
-            e.i64_opt(3, *name);
+            e.i64_opt(2, name);
+            e.i64_opt(3, *system_name);
             e.i64_opt(4, *file);
         });
     }
@@ -283,6 +313,21 @@ pub(crate) fn encode(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn display_names_lose_the_outer_impl_brackets() {
+        assert_eq!(
+            display_name("<alloc::raw_vec::RawVec<u8>>::grow_one"),
+            "alloc::raw_vec::RawVec<u8>::grow_one"
+        );
+        assert_eq!(
+            display_name("<u64 as core::fmt::Display>::fmt"),
+            "u64 as core::fmt::Display::fmt"
+        );
+        assert_eq!(display_name("app::build"), "app::build");
+        assert_eq!(display_name("<unbalanced"), "<unbalanced");
+        assert_eq!(display_name("<T as Tr<U>>"), "<T as Tr<U>>");
+    }
 
     #[test]
     fn string_table_dedupes_like_a_linear_search() {
