@@ -6,6 +6,8 @@
 //! 10,000 distinct stacks come from real calls: `step` walks 14 levels, going through `left` or
 //! `right` by the bits of a path number, and allocates at the bottom; at rate 1 every allocation
 //! is sampled, so every path is its own site.
+#![allow(clippy::vec_box)] // each leaf allocation must be its own heap block: `Vec<Box<_>>`
+
 use std::hint::black_box;
 use std::time::Duration;
 

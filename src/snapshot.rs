@@ -390,12 +390,15 @@ fn trimmed_stacks(raw: &[Arc<[usize]>], symbolize: bool) -> (Vec<Arc<[Frame]>>, 
     (stacks, remap, cache.bytes)
 }
 
+/// An address's symbols and the index of its last allocator symbol.
+type Resolved = (Arc<[Symbol]>, Option<usize>);
+
 /// Symbolizes (through the symbol cache), trims and canonicalizes `new` raw stacks, which
 /// follow the ones already in `cache`.
 fn add_stacks(cache: &mut StackCache, new: &[Arc<[usize]>], symbolize: bool) {
     // Resolve every distinct address once, and note for each where its allocator symbols end
     // (`last_allocator_symbol`), so trimming a stack is a scan of integers.
-    let mut symbols_of: HashMap<usize, (Arc<[Symbol]>, Option<usize>), FxBuild> = HashMap::default();
+    let mut symbols_of: HashMap<usize, Resolved, FxBuild> = HashMap::default();
     if symbolize {
         let mut seen: std::collections::HashSet<usize, FxBuild> = Default::default();
         let addrs: Vec<usize> = new.iter().flat_map(|s| s.iter().copied()).filter(|a| seen.insert(*a)).collect();

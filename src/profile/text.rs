@@ -2,10 +2,12 @@
 //! google/pprof parses in `profile/legacy_profile.go` (`parseHeap`).
 //!
 //! ```text
-//! heap profile: 2: 8192 [2: 8192] @ heap/1048576
+//! heap profile: 2: 8192 [2: 8193] @ heap/1048576
 //! 2: 8192 [2: 8192] @ 0x55d0c1a0 0x55d0c2b4
-//! #	0x55d0c19f	app::build	src/main.rs:12
+//! #    0x55d0c19f    app::build    src/main.rs:12
 //! ```
+//!
+//! (the separators on `#` lines are tabs, as Go writes them).
 //!
 //! # Raw counts, and how pprof unbiases them
 //!
