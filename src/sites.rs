@@ -463,7 +463,11 @@ pub(crate) struct RawTable {
 
 /// The lifetime rows ever written, of stacks below `stacks`.
 fn used_rows(t: &Table, stacks: usize) -> Vec<(u32, LifeRow)> {
-    t.life_used.iter().filter(|&&s| (s as usize) < stacks).map(|&s| (s, t.lifetimes[s as usize])).collect()
+    t.life_used
+        .iter()
+        .filter(|&&s| (s as usize) < stacks)
+        .map(|&s| (s, t.lifetimes[s as usize]))
+        .collect()
 }
 
 fn copy_raw(t: &Table) -> RawTable {

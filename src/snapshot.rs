@@ -139,7 +139,10 @@ impl HeapProfile {
 
     /// The lifetime row of profile stack `stack`, if any of its samples was freed.
     pub(crate) fn lifetime_row(&self, stack: usize) -> Option<&sites::LifeRow> {
-        self.lifetimes.binary_search_by_key(&stack, |r| r.0).ok().map(|i| &self.lifetimes[i].1)
+        self.lifetimes
+            .binary_search_by_key(&stack, |r| r.0)
+            .ok()
+            .map(|i| &self.lifetimes[i].1)
     }
 
     /// The name of a tag id, if the tagging API named it (0 is untagged and has none).
@@ -204,7 +207,11 @@ pub(crate) fn take_peak(symbolize: bool) -> HeapProfile {
 fn build(raw: sites::RawTable, symbolize: bool, stats: Stats, time_nanos: i64) -> HeapProfile {
     let (stacks, remap, cache_bytes) = trimmed_stacks(&raw.stacks, symbolize);
     // Lifetime rows follow the stacks they belong to (summed where trimming merged stacks).
-    let lifetimes = merge_rows(raw.lifetimes.iter().map(|(id, row)| (remap[*id as usize], row)));
+    let lifetimes = merge_rows(
+        raw.lifetimes
+            .iter()
+            .map(|(id, row)| (remap[*id as usize], row)),
+    );
     let mut records: Vec<Record> = raw
         .buckets
         .iter()
@@ -297,7 +304,9 @@ impl HeapProfile {
 }
 
 /// Sparse lifetime rows keyed by profile stack, sorted, rows of the same stack summed.
-pub(crate) fn merge_rows<'a>(rows: impl Iterator<Item = (usize, &'a sites::LifeRow)>) -> Vec<(usize, sites::LifeRow)> {
+pub(crate) fn merge_rows<'a>(
+    rows: impl Iterator<Item = (usize, &'a sites::LifeRow)>,
+) -> Vec<(usize, sites::LifeRow)> {
     let mut out: Vec<(usize, sites::LifeRow)> = rows.map(|(s, r)| (s, *r)).collect();
     out.sort_unstable_by_key(|r| r.0);
     out.dedup_by(|later, kept| {
@@ -335,7 +344,12 @@ struct AddrKey(Arc<[Frame]>);
 
 impl PartialEq for AddrKey {
     fn eq(&self, o: &Self) -> bool {
-        self.0.len() == o.0.len() && self.0.iter().zip(o.0.iter()).all(|(a, b)| a.address == b.address)
+        self.0.len() == o.0.len()
+            && self
+                .0
+                .iter()
+                .zip(o.0.iter())
+                .all(|(a, b)| a.address == b.address)
     }
 }
 impl Eq for AddrKey {}
@@ -401,7 +415,11 @@ fn add_stacks(cache: &mut StackCache, new: &[Arc<[usize]>], symbolize: bool) {
     let mut symbols_of: HashMap<usize, Resolved, FxBuild> = HashMap::default();
     if symbolize {
         let mut seen: std::collections::HashSet<usize, FxBuild> = Default::default();
-        let addrs: Vec<usize> = new.iter().flat_map(|s| s.iter().copied()).filter(|a| seen.insert(*a)).collect();
+        let addrs: Vec<usize> = new
+            .iter()
+            .flat_map(|s| s.iter().copied())
+            .filter(|a| seen.insert(*a))
+            .collect();
         drop(seen);
         let resolved = symbols::resolve_all(&addrs);
         symbols_of.extend(addrs.into_iter().zip(resolved).map(|(a, syms)| {
@@ -419,17 +437,27 @@ fn add_stacks(cache: &mut StackCache, new: &[Arc<[usize]>], symbolize: bool) {
             continue;
         }
         let (start, partial) = if symbolize {
-            trim_point(s, |a| symbols_of.get(&a).and_then(|x| x.1.map(|j| (j, x.0.len()))))
+            trim_point(s, |a| {
+                symbols_of.get(&a).and_then(|x| x.1.map(|j| (j, x.0.len())))
+            })
         } else {
             (0, None)
         };
         let end = s.len().min(start + cache.max_depth);
         let mut frames: Vec<Frame> = s[start..end]
             .iter()
-            .map(|&a| Frame { address: a, symbols: symbols_of.get(&a).map_or_else(|| empty.clone(), |x| x.0.clone()) })
+            .map(|&a| Frame {
+                address: a,
+                symbols: symbols_of
+                    .get(&a)
+                    .map_or_else(|| empty.clone(), |x| x.0.clone()),
+            })
             .collect();
         if let (Some(j), Some(f)) = (partial, frames.first_mut()) {
-            f.symbols = partial_of.entry(f.address).or_insert_with(|| f.symbols[j + 1..].to_vec().into()).clone();
+            f.symbols = partial_of
+                .entry(f.address)
+                .or_insert_with(|| f.symbols[j + 1..].to_vec().into())
+                .clone();
         }
         let key = AddrKey(frames.into());
         let next = cache.canon.len() as u32;
@@ -449,7 +477,8 @@ fn add_stacks(cache: &mut StackCache, new: &[Arc<[usize]>], symbolize: bool) {
 
 /// Index of the innermost-last allocator symbol of one frame (see `symbols::is_allocator_frame`).
 fn last_allocator_symbol(syms: &[Symbol]) -> Option<usize> {
-    syms.iter().rposition(|s| symbols::is_allocator_frame(&s.function))
+    syms.iter()
+        .rposition(|s| symbols::is_allocator_frame(&s.function))
 }
 
 /// Where the program's part of a stack starts once the leaf-side allocator frames are dropped,
@@ -457,10 +486,17 @@ fn last_allocator_symbol(syms: &[Symbol]) -> Option<usize> {
 /// `alloc::alloc::realloc` is kept. Looks no further than the entry frames captured for this.
 /// `cut_of(address)` gives `(last allocator symbol index, symbol count)` of a frame. Returns the
 /// first kept frame and, if that frame keeps only its symbols after index `j`, `Some(j)`.
-fn trim_point(addrs: &[usize], cut_of: impl Fn(usize) -> Option<(usize, usize)>) -> (usize, Option<usize>) {
+fn trim_point(
+    addrs: &[usize],
+    cut_of: impl Fn(usize) -> Option<(usize, usize)>,
+) -> (usize, Option<usize>) {
     let window = addrs.len().min(crate::stack::ENTRY_FRAMES + 8);
     // The last frame in the window with an allocator symbol, and that symbol's position.
-    let cut = addrs[..window].iter().enumerate().rev().find_map(|(i, &a)| cut_of(a).map(|c| (i, c)));
+    let cut = addrs[..window]
+        .iter()
+        .enumerate()
+        .rev()
+        .find_map(|(i, &a)| cut_of(a).map(|c| (i, c)));
     match cut {
         None => (0, None),
         Some((i, (j, n))) if j + 1 == n => (i + 1, None),
@@ -472,8 +508,9 @@ fn trim_point(addrs: &[usize], cut_of: impl Fn(usize) -> Option<(usize, usize)>)
 #[cfg(test)]
 fn trim_allocator_frames(frames: &mut Vec<Frame>) {
     let addrs: Vec<usize> = (0..frames.len()).collect();
-    let (start, partial) =
-        trim_point(&addrs, |i| last_allocator_symbol(&frames[i].symbols).map(|j| (j, frames[i].symbols.len())));
+    let (start, partial) = trim_point(&addrs, |i| {
+        last_allocator_symbol(&frames[i].symbols).map(|j| (j, frames[i].symbols.len()))
+    });
     frames.drain(..start);
     if let Some(j) = partial {
         frames[0].symbols = frames[0].symbols[j + 1..].to_vec().into();
