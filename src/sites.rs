@@ -14,6 +14,18 @@
 //!   to the table. With `L` live samples the false-positive rate is at most `L / 2^18`
 //!   (about 0.8% at 2,000 live samples, a 1 GiB heap at the default rate).
 //!
+//! * **Lifetimes**: each stack has a fixed row of [`LIFE_BINS`] half-octave counters; freeing a
+//!   sampled block adds one to the bin of its age (allocation to free, from `Live::born_ns`).
+//!   The row is allocated when the stack is interned, so the free path only increments a counter
+//!   under the lock it already holds: no allocation, no unbounded log, nothing lost between two
+//!   dumps (a ring buffer would drop lifetimes when nobody dumps for a while). Cost: 320 bytes per
+//!   stack, bounded by the site cap. `profile()` copies the rows and turns them into histograms.
+//! * **Peak**: the table keeps the sampled in-use byte estimate (fixed point, like the overflow
+//!   sums) and, when a new sample lifts it past 1.1 × the last captured peak, copies the bucket
+//!   counts into a reused buffer: O(buckets) per capture, and captures are geometric in the peak
+//!   (about 25 per 10× growth), so rare. Only sampled allocations can trigger one; the unsampled
+//!   path never sees it. `heapsight::peak_profile()` builds a profile from that copy.
+//!
 //! All memory here is allocated inside the profiler guard, so it comes from the inner allocator,
 //! is never sampled, and is counted as the profiler's own in `Stats::profiler_bytes`.
 use std::collections::HashMap;
@@ -130,7 +142,52 @@ pub(crate) struct Live {
     rate: u64,
     /// Monotonic nanoseconds at sampling, for lifetimes.
     pub born_ns: u64,
+    /// Set when the sample is taken out by a free: the lifetime bin it was counted in, so that
+    /// `restore_sample` (a failed realloc) can take it back out exactly.
+    died_bin: Option<u8>,
 }
+
+/// Lifetime bins per stack: half-octaves of nanoseconds from 2^8 ns (256 ns) to 2^48 ns (78 h).
+pub(crate) const LIFE_BINS: usize = 80;
+const LIFE_MIN_LOG2: u32 = 8;
+/// One stack's lifetime counts (raw freed samples per bin).
+pub(crate) type LifeRow = [u32; LIFE_BINS];
+
+/// The bin of a lifetime: `2 * (floor(log2 ns) - 8) + (next bit)`, so each octave has two bins
+/// (bounds `2^k` and `1.5 * 2^k`); below 384 ns goes to bin 0, above 2^48 ns to the last.
+pub(crate) fn life_bin(ns: u64) -> usize {
+    if ns < 1 << LIFE_MIN_LOG2 {
+        return 0;
+    }
+    let l = 63 - ns.leading_zeros();
+    let half = ((ns >> (l - 1)) & 1) as usize;
+    (2 * (l - LIFE_MIN_LOG2) as usize + half).min(LIFE_BINS - 1)
+}
+
+/// The lower bound of a lifetime bin, in nanoseconds (inverse of [`life_bin`]).
+pub(crate) fn life_bin_low(bin: usize) -> u64 {
+    let l = bin as u32 / 2 + LIFE_MIN_LOG2;
+    (1u64 << l) + ((bin as u64 & 1) << (l - 1))
+}
+
+/// The peak capture: bucket counts at the sampled-heap high-water mark.
+#[derive(Default)]
+pub(crate) struct Peak {
+    pub buckets: Vec<Bucket>,
+    pub mixed: MixedSums,
+    /// Sampled in-use byte estimate at the capture.
+    pub inuse_bytes: f64,
+    pub stacks: usize,
+    pub samples: u64,
+    pub overflow_samples: u64,
+    pub live_samples: usize,
+    /// Monotonic nanoseconds of the capture.
+    pub at_ns: u64,
+    pub captured: bool,
+}
+
+/// Capture a new peak when the sampled in-use estimate passes this multiple of the last one.
+const PEAK_STEP: f64 = 1.1;
 
 struct Table {
     stacks: Vec<Arc<[usize]>>,
@@ -141,6 +198,15 @@ struct Table {
     live: HashMap<usize, Live, FxBuild>,
     samples: u64,
     overflow_samples: u64,
+    /// Lifetime bins, one row per stack id.
+    lifetimes: Vec<LifeRow>,
+    /// Stack ids whose row has ever been written, so a snapshot copies only those rows, and the
+    /// per-stack flag that keeps each id in that list once.
+    life_used: Vec<u32>,
+    life_flag: Vec<bool>,
+    /// Sampled in-use bytes estimate, fixed point (2^-16 bytes), so it returns exactly to 0.
+    inuse_fx: i128,
+    peak: Peak,
 }
 
 impl Table {
@@ -155,6 +221,11 @@ impl Table {
             live: HashMap::default(),
             samples: 0,
             overflow_samples: 0,
+            lifetimes: vec![[0; LIFE_BINS]],
+            life_used: Vec::new(),
+            life_flag: vec![false],
+            inuse_fx: 0,
+            peak: Peak::default(),
         }
     }
 
@@ -170,6 +241,8 @@ impl Table {
         let arc: Arc<[usize]> = Arc::from(frames);
         self.stacks.push(arc.clone());
         self.stack_index.insert(arc, id);
+        self.lifetimes.push([0; LIFE_BINS]);
+        self.life_flag.push(false);
         id
     }
 
@@ -177,32 +250,92 @@ impl Table {
         if let Some(&b) = self.bucket_index.get(&key) {
             return b;
         }
-        if self.buckets.len() >= MAX_SITES.load(Relaxed).max(1).saturating_mul(BUCKETS_PER_SITE) {
+        if self.buckets.len()
+            >= MAX_SITES
+                .load(Relaxed)
+                .max(1)
+                .saturating_mul(BUCKETS_PER_SITE)
+        {
             return MIXED;
         }
         let b = self.buckets.len() as u32;
-        self.buckets.push(Bucket { key, allocs: 0, frees: 0 });
+        self.buckets.push(Bucket {
+            key,
+            allocs: 0,
+            frees: 0,
+        });
         self.bucket_index.insert(key, b);
         b
     }
 
-    fn take_live(&mut self, ptr: usize) -> Option<Live> {
-        let live = self.live.remove(&ptr)?;
-        filter_lower(ptr);
+    /// The stack a live sample belongs to (overflow-bucket samples count as the overflow site).
+    fn stack_of(&self, live: &Live) -> usize {
         if live.bucket == MIXED {
-            let (o, b) = MixedSums::fixed(live.size, live.rate);
+            OVERFLOW_STACK as usize
+        } else {
+            self.buckets[live.bucket as usize].key.stack as usize
+        }
+    }
+
+    /// Takes a live sample out. `now_ns`: the time of the free, to count its lifetime (`None`
+    /// when a stale entry is retired, whose death time is unknown).
+    fn take_live(&mut self, ptr: usize, now_ns: Option<u64>) -> Option<Live> {
+        let mut live = self.live.remove(&ptr)?;
+        filter_lower(ptr);
+        let (o, b) = MixedSums::fixed(live.size, live.rate);
+        self.inuse_fx -= b;
+        if live.bucket == MIXED {
             self.mixed.frees += 1;
             self.mixed.inuse_objects_fx -= o;
             self.mixed.inuse_bytes_fx -= b;
         } else {
             self.buckets[live.bucket as usize].frees += 1;
         }
+        if let Some(now) = now_ns {
+            let bin = life_bin(now.saturating_sub(live.born_ns));
+            let stack = self.stack_of(&live);
+            if !self.life_flag[stack] {
+                // First lifetime of this stack: remember the row (once per stack, so bounded by
+                // the site cap like the rows themselves).
+                self.life_flag[stack] = true;
+                self.life_used.push(stack as u32);
+            }
+            let cell = &mut self.lifetimes[stack][bin];
+            *cell = cell.saturating_add(1);
+            live.died_bin = Some(bin as u8);
+        }
         Some(live)
     }
 
-    fn put_live(&mut self, ptr: usize, live: Live, new_sample: bool) {
+    /// Copies the bucket counts as the new peak if the sampled in-use estimate passed
+    /// `PEAK_STEP` × the last captured one. `clone_from` reuses the buffer's capacity, so a
+    /// capture allocates only when the bucket count grew past every earlier capture.
+    fn maybe_capture_peak(&mut self) {
+        let inuse = self.inuse_fx as f64 / FX_ONE;
+        if self.peak.captured && inuse <= self.peak.inuse_bytes * PEAK_STEP {
+            return;
+        }
+        self.peak.buckets.clone_from(&self.buckets);
+        self.peak.mixed = self.mixed;
+        self.peak.inuse_bytes = inuse;
+        self.peak.stacks = self.stacks.len();
+        self.peak.samples = self.samples;
+        self.peak.overflow_samples = self.overflow_samples;
+        self.peak.live_samples = self.live.len();
+        self.peak.at_ns = crate::alloc::now_ns();
+        self.peak.captured = true;
+    }
+
+    fn put_live(&mut self, ptr: usize, mut live: Live, new_sample: bool) {
+        let (o, b) = MixedSums::fixed(live.size, live.rate);
+        self.inuse_fx += b;
+        if let Some(bin) = live.died_bin.take() {
+            // A failed realloc puts back a sample whose free was counted: uncount its lifetime.
+            let stack = self.stack_of(&live);
+            let cell = &mut self.lifetimes[stack][bin as usize];
+            *cell = cell.saturating_sub(1);
+        }
         if live.bucket == MIXED {
-            let (o, b) = MixedSums::fixed(live.size, live.rate);
             if new_sample {
                 let w = sampler::weight(live.size, live.rate);
                 self.mixed.samples += 1;
@@ -224,10 +357,13 @@ impl Table {
         // A block at this address that we still think is live was freed behind our back (by a
         // different allocator, say): retire it rather than leak its weight.
         if self.live.contains_key(&ptr) {
-            self.take_live(ptr);
+            self.take_live(ptr, None);
         }
         self.live.insert(ptr, live);
         filter_raise(ptr);
+        if new_sample {
+            self.maybe_capture_peak();
+        }
     }
 }
 
@@ -262,7 +398,14 @@ fn with_table<R>(f: impl FnOnce(&mut Table) -> R) -> R {
 
 /// Records a sampled allocation. Must run inside the profiler guard, after the stack was captured
 /// (the unwinder is never called under the lock).
-pub(crate) fn record_sample(frames: &[usize], ptr: *mut u8, size: u64, rate: u64, tag: u32, born_ns: u64) {
+pub(crate) fn record_sample(
+    frames: &[usize],
+    ptr: *mut u8,
+    size: u64,
+    rate: u64,
+    tag: u32,
+    born_ns: u64,
+) {
     SAMPLES.fetch_add(1, Relaxed);
     with_table(|t| {
         t.samples += 1;
@@ -270,14 +413,31 @@ pub(crate) fn record_sample(frames: &[usize], ptr: *mut u8, size: u64, rate: u64
         if stack == OVERFLOW_STACK {
             t.overflow_samples += 1;
         }
-        let bucket = t.bucket_for(BucketKey { stack, tag, size, rate });
-        t.put_live(ptr as usize, Live { bucket, size, rate, born_ns }, true);
+        let bucket = t.bucket_for(BucketKey {
+            stack,
+            tag,
+            size,
+            rate,
+        });
+        t.put_live(
+            ptr as usize,
+            Live {
+                bucket,
+                size,
+                rate,
+                born_ns,
+                died_bin: None,
+            },
+            true,
+        );
     })
 }
 
 /// Removes a live sample on free; `None` if `ptr` was not sampled (a filter false positive).
 pub(crate) fn remove_sample(ptr: *mut u8) -> Option<Live> {
-    with_table(|t| t.take_live(ptr as usize))
+    // Read the clock before the lock (vDSO, no allocation): the lock is held for the table only.
+    let now = crate::alloc::now_ns();
+    with_table(|t| t.take_live(ptr as usize, Some(now)))
 }
 
 /// Puts back a sample taken out by [`remove_sample`] when a `realloc` failed and the old block
@@ -288,6 +448,7 @@ pub(crate) fn restore_sample(ptr: *mut u8, live: Live) {
 
 /// The lock boundary: copies what a profile needs and releases the lock. Stacks are immutable
 /// once interned, so they are shared (`Arc`), not copied.
+#[derive(Default)]
 pub(crate) struct RawTable {
     pub stacks: Vec<Arc<[usize]>>,
     pub buckets: Vec<Bucket>,
@@ -295,16 +456,73 @@ pub(crate) struct RawTable {
     pub live_samples: usize,
     pub samples: u64,
     pub overflow_samples: u64,
+    /// Lifetime rows of the stacks that have any, by stack id (sparse: most stacks of a long
+    /// running program have few frees sampled, and copying every row costs page faults).
+    pub lifetimes: Vec<(u32, LifeRow)>,
 }
 
-pub(crate) fn snapshot() -> RawTable {
-    with_table(|t| RawTable {
+/// The lifetime rows ever written, of stacks below `stacks`.
+fn used_rows(t: &Table, stacks: usize) -> Vec<(u32, LifeRow)> {
+    t.life_used
+        .iter()
+        .filter(|&&s| (s as usize) < stacks)
+        .map(|&s| (s, t.lifetimes[s as usize]))
+        .collect()
+}
+
+fn copy_raw(t: &Table) -> RawTable {
+    RawTable {
         stacks: t.stacks.clone(),
         buckets: t.buckets.clone(),
         mixed: t.mixed,
         live_samples: t.live.len(),
         samples: t.samples,
         overflow_samples: t.overflow_samples,
+        lifetimes: used_rows(t, t.stacks.len()),
+    }
+}
+
+pub(crate) fn snapshot() -> RawTable {
+    with_table(|t| copy_raw(t))
+}
+
+/// The table as of the last peak capture, with the stacks interned by then, or `None` if no
+/// sample was ever taken. Lifetime rows are the current ones (distributions so far).
+pub(crate) fn peak_snapshot() -> Option<(RawTable, f64, u64)> {
+    with_table(|t| {
+        let p = &t.peak;
+        if !p.captured {
+            return None;
+        }
+        let raw = RawTable {
+            stacks: t.stacks[..p.stacks].to_vec(),
+            buckets: p.buckets.clone(),
+            mixed: p.mixed,
+            live_samples: p.live_samples,
+            samples: p.samples,
+            overflow_samples: p.overflow_samples,
+            lifetimes: used_rows(t, p.stacks),
+        };
+        Some((raw, p.inuse_bytes, p.at_ns))
+    })
+}
+
+/// Runs a copy of the table under the lock, as `profile()` does, and returns how long the lock
+/// was held (for `benches/dump.rs`).
+#[doc(hidden)]
+pub fn bench_snapshot_lock_hold() -> std::time::Duration {
+    crate::guard::profiler_scope(|| {
+        let mut held = std::time::Duration::ZERO;
+        let raw = {
+            let start = std::time::Instant::now();
+            let mut g = TABLE.lock();
+            let raw = copy_raw(g.get_or_insert_with(Table::new));
+            drop(g);
+            held += start.elapsed();
+            raw
+        };
+        drop(raw);
+        held
     })
 }
 
@@ -323,12 +541,13 @@ pub(crate) fn table_counts() -> (usize, usize, u64) {
     with_table(|t| (t.stacks.len() - 1, t.live.len(), t.overflow_samples))
 }
 
-/// `pthread_atfork` handlers: hold the symbol-cache lock, the DWARF unwinder's fork gate and the
+/// `pthread_atfork` handlers: hold the stack-cache and symbol-cache locks, the DWARF unwinder's fork gate and the
 /// site lock across `fork()`, so the child never inherits them held by a thread that does not
 /// exist there (see `sync`). The cache lock first: its holder (a `profile()` symbolizing) finishes
 /// without needing anything the forking thread holds; then the gate (captures in progress finish,
 /// new ones do not wait); the site lock last, held only for the fork itself.
 pub(crate) extern "C" fn atfork_prepare() {
+    crate::snapshot::lock_for_fork();
     crate::symbols::lock_for_fork();
     crate::stack::fork_gate_close();
     TABLE.raw_lock();
@@ -346,5 +565,6 @@ fn atfork_release(child: bool) {
         TABLE.raw_unlock();
         crate::stack::fork_gate_open(child);
         crate::symbols::unlock_after_fork();
+        crate::snapshot::unlock_after_fork();
     }
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use crate::guard::profiler_scope;
 use crate::sampler;
 use crate::sites::{self, FxBuild, OVERFLOW_STACK};
+use crate::sync::SpinLock;
 use crate::symbols::{self, Frame, Symbol};
 use crate::Stats;
 
@@ -23,7 +24,7 @@ pub(crate) struct Estimates {
 }
 
 impl Estimates {
-    fn add(&mut self, o: &Estimates) {
+    pub(crate) fn add(&mut self, o: &Estimates) {
         self.alloc_objects += o.alloc_objects;
         self.alloc_bytes += o.alloc_bytes;
         self.inuse_objects += o.inuse_objects;
@@ -50,21 +51,25 @@ pub(crate) struct Record {
 /// what is still live, with symbolized stacks. Returned by [`crate::profile`].
 pub struct HeapProfile {
     pub(crate) time_nanos: i64,
+    /// Nonzero for a [`HeapProfile::delta`]: the time between the two snapshots.
+    pub(crate) duration_nanos: i64,
     pub(crate) rate: u64,
     pub(crate) stats: Stats,
     /// Trimmed, deduplicated stacks, leaf first. `stacks[0]` is the overflow pseudo-site.
     pub(crate) stacks: Vec<Arc<[Frame]>>,
     pub(crate) records: Vec<Record>,
-    sites: Vec<Site>,
+    pub(crate) sites: Vec<Site>,
     pub(crate) symbolized: bool,
     pub(crate) live_samples: usize,
     pub(crate) overflow_samples: u64,
     pub(crate) symbol_cache_bytes: usize,
-    /// Tag names at snapshot time, index = tag id (`Record::tag`); `tag_names[0]` is `""`, the
-    /// untagged id.
+    /// Tag names by tag id (0 = untagged); filled by the tagging API, empty until then.
     pub(crate) tag_names: Vec<String>,
+    /// Lifetime bins of freed samples, one row per entry of `stacks` (see `sites::LIFE_BINS`).
+    /// Sorted by stack; only stacks with freed samples have a row.
+    pub(crate) lifetimes: Vec<(usize, sites::LifeRow)>,
     /// Sites split by (stack, tag); empty when no record carries a tag (then `sites` is the split).
-    sites_by_tag: Vec<Site>,
+    pub(crate) sites_by_tag: Vec<Site>,
 }
 
 /// One call site: a distinct (trimmed) stack, with the four estimates Go's heap profile has.
@@ -88,6 +93,8 @@ pub struct Site {
     frames: Arc<[Frame]>,
     /// True for the pseudo-site that collects samples once the site cap is reached.
     pub overflow: bool,
+    /// Index into `HeapProfile::stacks`.
+    pub(crate) stack: usize,
     tag: Option<Arc<str>>,
 }
 
@@ -109,26 +116,6 @@ impl HeapProfile {
     /// Call sites, heaviest in-use bytes first.
     pub fn sites(&self) -> &[Site] {
         &self.sites
-    }
-
-    /// Call sites split by tag: one entry per (stack, tag) pair, [`Site::tag`] set, heaviest
-    /// in-use bytes first. The same as [`Self::sites`] when no sample carries a tag.
-    pub fn sites_by_tag(&self) -> &[Site] {
-        if self.sites_by_tag.is_empty() {
-            &self.sites
-        } else {
-            &self.sites_by_tag
-        }
-    }
-
-    /// The name of tag `id` (a `Record::tag`); `None` for 0 (untagged) and unknown ids.
-    // MERGE: the pprof/text encoders of issue 3 read this (same signature on their branch).
-    #[allow(dead_code)]
-    pub(crate) fn tag_name(&self, id: u32) -> Option<&str> {
-        if id == 0 {
-            return None;
-        }
-        self.tag_names.get(id as usize).map(String::as_str)
     }
 
     /// The sample rate in force when the profile was taken (bytes; 0 = off).
@@ -160,6 +147,32 @@ impl HeapProfile {
     pub fn time_nanos(&self) -> i64 {
         self.time_nanos
     }
+
+    /// The lifetime row of profile stack `stack`, if any of its samples was freed.
+    pub(crate) fn lifetime_row(&self, stack: usize) -> Option<&sites::LifeRow> {
+        self.lifetimes
+            .binary_search_by_key(&stack, |r| r.0)
+            .ok()
+            .map(|i| &self.lifetimes[i].1)
+    }
+
+    /// Call sites split by tag: one entry per (stack, tag) pair, [`Site::tag`] set, heaviest
+    /// in-use bytes first. The same as [`Self::sites`] when no sample carries a tag.
+    pub fn sites_by_tag(&self) -> &[Site] {
+        if self.sites_by_tag.is_empty() {
+            &self.sites
+        } else {
+            &self.sites_by_tag
+        }
+    }
+
+    /// The name of a tag id, if the tagging API named it (0 is untagged and has none).
+    pub(crate) fn tag_name(&self, id: u32) -> Option<&str> {
+        if id == 0 {
+            return None;
+        }
+        self.tag_names.get(id as usize).map(String::as_str)
+    }
 }
 
 impl Drop for HeapProfile {
@@ -171,6 +184,7 @@ impl Drop for HeapProfile {
             drop(core::mem::take(&mut self.records));
             drop(core::mem::take(&mut self.sites));
             drop(core::mem::take(&mut self.tag_names));
+            drop(core::mem::take(&mut self.lifetimes));
             drop(core::mem::take(&mut self.sites_by_tag));
         })
     }
@@ -193,106 +207,107 @@ pub(crate) fn take(symbolize: bool) -> HeapProfile {
     let stats = crate::stats();
     profiler_scope(|| {
         let raw = sites::snapshot();
-        // Resolve every distinct address once (outside the site lock).
-        let mut symbols_of: HashMap<usize, Arc<[Symbol]>, FxBuild> = HashMap::default();
-        if symbolize {
-            let mut addrs: Vec<usize> = raw.stacks.iter().flat_map(|s| s.iter().copied()).collect();
-            addrs.sort_unstable();
-            addrs.dedup();
-            let resolved = symbols::resolve_all(&addrs);
-            symbols_of.extend(addrs.into_iter().zip(resolved));
-        }
-        // Shared with the symbol cache, like every symbol list a profile hands out (see
-        // `symbols::Cache` for why).
-        let empty: Arc<[Symbol]> = symbols::empty();
-        // Trim and dedupe stacks: raw stack id -> profile stack index.
-        let mut index: HashMap<Vec<usize>, usize, FxBuild> = HashMap::default();
-        let mut stacks: Vec<Arc<[Frame]>> = vec![Arc::from(Vec::new())];
-        let max_depth = crate::alloc::MAX_DEPTH.load(std::sync::atomic::Ordering::Relaxed);
-        let remap: Vec<usize> = raw
-            .stacks
-            .iter()
-            .enumerate()
-            .map(|(id, s)| {
-                if id as u32 == OVERFLOW_STACK {
-                    return 0;
-                }
-                let mut frames: Vec<Frame> = s
-                    .iter()
-                    .map(|&a| Frame { address: a, symbols: symbols_of.get(&a).cloned().unwrap_or_else(|| empty.clone()) })
-                    .collect();
-                if symbolize {
-                    trim_allocator_frames(&mut frames);
-                }
-                frames.truncate(max_depth);
-                let key: Vec<usize> = frames.iter().map(|f| f.address).collect();
-                *index.entry(key).or_insert_with(|| {
-                    stacks.push(frames.into());
-                    stacks.len() - 1
-                })
-            })
-            .collect();
-        let mut records: Vec<Record> = raw
-            .buckets
-            .iter()
-            .map(|b| Record {
-                stack: remap[b.key.stack as usize],
-                tag: b.key.tag,
-                size: b.key.size,
-                rate: b.key.rate,
-                allocs: b.allocs,
-                frees: b.frees,
-                est: estimates(b.key.size, b.key.rate, b.allocs, b.frees),
-            })
-            .collect();
-        if raw.mixed.samples > 0 {
-            records.push(Record {
-                stack: 0,
-                tag: 0,
-                size: 0,
-                rate: 0,
-                allocs: raw.mixed.samples,
-                frees: raw.mixed.frees,
-                est: Estimates {
-                    alloc_objects: raw.mixed.alloc_objects,
-                    alloc_bytes: raw.mixed.alloc_bytes,
-                    inuse_objects: raw.mixed.inuse_objects(),
-                    inuse_bytes: raw.mixed.inuse_bytes(),
-                },
-            });
-        }
-        let names = crate::tags::names();
-        let site_list = merge_sites(&records, &stacks, None);
-        let sites_by_tag = if records.iter().any(|r| r.tag != 0) {
-            merge_sites(&records, &stacks, Some(&names))
-        } else {
-            Vec::new()
-        };
-        records.sort_by(|a, b| b.est.inuse_bytes.total_cmp(&a.est.inuse_bytes));
-        HeapProfile {
-            time_nanos: unix_nanos(),
-            rate: crate::sample_rate(),
-            stats,
-            stacks,
-            records,
-            sites: site_list,
-            symbolized: symbolize,
-            live_samples: raw.live_samples,
-            overflow_samples: raw.overflow_samples,
-            symbol_cache_bytes: if symbolize { symbols::cache_bytes() } else { 0 },
-            tag_names: names.iter().map(|n| n.to_string()).collect(),
-            sites_by_tag,
-        }
+        build(raw, symbolize, stats, unix_nanos())
     })
 }
 
+/// The profile as of the sampled-heap high-water mark (see `sites::Peak`), or an empty profile
+/// if nothing was sampled yet.
+pub(crate) fn take_peak(symbolize: bool) -> HeapProfile {
+    let stats = crate::stats();
+    profiler_scope(|| match sites::peak_snapshot() {
+        Some((raw, _inuse, at_ns)) => {
+            // The capture has a monotonic time stamp; place it on the wall clock.
+            let ago = crate::alloc::now_ns().saturating_sub(at_ns) as i64;
+            build(raw, symbolize, stats, unix_nanos() - ago)
+        }
+        None => build(sites::RawTable::default(), symbolize, stats, unix_nanos()),
+    })
+}
+
+/// Everything after the lock: symbolize, trim, merge stacks, estimate, build sites.
+fn build(raw: sites::RawTable, symbolize: bool, stats: Stats, time_nanos: i64) -> HeapProfile {
+    let (stacks, remap, cache_bytes) = trimmed_stacks(&raw.stacks, symbolize);
+    // Lifetime rows follow the stacks they belong to (summed where trimming merged stacks).
+    let lifetimes = merge_rows(
+        raw.lifetimes
+            .iter()
+            .map(|(id, row)| (remap[*id as usize], row)),
+    );
+    let mut records: Vec<Record> = raw
+        .buckets
+        .iter()
+        .map(|b| Record {
+            stack: remap[b.key.stack as usize],
+            tag: b.key.tag,
+            size: b.key.size,
+            rate: b.key.rate,
+            allocs: b.allocs,
+            frees: b.frees,
+            est: estimates(b.key.size, b.key.rate, b.allocs, b.frees),
+        })
+        .collect();
+    if raw.mixed.samples > 0 {
+        records.push(Record {
+            stack: 0,
+            tag: 0,
+            size: 0,
+            rate: 0,
+            allocs: raw.mixed.samples,
+            frees: raw.mixed.frees,
+            est: Estimates {
+                alloc_objects: raw.mixed.alloc_objects,
+                alloc_bytes: raw.mixed.alloc_bytes,
+                inuse_objects: raw.mixed.inuse_objects(),
+                inuse_bytes: raw.mixed.inuse_bytes(),
+            },
+        });
+    }
+    let mut p = HeapProfile {
+        time_nanos,
+        duration_nanos: 0,
+        rate: crate::sample_rate(),
+        stats,
+        stacks,
+        records,
+        sites: Vec::new(),
+        symbolized: symbolize,
+        live_samples: raw.live_samples,
+        overflow_samples: raw.overflow_samples,
+        symbol_cache_bytes: if symbolize { symbols::cache_bytes() } else { 0 } + cache_bytes,
+        tag_names: crate::tags::names().iter().map(|n| n.to_string()).collect(),
+        lifetimes,
+        sites_by_tag: Vec::new(),
+    };
+    p.assemble();
+    p
+}
+
+impl HeapProfile {
+    /// Derives `sites` from `records` (merged per stack) and puts both in display order. Must
+    /// run inside the profiler guard.
+    pub(crate) fn assemble(&mut self) {
+        let names: Vec<Arc<str>> = self.tag_names.iter().map(|n| Arc::from(n.as_str())).collect();
+        let sites = merge_sites(&self.records, &self.stacks, None);
+        let by_tag = if self.records.iter().any(|r| r.tag != 0) {
+            merge_sites(&self.records, &self.stacks, Some(&names))
+        } else {
+            Vec::new()
+        };
+        self.records.sort_by(|a, b| {
+            b.est
+                .inuse_bytes
+                .total_cmp(&a.est.inuse_bytes)
+                .then(b.est.alloc_bytes.total_cmp(&a.est.alloc_bytes))
+        });
+        drop(core::mem::replace(&mut self.sites, sites));
+        drop(core::mem::replace(&mut self.sites_by_tag, by_tag));
+    }
+}
+
 /// Merges records into sites: per stack, or per (stack, tag) when `names` is given (the tag
-/// names, index = id). Heaviest in-use bytes first.
-fn merge_sites(
-    records: &[Record],
-    stacks: &[Arc<[Frame]>],
-    names: Option<&[Arc<str>]>,
-) -> Vec<Site> {
+/// names, index = id). Heaviest in-use bytes first; ties in stack order.
+fn merge_sites(records: &[Record], stacks: &[Arc<[Frame]>], names: Option<&[Arc<str>]>) -> Vec<Site> {
     let mut merged: HashMap<(usize, u32), (Estimates, u64), FxBuild> = HashMap::default();
     for r in records {
         let tag = if names.is_some() { r.tag } else { 0 };
@@ -313,6 +328,7 @@ fn merge_sites(
             samples: n,
             frames: stacks[stack].clone(),
             overflow: stack == 0,
+            stack,
             tag: match (tag, names) {
                 (0, _) | (_, None) => None,
                 (t, Some(names)) => names.get(t as usize).cloned(),
@@ -323,27 +339,235 @@ fn merge_sites(
     sites
 }
 
-/// Drops the leaf-side frames that belong to the allocator (see `symbols::is_allocator_frame`),
-/// symbol by symbol so that an inlined growth function sharing a return address with
-/// `alloc::alloc::realloc` is kept. Looks no further than the entry frames captured for this.
-fn trim_allocator_frames(frames: &mut Vec<Frame>) {
-    let window = frames.len().min(crate::stack::ENTRY_FRAMES + 8);
-    // Position (frame, symbol index counted innermost first) of the last allocator symbol.
-    let mut cut: Option<(usize, usize)> = None;
-    for (i, f) in frames[..window].iter().enumerate() {
-        for (j, s) in f.symbols.iter().enumerate() {
-            if symbols::is_allocator_frame(&s.function) {
-                cut = Some((i, j));
-            }
+/// Sparse lifetime rows keyed by profile stack, sorted, rows of the same stack summed.
+pub(crate) fn merge_rows<'a>(
+    rows: impl Iterator<Item = (usize, &'a sites::LifeRow)>,
+) -> Vec<(usize, sites::LifeRow)> {
+    let mut out: Vec<(usize, sites::LifeRow)> = rows.map(|(s, r)| (s, *r)).collect();
+    out.sort_unstable_by_key(|r| r.0);
+    out.dedup_by(|later, kept| {
+        if later.0 != kept.0 {
+            return false;
+        }
+        for (k, l) in kept.1.iter_mut().zip(later.1.iter()) {
+            *k = k.saturating_add(*l);
+        }
+        true
+    });
+    out
+}
+
+/// Trimmed, symbolized stacks by raw stack id, kept across profiles.
+///
+/// Raw stacks are immutable once interned and never removed, so each is symbolized, trimmed and
+/// deduplicated once in the life of the process; a profile then maps its raw ids through
+/// `by_raw` in O(1) each. This is what keeps a dump of 10,000 sites to milliseconds once the
+/// symbols are cached (the first dump pays the symbolization). Memory: one `Arc<[Frame]>` per
+/// distinct trimmed stack (shared with every profile that shows it) and a few words per raw
+/// stack, bounded by the site cap; counted in `HeapProfile::symbol_cache_bytes`.
+struct StackCache {
+    max_depth: usize,
+    /// Raw stack id -> canonical trimmed stack.
+    by_raw: Vec<u32>,
+    canon: Vec<Arc<[Frame]>>,
+    index: HashMap<AddrKey, u32, FxBuild>,
+    bytes: usize,
+}
+
+/// A trimmed stack compared by the addresses it keeps (a partially trimmed leaf frame is a
+/// function of its address, so addresses identify the stack).
+struct AddrKey(Arc<[Frame]>);
+
+impl PartialEq for AddrKey {
+    fn eq(&self, o: &Self) -> bool {
+        self.0.len() == o.0.len()
+            && self
+                .0
+                .iter()
+                .zip(o.0.iter())
+                .all(|(a, b)| a.address == b.address)
+    }
+}
+impl Eq for AddrKey {}
+impl std::hash::Hash for AddrKey {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        h.write_usize(self.0.len());
+        for f in self.0.iter() {
+            h.write_usize(f.address);
         }
     }
-    let Some((i, j)) = cut else { return };
-    if j + 1 == frames[i].symbols.len() {
-        frames.drain(..=i);
-    } else {
-        // The process-wide cached list, not a fresh `Arc` (see `symbols::Cache`).
-        frames[i].symbols = symbols::trimmed(frames[i].address, &frames[i].symbols[j + 1..]);
-        frames.drain(..i);
+}
+
+/// One cache for symbolized, one for raw-address profiles. Spin locks taken only at dump time,
+/// and held across `fork()` by the fork handlers (see `sites::atfork_prepare` and `sync`), like the
+/// symbol cache: a child forked while another thread builds a profile must not inherit them held.
+static STACK_CACHES: [SpinLock<Option<StackCache>>; 2] = [SpinLock::new(None), SpinLock::new(None)];
+
+/// `pthread_atfork` prepare: takes both stack-cache locks. Their holders take the symbol-cache
+/// lock inside them, so these come first.
+pub(crate) fn lock_for_fork() {
+    for c in &STACK_CACHES {
+        c.raw_lock();
+    }
+}
+
+/// `pthread_atfork` parent and child: releases the locks taken by [`lock_for_fork`].
+///
+/// # Safety
+/// [`lock_for_fork`] must have been called by this thread (or, in a forked child, by the thread
+/// that forked) with no release since.
+pub(crate) unsafe fn unlock_after_fork() {
+    for c in &STACK_CACHES {
+        // SAFETY: per this function's contract each lock is held by `raw_lock`, with no guard.
+        unsafe { c.raw_unlock() }
+    }
+}
+
+/// Profile stacks (index 0 = overflow) for the raw stacks of a snapshot, the map from raw stack
+/// id to profile stack index, and the stack cache's size. Must run inside the profiler guard;
+/// takes the stack-cache lock (never the site lock).
+fn trimmed_stacks(raw: &[Arc<[usize]>], symbolize: bool) -> (Vec<Arc<[Frame]>>, Vec<usize>, usize) {
+    let max_depth = crate::alloc::MAX_DEPTH.load(std::sync::atomic::Ordering::Relaxed);
+    let mut guard = STACK_CACHES[symbolize as usize].lock();
+    if guard.as_ref().is_some_and(|c| c.max_depth != max_depth) {
+        *guard = None;
+    }
+    let cache = guard.get_or_insert_with(|| StackCache {
+        max_depth,
+        by_raw: Vec::new(),
+        canon: Vec::new(),
+        index: HashMap::default(),
+        bytes: 0,
+    });
+    if cache.by_raw.len() < raw.len() {
+        let done = cache.by_raw.len();
+        add_stacks(cache, &raw[done..], symbolize);
+    }
+    let mut stacks: Vec<Arc<[Frame]>> = vec![Arc::from(Vec::new())];
+    let mut local = vec![u32::MAX; cache.canon.len()];
+    let remap = (0..raw.len())
+        .map(|id| {
+            if id as u32 == OVERFLOW_STACK {
+                return 0;
+            }
+            let c = cache.by_raw[id] as usize;
+            if local[c] == u32::MAX {
+                local[c] = stacks.len() as u32;
+                stacks.push(cache.canon[c].clone());
+            }
+            local[c] as usize
+        })
+        .collect();
+    (stacks, remap, cache.bytes)
+}
+
+/// An address's symbols and the index of its last allocator symbol.
+type Resolved = (Arc<[Symbol]>, Option<usize>);
+
+/// Symbolizes (through the symbol cache), trims and canonicalizes `new` raw stacks, which
+/// follow the ones already in `cache`.
+fn add_stacks(cache: &mut StackCache, new: &[Arc<[usize]>], symbolize: bool) {
+    // Resolve every distinct address once, and note for each where its allocator symbols end
+    // (`last_allocator_symbol`), so trimming a stack is a scan of integers.
+    let mut symbols_of: HashMap<usize, Resolved, FxBuild> = HashMap::default();
+    if symbolize {
+        let mut seen: std::collections::HashSet<usize, FxBuild> = Default::default();
+        let addrs: Vec<usize> = new
+            .iter()
+            .flat_map(|s| s.iter().copied())
+            .filter(|a| seen.insert(*a))
+            .collect();
+        drop(seen);
+        let resolved = symbols::resolve_all(&addrs);
+        symbols_of.extend(addrs.into_iter().zip(resolved).map(|(a, syms)| {
+            let cut = last_allocator_symbol(&syms);
+            (a, (syms, cut))
+        }));
+    }
+    // Symbol lists come from the process-wide symbol cache, which keeps a reference to every list
+    // a profile hands out (see `symbols::Cache` for why: a program's clone must never be the last).
+    let empty: Arc<[Symbol]> = symbols::empty();
+    for s in new {
+        if cache.by_raw.is_empty() {
+            // Raw id 0 is the overflow pseudo-site: no frames, never looked up.
+            cache.by_raw.push(u32::MAX);
+            continue;
+        }
+        let (start, partial) = if symbolize {
+            trim_point(s, |a| {
+                symbols_of.get(&a).and_then(|x| x.1.map(|j| (j, x.0.len())))
+            })
+        } else {
+            (0, None)
+        };
+        let end = s.len().min(start + cache.max_depth);
+        let mut frames: Vec<Frame> = s[start..end]
+            .iter()
+            .map(|&a| Frame {
+                address: a,
+                symbols: symbols_of
+                    .get(&a)
+                    .map_or_else(|| empty.clone(), |x| x.0.clone()),
+            })
+            .collect();
+        if let (Some(j), Some(f)) = (partial, frames.first_mut()) {
+            f.symbols = symbols::trimmed(f.address, &f.symbols[j + 1..]);
+        }
+        let key = AddrKey(frames.into());
+        let next = cache.canon.len() as u32;
+        let c = match cache.index.get(&key) {
+            Some(&c) => c,
+            None => {
+                cache.bytes += 64 + key.0.len() * core::mem::size_of::<Frame>();
+                cache.canon.push(key.0.clone());
+                cache.index.insert(key, next);
+                next
+            }
+        };
+        cache.by_raw.push(c);
+        cache.bytes += 4;
+    }
+}
+
+/// Index of the innermost-last allocator symbol of one frame (see `symbols::is_allocator_frame`).
+fn last_allocator_symbol(syms: &[Symbol]) -> Option<usize> {
+    syms.iter()
+        .rposition(|s| symbols::is_allocator_frame(&s.function))
+}
+
+/// Where the program's part of a stack starts once the leaf-side allocator frames are dropped,
+/// symbol by symbol so that an inlined growth function sharing a return address with
+/// `alloc::alloc::realloc` is kept. Looks no further than the entry frames captured for this.
+/// `cut_of(address)` gives `(last allocator symbol index, symbol count)` of a frame. Returns the
+/// first kept frame and, if that frame keeps only its symbols after index `j`, `Some(j)`.
+fn trim_point(
+    addrs: &[usize],
+    cut_of: impl Fn(usize) -> Option<(usize, usize)>,
+) -> (usize, Option<usize>) {
+    let window = addrs.len().min(crate::stack::ENTRY_FRAMES + 8);
+    // The last frame in the window with an allocator symbol, and that symbol's position.
+    let cut = addrs[..window]
+        .iter()
+        .enumerate()
+        .rev()
+        .find_map(|(i, &a)| cut_of(a).map(|c| (i, c)));
+    match cut {
+        None => (0, None),
+        Some((i, (j, n))) if j + 1 == n => (i + 1, None),
+        Some((i, (j, _))) => (i, Some(j)),
+    }
+}
+
+/// [`trim_point`] applied to a stack of symbolized frames.
+#[cfg(test)]
+fn trim_allocator_frames(frames: &mut Vec<Frame>) {
+    let addrs: Vec<usize> = (0..frames.len()).collect();
+    let (start, partial) = trim_point(&addrs, |i| {
+        last_allocator_symbol(&frames[i].symbols).map(|j| (j, frames[i].symbols.len()))
+    });
+    frames.drain(..start);
+    if let Some(j) = partial {
+        frames[0].symbols = frames[0].symbols[j + 1..].to_vec().into();
     }
 }
 
@@ -362,7 +586,11 @@ mod tests {
             address: addr,
             symbols: names
                 .iter()
-                .map(|n| Symbol { function: n.to_string(), file: None, line: None })
+                .map(|n| Symbol {
+                    function: n.to_string(),
+                    file: None,
+                    line: None,
+                })
                 .collect::<Vec<_>>()
                 .into(),
         }
@@ -372,14 +600,30 @@ mod tests {
     fn trims_entry_frames_and_keeps_growth_frames() {
         let mut f = vec![
             frame(1, &["heapsight::alloc::take_sample"]),
-            frame(2, &["<heapsight::alloc::HeapSight<A> as core::alloc::global::GlobalAlloc>::realloc", "__rust_realloc"]),
+            frame(
+                2,
+                &[
+                    "<heapsight::alloc::HeapSight<A> as core::alloc::global::GlobalAlloc>::realloc",
+                    "__rust_realloc",
+                ],
+            ),
             frame(3, &["alloc::alloc::realloc", "alloc::raw_vec::finish_grow"]),
             frame(4, &["alloc::raw_vec::RawVec<T,A>::grow_one"]),
             frame(5, &["app::build"]),
         ];
         trim_allocator_frames(&mut f);
-        let names: Vec<_> = f.iter().map(|f| f.function().unwrap().to_string()).collect();
-        assert_eq!(names, ["alloc::raw_vec::finish_grow", "alloc::raw_vec::RawVec<T,A>::grow_one", "app::build"]);
+        let names: Vec<_> = f
+            .iter()
+            .map(|f| f.function().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "alloc::raw_vec::finish_grow",
+                "alloc::raw_vec::RawVec<T,A>::grow_one",
+                "app::build"
+            ]
+        );
         assert_eq!(f[0].address, 3);
         assert_eq!(f[0].symbols.len(), 1);
     }

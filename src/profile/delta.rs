@@ -1,0 +1,109 @@
+//! `later.delta(&earlier)`: the allocations made between two snapshots.
+//!
+//! Site-table counters only grow (`allocs`, `frees` per bucket), so the allocations between two
+//! snapshots are per-bucket differences of raw counts, unbiased afresh with the bucket's weight
+//! (exact: one bucket has one size and one rate). In-use is the later snapshot's: what is live at
+//! its end, wherever it was allocated. Lifetimes are the per-stack differences: blocks freed in
+//! between. The overflow record of mixed sizes has only weighted sums, so its difference is taken
+//! on the estimates.
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::sites::FxBuild;
+use crate::snapshot::{estimates, Estimates, HeapProfile, Record};
+use crate::symbols::Frame;
+
+/// A record's identity across two profiles: stack addresses, tag, size, rate.
+type Key = (Vec<usize>, u32, u64, u64);
+
+fn key(p: &HeapProfile, r: &Record) -> Key {
+    (
+        p.stacks[r.stack].iter().map(|f| f.address).collect(),
+        r.tag,
+        r.size,
+        r.rate,
+    )
+}
+
+pub(crate) fn delta(later: &HeapProfile, earlier: &HeapProfile) -> HeapProfile {
+    let before: HashMap<Key, &Record, FxBuild> = earlier
+        .records
+        .iter()
+        .map(|r| (key(earlier, r), r))
+        .collect();
+    let stack_addrs = |p: &HeapProfile, i: usize| -> Vec<usize> {
+        p.stacks[i].iter().map(|f| f.address).collect()
+    };
+    let earlier_stack: HashMap<Vec<usize>, usize, FxBuild> = (0..earlier.stacks.len())
+        .map(|i| (stack_addrs(earlier, i), i))
+        .collect();
+
+    let mut records = Vec::new();
+    for r in &later.records {
+        let old = before.get(&key(later, r));
+        let allocs = r.allocs - old.map_or(0, |o| o.allocs.min(r.allocs));
+        let est = if r.size == 0 && r.rate == 0 {
+            // Mixed overflow record: weighted sums only.
+            let (ao, ab) = old.map_or((0.0, 0.0), |o| (o.est.alloc_objects, o.est.alloc_bytes));
+            Estimates {
+                alloc_objects: (r.est.alloc_objects - ao).max(0.0),
+                alloc_bytes: (r.est.alloc_bytes - ab).max(0.0),
+                ..r.est
+            }
+        } else {
+            let fresh = estimates(r.size, r.rate, allocs, 0);
+            Estimates {
+                alloc_objects: fresh.alloc_objects,
+                alloc_bytes: fresh.alloc_bytes,
+                ..r.est
+            }
+        };
+        if allocs == 0 && est.inuse_objects <= 0.0 && est.alloc_objects <= 0.0 {
+            continue;
+        }
+        let frees = r.frees - old.map_or(0, |o| o.frees.min(r.frees));
+        records.push(Record {
+            allocs,
+            frees,
+            est,
+            ..r.clone()
+        });
+    }
+    let lifetimes = later
+        .lifetimes
+        .iter()
+        .filter_map(|(i, row)| {
+            let old = earlier_stack
+                .get(&stack_addrs(later, *i))
+                .and_then(|&j| earlier.lifetime_row(j));
+            let mut out = *row;
+            if let Some(old) = old {
+                for (o, e) in out.iter_mut().zip(old) {
+                    *o = o.saturating_sub(*e);
+                }
+            }
+            out.iter().any(|&n| n != 0).then_some((*i, out))
+        })
+        .collect();
+    let stacks: Vec<Arc<[Frame]>> = later.stacks.clone();
+    let mut p = HeapProfile {
+        time_nanos: later.time_nanos,
+        duration_nanos: later.time_nanos.saturating_sub(earlier.time_nanos).max(0),
+        rate: later.rate,
+        stats: later.stats,
+        stacks,
+        records,
+        sites: Vec::new(),
+        symbolized: later.symbolized,
+        live_samples: later.live_samples,
+        overflow_samples: later
+            .overflow_samples
+            .saturating_sub(earlier.overflow_samples),
+        symbol_cache_bytes: later.symbol_cache_bytes,
+        tag_names: later.tag_names.clone(),
+        lifetimes,
+        sites_by_tag: Vec::new(),
+    };
+    p.assemble();
+    p
+}

@@ -1,0 +1,338 @@
+//! The human table: the heaviest sites, each named by the first frame of the program and the
+//! growth frame under it (which container grew: `RawVec` grow, hashbrown `reserve_rehash`,
+//! `format_inner`, ...).
+use core::fmt;
+
+use super::dist;
+use super::SampleType;
+use crate::guard::profiler_scope;
+use crate::snapshot::HeapProfile;
+use crate::symbols::Symbol;
+
+/// Crates whose frames are library plumbing, not "the program's" call site.
+const LIBRARY_CRATES: &[&str] = &[
+    "std",
+    "core",
+    "alloc",
+    "hashbrown",
+    "heapsight",
+    "backtrace",
+    "__rust_alloc",
+    "__rust_realloc",
+    "__rust_alloc_zeroed",
+    "__rdl_alloc",
+    "__rg_alloc",
+];
+
+/// Library functions that make a container grow or build a fresh allocation: the "why" of a
+/// site. Compared with the last path segment of a demangled name; earlier entries win when a
+/// stack has several (`grow_one` over the `finish_grow` it calls, `reserve_rehash` over the
+/// `reserve` that calls it).
+const GROWTH: &[&str] = &[
+    "grow_one",
+    "grow_amortized",
+    "grow_exact",
+    "reserve_rehash",
+    "format_inner",
+    "reserve_for_push",
+    "do_reserve_and_handle",
+    "try_reserve",
+    "reserve",
+    "with_capacity",
+    "to_vec",
+    "to_owned",
+    "clone",
+    "from_iter",
+    "collect",
+    "extend",
+    "extend_from_slice",
+    "finish_grow",
+];
+
+/// The last path segment of a demangled function, without generic arguments:
+/// `<alloc::raw_vec::RawVec<u8>>::grow_one` -> `grow_one`.
+fn last_segment(function: &str) -> &str {
+    let mut depth = 0usize;
+    let mut cut = 0;
+    let b = function.as_bytes();
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            b'<' => depth += 1,
+            b'>' => depth = depth.saturating_sub(1),
+            b':' if depth == 0 && b.get(i + 1) == Some(&b':') => cut = i + 2,
+            _ => {}
+        }
+    }
+    let name = &function[cut.min(function.len())..];
+    &name[..name.find('<').unwrap_or(name.len())]
+}
+
+/// Rank of a growth function in [`GROWTH`] (lower is preferred).
+fn growth_rank(function: &str) -> Option<usize> {
+    let name = last_segment(function);
+    GROWTH.iter().position(|g| *g == name)
+}
+
+/// The crate a demangled function belongs to: the first path segment, looking through `<...>`
+/// of trait impls (`<alloc::vec::Vec<T> as core::clone::Clone>::clone` is in `alloc`). An impl
+/// for a type without a path (`<u64 as core::fmt::Display>::fmt`, `<[u8] as ...>`) belongs to
+/// the trait's crate.
+fn crate_of(function: &str) -> &str {
+    let f = function
+        .trim_start_matches(['<', '&', '[', '('])
+        .trim_start_matches("mut ");
+    let first = &f[..f.find("::").unwrap_or(f.len())];
+    match first.find(" as ") {
+        Some(i) => first[i + 4..].trim_start_matches(['<', '&']),
+        None => first,
+    }
+}
+
+pub(crate) fn is_library(function: &str) -> bool {
+    LIBRARY_CRATES.contains(&crate_of(function)) || function.starts_with("__") || function == "??"
+}
+
+/// One row: a site and how it is named.
+struct Row {
+    value: f64,
+    samples: u64,
+    user: Option<Symbol>,
+    growth: Option<Symbol>,
+    leaf_address: usize,
+    overflow: bool,
+    /// p50 and p99 of allocation sizes and lifetimes (the histograms are dropped once read).
+    size: [Option<u64>; 2],
+    life: [Option<std::time::Duration>; 2],
+}
+
+/// The heaviest sites of a profile by one [`SampleType`], from [`HeapProfile::top`]. Print it
+/// with `{}`.
+pub struct Top {
+    ty: SampleType,
+    total: f64,
+    sites: usize,
+    rows: Vec<Row>,
+}
+
+impl Drop for Top {
+    fn drop(&mut self) {
+        // Built inside the profiler guard: freed there (see `impl Drop for HeapProfile`).
+        profiler_scope(|| drop(core::mem::take(&mut self.rows)))
+    }
+}
+
+impl Top {
+    /// The sample type the table ranks by.
+    pub fn sample_type(&self) -> SampleType {
+        self.ty
+    }
+
+    /// Rows shown.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether the profile had no site with a nonzero value.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The `i`-th row's first program frame (function name), if it has one.
+    pub fn user_function(&self, i: usize) -> Option<&str> {
+        self.rows.get(i)?.user.as_ref().map(|s| s.function.as_str())
+    }
+
+    /// The `i`-th row's growth frame (function name), if it has one.
+    pub fn growth_function(&self, i: usize) -> Option<&str> {
+        self.rows
+            .get(i)?
+            .growth
+            .as_ref()
+            .map(|s| s.function.as_str())
+    }
+
+    /// The `i`-th row's value (unbiased estimate of the sample type).
+    pub fn value(&self, i: usize) -> Option<f64> {
+        self.rows.get(i).map(|r| r.value)
+    }
+}
+
+/// Picks the first program symbol (leaf side first) and the growth symbol under it: the library
+/// symbol nearest the program frame that matches [`GROWTH`], else the library symbol right under
+/// the program frame.
+pub(crate) fn name_site(frames: &[crate::symbols::Frame]) -> (Option<Symbol>, Option<Symbol>) {
+    // Leaf first, inlined callees before their callers (the order of `Frame::symbols`).
+    let syms: Vec<&Symbol> = frames.iter().flat_map(|f| f.symbols.iter()).collect();
+    let Some(u) = syms.iter().position(|s| !is_library(&s.function)) else {
+        let growth = syms
+            .iter()
+            .filter_map(|s| growth_rank(&s.function).map(|r| (r, *s)))
+            .min_by_key(|x| x.0);
+        return (None, growth.map(|(_, s)| s.clone()));
+    };
+    let under = &syms[..u];
+    // The preferred growth function; among equals, the one nearest the program frame.
+    let growth = under
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| growth_rank(&s.function).map(|r| (r, usize::MAX - i, *s)))
+        .min_by_key(|&(r, near, _)| (r, near))
+        .map(|(_, _, s)| s)
+        .or(under.last().copied())
+        .cloned();
+    (Some(syms[u].clone()), growth)
+}
+
+pub(crate) fn build(p: &HeapProfile, n: usize, ty: SampleType) -> Top {
+    let mut per_stack = vec![(0f64, 0u64); p.stacks.len()];
+    for r in &p.records {
+        per_stack[r.stack].0 += ty.of(&r.est);
+        per_stack[r.stack].1 += r.allocs;
+    }
+    let total: f64 = per_stack.iter().map(|v| v.0).sum();
+    let mut order: Vec<usize> = (0..per_stack.len())
+        .filter(|&i| per_stack[i].0.round() > 0.0)
+        .collect();
+    let sites = order.len();
+    order.sort_by(|&a, &b| per_stack[b].0.total_cmp(&per_stack[a].0).then(a.cmp(&b)));
+    let rows = order
+        .into_iter()
+        .take(n)
+        .map(|stack| {
+            let frames = &p.stacks[stack];
+            let (user, growth) = name_site(frames);
+            let d = dist::of_stack(p, stack);
+            Row {
+                value: per_stack[stack].0,
+                samples: per_stack[stack].1,
+                user,
+                growth,
+                leaf_address: frames.first().map_or(0, |f| f.address),
+                overflow: stack == 0,
+                size: [d.size_quantile(0.5), d.size_quantile(0.99)],
+                life: [d.lifetime_quantile(0.5), d.lifetime_quantile(0.99)],
+            }
+        })
+        .collect();
+    Top {
+        ty,
+        total,
+        sites,
+        rows,
+    }
+}
+
+/// `1234567` bytes as `1.18 MiB`; counts as plain integers.
+struct Amount(f64, SampleType);
+
+impl fmt::Display for Amount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let v = self.0.round();
+        if self.1.unit() == "count" {
+            return write!(f, "{v:.0}");
+        }
+        const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+        let mut x = v;
+        let mut u = 0;
+        while x >= 1024.0 && u + 1 < UNITS.len() {
+            x /= 1024.0;
+            u += 1;
+        }
+        if u == 0 {
+            write!(f, "{x:.0} B")
+        } else {
+            write!(f, "{x:.2} {}", UNITS[u])
+        }
+    }
+}
+
+/// `name (file:line)` with the file's last component only.
+struct Where<'a>(&'a Symbol);
+
+impl fmt::Display for Where<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.function)?;
+        if let Some(file) = &self.0.file {
+            let base = file.rsplit('/').next().unwrap_or(file);
+            write!(f, " ({base}:{})", self.0.line.unwrap_or(0))?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Top {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "top {} of {} sites by {} (total {}; estimates from samples)",
+            self.rows.len(),
+            self.sites,
+            self.ty,
+            Amount(self.total, self.ty)
+        )?;
+        writeln!(
+            f,
+            "{:>12} {:>6} {:>7} {:>17} {:>17}  site",
+            self.ty.name(),
+            "%",
+            "samples",
+            "size p50/p99",
+            "lifetime p50/p99"
+        )?;
+        for r in &self.rows {
+            let share = if self.total > 0.0 {
+                100.0 * r.value / self.total
+            } else {
+                0.0
+            };
+            let size = format!("{}/{}", dist::opt(r.size[0]), dist::opt(r.size[1]));
+            let life = format!(
+                "{}/{}",
+                dist::opt_duration(r.life[0]),
+                dist::opt_duration(r.life[1])
+            );
+            write!(
+                f,
+                "{:>12} {:>5.1}% {:>7} {:>17} {:>17}  ",
+                Amount(r.value, self.ty).to_string(),
+                share,
+                r.samples,
+                size,
+                life
+            )?;
+            match (&r.user, r.overflow) {
+                (_, true) => write!(f, "{}", super::folded::OVERFLOW_NAME)?,
+                (Some(u), _) => write!(f, "{}", Where(u))?,
+                (None, _) => write!(f, "{:#x} (no program frame)", r.leaf_address)?,
+            }
+            if let Some(g) = &r.growth {
+                write!(f, "\n{:>64}  <- {}", "", g.function)?;
+            }
+            writeln!(f)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn library_frames_are_recognised_through_impl_brackets() {
+        assert!(is_library("alloc::raw_vec::finish_grow"));
+        assert!(is_library(
+            "<alloc::vec::Vec<T> as core::clone::Clone>::clone"
+        ));
+        assert!(is_library("hashbrown::raw::RawTable<T,A>::reserve_rehash"));
+        assert!(is_library("__rust_alloc"));
+        assert!(!is_library("myapp::build"));
+        assert!(!is_library(
+            "<myapp::Index as core::default::Default>::default"
+        ));
+        assert_eq!(
+            crate_of("<&mut serde_json::de::Deserializer<R>>::parse"),
+            "serde_json"
+        );
+    }
+}
