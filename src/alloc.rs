@@ -391,6 +391,10 @@ pub(crate) fn init_global() {
             Some(sites::atfork_child),
         );
     }
+    if config::getenv(b"HEAPSIGHT_DUMP_ON_EXIT\0").is_some_and(|v| !v.is_empty()) {
+        // SAFETY: registers a plain `extern "C" fn()` that catches its own panics.
+        unsafe { libc::atexit(crate::dump::dump_at_exit) };
+    }
     core::hint::black_box(&START_UP);
     GLOBAL_STATE.store(2, Release);
 }

@@ -7,6 +7,7 @@
 mod alloc;
 mod config;
 mod counters;
+mod dump;
 mod guard;
 mod measure;
 mod profile;
@@ -17,6 +18,14 @@ mod stack;
 mod symbols;
 mod sync;
 mod tags;
+
+#[cfg(feature = "http")]
+pub mod http;
+#[cfg(feature = "metrics")]
+pub mod metrics;
+#[cfg(all(unix, feature = "signal"))]
+pub use crate::dump::install_dump_signal;
+pub use crate::dump::{dump_to_dir, dump_to_file};
 
 pub use crate::alloc::HeapSight;
 pub use crate::config::ParseError;

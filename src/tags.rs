@@ -374,6 +374,8 @@ pub fn tag_stats() -> Vec<TagStats> {
         s.samples = est[i].2;
         s.live_samples = est[i].3;
     }
+    // The overflow tag is interned up front; it is only news once something landed in it.
+    out.retain(|s| s.id != OVERFLOW_ID || s.alloc_objects > 0 || s.samples > 0);
     out
 }
 
