@@ -7,7 +7,7 @@ use heapsight::{HeapSight, Stats};
 #[global_allocator]
 static GLOBAL: HeapSight = HeapSight::system();
 
-mod common;
+mod support;
 
 #[derive(Debug, PartialEq, Eq)]
 struct Delta {
@@ -132,7 +132,7 @@ fn at_rate(rate: u64, f: fn()) {
 
 fn main() {
     assert_eq!(heapsight::sample_rate(), heapsight::DEFAULT_SAMPLE_RATE);
-    common::run(&[
+    support::run(&[
         ("stats_does_not_allocate", stats_does_not_allocate),
         ("raw_workload_rate_default", || at_rate(512 * 1024, raw_workload)),
         ("raw_workload_rate_0", || at_rate(0, raw_workload)),

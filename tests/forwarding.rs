@@ -58,7 +58,7 @@ fn counts() -> [usize; 4] {
     [ALLOC.load(Relaxed), ZEROED.load(Relaxed), REALLOC.load(Relaxed), DEALLOC.load(Relaxed)]
 }
 
-mod common;
+mod support;
 
 /// Exact at rate 0: every user call reaches the inner allocator exactly once, as itself, with the
 /// caller's size (no header).
@@ -122,7 +122,7 @@ fn vec_growth_uses_realloc() {
 }
 
 fn main() {
-    common::run(&[
+    support::run(&[
         ("each_call_reaches_the_inner_allocator_as_itself", each_call_reaches_the_inner_allocator_as_itself),
         ("sampled_calls_are_forwarded_as_themselves", sampled_calls_are_forwarded_as_themselves),
         ("vec_growth_uses_realloc", vec_growth_uses_realloc),

@@ -13,7 +13,7 @@ use heapsight::HeapSight;
 #[global_allocator]
 static GLOBAL: HeapSight = HeapSight::system();
 
-mod common;
+mod support;
 
 /// A bare HTTP/1.1 client: returns (status, headers, body).
 fn get(addr: SocketAddr, method: &str, target: &str) -> (u16, String, Vec<u8>) {
@@ -39,7 +39,7 @@ fn http_test_keeps_blocks() -> Vec<Vec<u8>> {
 }
 
 fn go_tool_pprof_reads_profiles_by_url() {
-    if !common::have_tool("go") {
+    if !support::have_tool("go") {
         return;
     }
     let keep = http_test_keeps_blocks();
@@ -176,7 +176,7 @@ fn seconds_delta_does_not_block() {
     let (st, _, body) = delta.join().unwrap();
     assert_eq!(st, 200);
     drop(before);
-    if !common::have_tool("go") {
+    if !support::have_tool("go") {
         return;
     }
     let path = std::env::temp_dir().join(format!("heapsight-delta-{}.pb.gz", std::process::id()));
@@ -226,7 +226,7 @@ fn server_allocations_are_not_the_programs() {
 /// Headless Chromium renders the page: the DOM has the tables and the inline SVG, and the
 /// screenshot is a real picture (many colours, mostly not blank).
 fn chromium_renders_the_page() {
-    if !common::have_tool("chromium") {
+    if !support::have_tool("chromium") {
         return;
     }
     let keep = http_test_keeps_blocks();
@@ -284,7 +284,7 @@ fn chromium_renders_the_page() {
 }
 
 fn main() {
-    common::run(&[
+    support::run(&[
         ("server_allocations_are_not_the_programs", server_allocations_are_not_the_programs),
         ("text_index_and_page", text_index_and_page),
         ("metrics_parse", metrics_parse),

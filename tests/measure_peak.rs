@@ -6,19 +6,6 @@ use std::hint::black_box;
 #[global_allocator]
 static GLOBAL: heapsight::HeapSight = heapsight::HeapSight::system();
 
-fn check(name: &str, f: fn() -> Result<(), String>) -> bool {
-    match f() {
-        Ok(()) => {
-            println!("test {name} ... ok");
-            true
-        }
-        Err(e) => {
-            println!("test {name} ... FAILED: {e}");
-            false
-        }
-    }
-}
-
 /// A peak reached on this thread between two resyncs is only in its `high_water`; a measure
 /// starting afterwards must fold it into the global peak before resetting it.
 fn peak_before_a_measure_is_kept() -> Result<(), String> {
@@ -59,17 +46,11 @@ fn peak_inside_a_measure_is_global() -> Result<(), String> {
     Ok(())
 }
 
+mod support;
+
 fn main() {
-    let mut ok = true;
-    ok &= check(
-        "peak_before_a_measure_is_kept",
-        peak_before_a_measure_is_kept,
-    );
-    ok &= check(
-        "peak_inside_a_measure_is_global",
-        peak_inside_a_measure_is_global,
-    );
-    if !ok {
-        std::process::exit(1);
-    }
+    let mut r = support::Runner::new();
+    r.check_ok("peak_before_a_measure_is_kept", peak_before_a_measure_is_kept);
+    r.check_ok("peak_inside_a_measure_is_global", peak_inside_a_measure_is_global);
+    r.finish();
 }

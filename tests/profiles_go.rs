@@ -71,17 +71,6 @@ fn within(what: &str, got: f64, truth: f64, sd: f64) -> Result<(), String> {
     }
 }
 
-fn have(tool: &str, arg: &str) -> bool {
-    let ok = Command::new(tool)
-        .arg(arg)
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ok {
-        println!("SKIPPED: {tool} not installed");
-    }
-    ok
-}
 
 fn run(cmd: &mut Command) -> Result<String, String> {
     let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
@@ -140,21 +129,7 @@ fn site_sum(p: &HeapProfile, func: &str, f: impl Fn(&heapsight::Site) -> u64) ->
         .sum()
 }
 
-struct Run {
-    failed: usize,
-}
-
-impl Run {
-    fn check(&mut self, name: &str, f: impl FnOnce() -> Result<(), String>) {
-        match f() {
-            Ok(()) => println!("test {name} ... ok"),
-            Err(e) => {
-                println!("test {name} ... FAILED\n{e}");
-                self.failed += 1;
-            }
-        }
-    }
-}
+mod support;
 
 fn main() {
     heapsight::set_sample_rate(RATE);
@@ -162,7 +137,7 @@ fn main() {
     let dir: PathBuf =
         std::env::temp_dir().join(format!("heapsight-profiles-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut t = Run { failed: 0 };
+    let mut t = support::Runner::new();
 
     let mut live: Vec<Vec<u8>> = Vec::with_capacity(LIVE_N as usize);
     keep_live(&mut live);
@@ -184,7 +159,7 @@ fn main() {
     let churn_bytes = (CHURN_N * CHURN_SIZE) as f64;
     let churn_sd = sd_bytes(CHURN_N, CHURN_SIZE, RATE);
 
-    t.check("profile_estimates_within_4_sd", || {
+    t.check_ok("profile_estimates_within_4_sd", || {
         within(
             "keep_live inuse",
             site_sum(&p, "keep_live", |s| s.inuse_bytes) as f64,
@@ -206,7 +181,7 @@ fn main() {
         Ok(())
     });
 
-    t.check("writing_into_a_vec_does_not_drift_the_counters", || {
+    t.check_ok("writing_into_a_vec_does_not_drift_the_counters", || {
         let before = heapsight::stats();
         let mut v = Vec::new();
         p.write_pprof(&mut v).map_err(|e| e.to_string())?;
@@ -219,8 +194,8 @@ fn main() {
         Ok(())
     });
 
-    let go = have("go", "version");
-    t.check("go_tool_pprof_raw_parses_proto_and_text", || {
+    let go = support::have_tool("go");
+    t.check_ok("go_tool_pprof_raw_parses_proto_and_text", || {
         if !go {
             return Ok(());
         }
@@ -240,7 +215,7 @@ fn main() {
         Ok(())
     });
 
-    t.check("go_tool_pprof_top_finds_the_functions_within_4_sd", || {
+    t.check_ok("go_tool_pprof_top_finds_the_functions_within_4_sd", || {
         if !go {
             return Ok(());
         }
@@ -273,7 +248,7 @@ fn main() {
         Ok(())
     });
 
-    t.check(
+    t.check_ok(
         "go_tool_pprof_unbiases_the_text_format_to_our_estimates",
         || {
             if !go {
@@ -299,7 +274,7 @@ fn main() {
         },
     );
 
-    t.check(
+    t.check_ok(
         "go_tool_pprof_symbolizes_an_unsymbolized_profile_offline",
         || {
             if !go {
@@ -334,7 +309,7 @@ fn main() {
         },
     );
 
-    t.check("go_tool_pprof_traces_show_bytes_labels", || {
+    t.check_ok("go_tool_pprof_traces_show_bytes_labels", || {
         if !go {
             return Ok(());
         }
@@ -355,8 +330,8 @@ fn main() {
         Ok(())
     });
 
-    t.check("protoc_decode_raw_reads_the_message", || {
-        if !have("protoc", "--version") {
+    t.check_ok("protoc_decode_raw_reads_the_message", || {
+        if !support::have_tool("protoc") {
             return Ok(());
         }
         let mut gz = flate2::read::GzDecoder::new(&bytes[..]);
@@ -385,7 +360,7 @@ fn main() {
         Ok(())
     });
 
-    t.check("top_names_the_known_functions", || {
+    t.check_ok("top_names_the_known_functions", || {
         let top = p.top(5, SampleType::InuseSpace);
         let text = top.to_string();
         print!("{text}");
@@ -407,7 +382,7 @@ fn main() {
         Ok(())
     });
 
-    t.check("delta_counts_only_what_was_allocated_in_between", || {
+    t.check_ok("delta_counts_only_what_was_allocated_in_between", || {
         churn_later(CHURN_N / 2);
         let later = heapsight::profile();
         let d = later.delta(&p);
@@ -459,7 +434,7 @@ fn main() {
         Ok(())
     });
 
-    t.check("peak_profile_holds_the_transient_high_water_mark", || {
+    t.check_ok("peak_profile_holds_the_transient_high_water_mark", || {
         const PEAK_N: u64 = 30_000;
         let big = peak_builder(PEAK_N as usize);
         drop(black_box(big));
@@ -499,7 +474,7 @@ fn main() {
         Ok(())
     });
 
-    t.check("lifetimes_reach_the_distributions", || {
+    t.check_ok("lifetimes_reach_the_distributions", || {
         let p = heapsight::profile();
         let site = p
             .sites()
@@ -547,8 +522,5 @@ fn main() {
 
     drop(live);
     let _ = std::fs::remove_dir_all(&dir);
-    if t.failed > 0 {
-        println!("{} check(s) FAILED", t.failed);
-        std::process::exit(1);
-    }
+    t.finish();
 }

@@ -11,7 +11,7 @@ use heapsight::HeapSight;
 #[global_allocator]
 static GLOBAL: HeapSight = HeapSight::system();
 
-mod common;
+mod support;
 
 /// Aborts the process if the test has not finished by `limit`: a hang detector, not a timing
 /// assertion (the test takes a few seconds; the limit is minutes).
@@ -92,7 +92,7 @@ fn concurrent_profiles_at_rate_1() {
 }
 
 fn main() {
-    common::run(&[
+    support::run(&[
         ("profiler_allocations_are_not_counted", profiler_allocations_are_not_counted),
         ("concurrent_profiles_at_rate_1", concurrent_profiles_at_rate_1),
     ]);

@@ -6,8 +6,8 @@ use std::hint::black_box;
 
 use heapsight::HeapSight;
 
-mod rel_common;
-use rel_common::on_distinct_stack;
+mod support;
+use support::on_distinct_stack;
 
 #[global_allocator]
 static GLOBAL: HeapSight = HeapSight::system();
@@ -146,8 +146,8 @@ fn profile_with_100k_sites() {
 }
 
 fn main() {
-    rel_common::watchdog(120, "rel_bounded");
-    rel_common::run(&[
+    support::watchdog(120, "rel_bounded");
+    support::run(&[
         // The bounds hold with no symbolized profile taken: in-process symbolization adds the
         // debug info `backtrace` loads (tens of MB), also counted in `profiler_bytes`.
         ("cap_of_1000_sites", cap_of_1000_sites),

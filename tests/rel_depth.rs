@@ -5,7 +5,7 @@ use std::hint::black_box;
 
 use heapsight::{HeapSight, Unwinder};
 
-mod rel_common;
+mod support;
 
 #[global_allocator]
 static GLOBAL: HeapSight = HeapSight::system();
@@ -30,7 +30,7 @@ fn deep_sites() -> std::collections::HashMap<Vec<usize>, (u64, usize)> {
     let p = heapsight::profile();
     p.sites()
         .iter()
-        .filter(|s| rel_common::site_has(s, "deep_leaf"))
+        .filter(|s| support::site_has(s, "deep_leaf"))
         .map(|s| {
             (
                 s.frames().iter().map(|f| f.address).collect(),
@@ -77,6 +77,6 @@ fn deep_stacks_are_truncated() {
 }
 
 fn main() {
-    rel_common::watchdog(120, "rel_depth");
-    rel_common::run(&[("deep_stacks_are_truncated", deep_stacks_are_truncated)]);
+    support::watchdog(120, "rel_depth");
+    support::run(&[("deep_stacks_are_truncated", deep_stacks_are_truncated)]);
 }

@@ -9,7 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use heapsight::HeapSight;
 
-mod rel_common;
+mod support;
 
 #[global_allocator]
 static GLOBAL: HeapSight = HeapSight::system();
@@ -37,7 +37,7 @@ fn settings() -> String {
 fn child(env: &[(&str, &OsStr)]) -> (String, Vec<String>) {
     let mut all: Vec<(&str, &OsStr)> = vec![(CHILD, OsStr::new("1"))];
     all.extend_from_slice(env);
-    let out = rel_common::rerun_with_env(&all, &VARS);
+    let out = support::rerun_with_env(&all, &VARS);
     assert!(out.status.success(), "child failed: {out:?}");
     let stdout = String::from_utf8(out.stdout).unwrap();
     let stderr = String::from_utf8(out.stderr).expect("stderr is UTF-8 even for non-UTF-8 values");
@@ -166,8 +166,8 @@ fn main() {
         println!("{line}");
         return;
     }
-    rel_common::watchdog(120, "rel_env");
-    rel_common::run(&[
+    support::watchdog(120, "rel_env");
+    support::run(&[
         (
             "bad_values_give_one_line_and_the_default",
             bad_values_give_one_line_and_the_default,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use heapsight::{HeapSight, Unwinder};
 
-mod rel_common;
+mod support;
 
 #[global_allocator]
 static GLOBAL: HeapSight = HeapSight::system();
@@ -40,7 +40,7 @@ fn child_check() -> i32 {
     if !p
         .sites()
         .iter()
-        .any(|s| rel_common::site_has(s, "child_check"))
+        .any(|s| support::site_has(s, "child_check"))
     {
         return 4;
     }
@@ -69,7 +69,7 @@ fn profiler_loop() {
 fn allocator_loop() {
     let mut i = 0usize;
     while !STOP.load(SeqCst) {
-        rel_common::on_distinct_stack(i as u64, 8, &mut || {
+        support::on_distinct_stack(i as u64, 8, &mut || {
             black_box(vec![0u8; 64 + i % 512]);
         });
         i += 1;
@@ -121,7 +121,7 @@ fn fork_while_profiling(unwinder: Unwinder) {
     // Live blocks on many distinct stacks, so that profiles have work to do.
     let mut keep = Vec::new();
     for i in 0..2048u64 {
-        rel_common::on_distinct_stack(i, 11, &mut || keep.push(vec![1u8; 32]));
+        support::on_distinct_stack(i, 11, &mut || keep.push(vec![1u8; 32]));
     }
     std::thread::scope(|s| {
         // Stops the helper threads even when an assertion below fails, so the failure is
@@ -162,8 +162,8 @@ fn fork_while_profiling_dwarf() {
 }
 
 fn main() {
-    rel_common::watchdog(120, "rel_fork");
-    rel_common::run(&[
+    support::watchdog(120, "rel_fork");
+    support::run(&[
         (
             "fork_while_profiling_frame_pointers",
             fork_while_profiling_frame_pointers,

@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::SeqCst};
 
 use heapsight::HeapSight;
 
-mod rel_common;
-use rel_common::exact;
+mod support;
+use support::exact;
 
 thread_local! {
     static DEPTH: Cell<u32> = const { Cell::new(0) };
@@ -266,8 +266,8 @@ fn main() {
             .unwrap_or(1);
         std::process::exit(code);
     }
-    rel_common::watchdog(120, "rel_forwarding");
-    rel_common::run(&[
+    support::watchdog(120, "rel_forwarding");
+    support::run(&[
         (
             "unsampled_path_forwards_once_and_never_recurses",
             unsampled_path_forwards_once_and_never_recurses,

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 
 use heapsight::{HeapSight, Unwinder};
 
-mod rel_common;
-use rel_common::{assert_back_to, assert_sites_freed, exact};
+mod support;
+use support::{assert_back_to, assert_sites_freed, exact};
 
 #[global_allocator]
 static GLOBAL: HeapSight = HeapSight::system();
@@ -124,8 +124,8 @@ fn panicking_threads() {
 }
 
 fn main() {
-    rel_common::watchdog(120, "rel_panic");
-    rel_common::run(&[
+    support::watchdog(120, "rel_panic");
+    support::run(&[
         (
             "panics_unwinding_through_allocating_code",
             panics_unwinding_through_allocating_code,

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 
 use heapsight::HeapSight;
 
-mod rel_common;
-use rel_common::{assert_back_to, exact, Exact};
+mod support;
+use support::{assert_back_to, exact, Exact};
 
 #[global_allocator]
 static GLOBAL: HeapSight = HeapSight::system();
@@ -163,7 +163,7 @@ fn failed_realloc_keeps_the_old_block() {
     assert_back_to(before, "failed realloc");
     assert_eq!(live_samples(), live0);
     let p = heapsight::profile();
-    assert!(rel_common::assert_sites_freed(&p, "failed_realloc_keeps_the_old_block") >= 1);
+    assert!(support::assert_sites_freed(&p, "failed_realloc_keeps_the_old_block") >= 1);
 }
 
 fn zero_size_layouts() {
@@ -264,7 +264,7 @@ fn huge_alignments() {
         );
     }
     let p = heapsight::profile();
-    assert!(rel_common::assert_sites_freed(&p, "huge_alignments") >= 1);
+    assert!(support::assert_sites_freed(&p, "huge_alignments") >= 1);
 }
 
 fn failure_through_the_global_allocator() {
@@ -297,8 +297,8 @@ fn failure_through_the_global_allocator() {
 }
 
 fn main() {
-    rel_common::watchdog(120, "rel_passthrough");
-    rel_common::run(&[
+    support::watchdog(120, "rel_passthrough");
+    support::run(&[
         ("failed_alloc_is_not_counted", failed_alloc_is_not_counted),
         (
             "failed_realloc_keeps_the_old_block",

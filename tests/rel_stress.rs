@@ -13,8 +13,8 @@ use std::sync::Mutex;
 
 use heapsight::{HeapSight, Unwinder};
 
-mod rel_common;
-use rel_common::{assert_back_to, assert_sites_freed, exact, Rng};
+mod support;
+use support::{assert_back_to, assert_sites_freed, exact, Rng};
 
 #[global_allocator]
 static GLOBAL: HeapSight = HeapSight::system();
@@ -185,8 +185,8 @@ fn no_deadlock_no_drift_dwarf() {
 }
 
 fn main() {
-    rel_common::watchdog(120, "rel_stress");
-    rel_common::run(&[
+    support::watchdog(120, "rel_stress");
+    support::run(&[
         (
             "no_deadlock_no_drift_frame_pointers",
             no_deadlock_no_drift_frame_pointers,

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use heapsight::HeapSight;
 
-mod rel_common;
-use rel_common::{assert_back_to, assert_sites_freed, exact};
+mod support;
+use support::{assert_back_to, assert_sites_freed, exact};
 
 #[global_allocator]
 static GLOBAL: HeapSight = HeapSight::system();
@@ -140,8 +140,8 @@ fn values_from_a_profile_never_move_the_counters() {
 }
 
 fn main() {
-    rel_common::watchdog(120, "rel_threads");
-    rel_common::run(&[
+    support::watchdog(120, "rel_threads");
+    support::run(&[
         (
             "ten_thousand_short_lived_threads",
             ten_thousand_short_lived_threads,

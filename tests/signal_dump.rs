@@ -7,7 +7,7 @@ use heapsight::HeapSight;
 #[global_allocator]
 static GLOBAL: HeapSight = HeapSight::system();
 
-mod common;
+mod support;
 
 #[inline(never)]
 fn signal_test_keeps_blocks() -> Vec<Vec<u8>> {
@@ -15,7 +15,7 @@ fn signal_test_keeps_blocks() -> Vec<Vec<u8>> {
 }
 
 fn check_with_go(path: &std::path::Path, needle: &str) {
-    if !common::have_tool("go") {
+    if !support::have_tool("go") {
         return;
     }
     let out = Command::new("go").args(["tool", "pprof", "-top", path.to_str().unwrap()]).output().unwrap();
@@ -73,5 +73,5 @@ fn main() {
         std::mem::forget(keep);
         return;
     }
-    common::run(&[("sigusr2_writes_both_files", sigusr2_writes_both_files), ("dump_on_exit", dump_on_exit)]);
+    support::run(&[("sigusr2_writes_both_files", sigusr2_writes_both_files), ("dump_on_exit", dump_on_exit)]);
 }

@@ -12,7 +12,7 @@ use heapsight::HeapSight;
 #[global_allocator]
 static GLOBAL: HeapSight = HeapSight::system();
 
-mod common;
+mod support;
 
 const RATE: u64 = heapsight::DEFAULT_SAMPLE_RATE;
 const KEEP: usize = 20_000;
@@ -105,7 +105,7 @@ fn check_site(
     var_alloc: f64,
     var_live: f64,
 ) {
-    let [ao, ab, io, ib, samples] = common::site_totals(p, f);
+    let [ao, ab, io, ib, samples] = support::site_totals(p, f);
     println!("  site {f}: {samples} samples");
     assert!(samples > 0.0, "no samples for {f}");
     let s = size as f64;
@@ -122,7 +122,7 @@ fn check_site(
 fn main() {
     heapsight::set_sampling_seed(0x5eed);
 
-    common::run(&[
+    support::run(&[
         ("estimates_within_4_sd_at_512k", || {
             heapsight::set_sample_rate(RATE);
             let mut kept = Vec::with_capacity(KEEP);
@@ -141,13 +141,13 @@ fn main() {
                 unsafe { dealloc(q, l) }
             }
             let p = heapsight::profile();
-            let [_, _, io, ib, _] = common::site_totals(&p, "keep_4k");
+            let [_, _, io, ib, _] = support::site_totals(&p, "keep_4k");
             within("inuse_objects after freeing half", io, (KEEP / 2) as f64, v.sqrt() / 2f64.sqrt());
             within("inuse_bytes after freeing half", ib, (KEEP / 2 * KEEP_SIZE) as f64, KEEP_SIZE as f64 * (v / 2.0).sqrt());
             drop(p);
             release(&mut kept);
             let p = heapsight::profile();
-            let [_, _, io, ib, _] = common::site_totals(&p, "keep_4k");
+            let [_, _, io, ib, _] = support::site_totals(&p, "keep_4k");
             assert_eq!((io, ib), (0.0, 0.0), "all kept blocks freed");
         }),
         ("estimates_within_4_sd_across_a_rate_change", || {

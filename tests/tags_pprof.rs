@@ -3,15 +3,11 @@
 use std::hint::black_box;
 use std::process::Command;
 
+mod support;
+
 #[global_allocator]
 static GLOBAL: heapsight::HeapSight = heapsight::HeapSight::system();
 
-fn go_available() -> bool {
-    Command::new("go")
-        .arg("version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
 
 /// Runs `go tool pprof ARGS FILE`, returns its standard output; fails the test on an error.
 fn pprof(args: &[&str], file: &std::path::Path) -> String {
@@ -31,8 +27,7 @@ fn pprof(args: &[&str], file: &std::path::Path) -> String {
 
 #[test]
 fn pprof_tags_and_tagfocus() {
-    if !go_available() {
-        println!("SKIPPED: go not installed");
+    if !support::have_tool("go") {
         return;
     }
     heapsight::set_sample_rate(1); // every allocation sampled, weight 1: exact values

@@ -8,7 +8,7 @@ use heapsight::HeapSight;
 #[global_allocator]
 static GLOBAL: HeapSight = HeapSight::system();
 
-mod common;
+mod support;
 
 fn assert_back_to(base: &heapsight::Stats) {
     let now = heapsight::stats();
@@ -94,7 +94,7 @@ fn main() {
     // Warm-up: the first spawn initialises std's lazily allocated thread state.
     thread::spawn(|| ()).join().unwrap();
     heapsight::set_sample_rate(4096);
-    common::run(&[
+    support::run(&[
         ("cross_thread_frees_2", || cross_thread_frees(2)),
         ("cross_thread_frees_4", || cross_thread_frees(4)),
         ("short_lived_threads", short_lived_threads),

@@ -1,41 +1,110 @@
-//! Shared by the `rel_*` reliability test binaries (issue 7): a tiny `harness = false` runner, a
-//! watchdog that turns a hang into a loud failure, and exact-counter helpers.
-//!
-//! Every `rel_*` binary is its own process with its own `#[global_allocator]`, so the global
-//! counters see only that scenario. They use `harness = false` to own the process: no test
-//! harness threads allocate during the quiet windows in which exact counters are compared.
+//! Shared by the `harness = false` test binaries. Each such binary is its own process with its
+//! own `#[global_allocator]`, so the global counters see only that scenario, and it runs without
+//! libtest so that no harness thread allocates during the quiet windows in which exact counters
+//! are compared. Here: the runner, a watchdog that turns a hang into a loud failure, exact-counter
+//! helpers, outside-tool checks and workload helpers.
 #![allow(dead_code)]
 
 use std::io::Write;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
-/// One test: a name and a function that panics on failure.
-pub type Test = (&'static str, fn());
+/// Runs checks in order, printing libtest-style `test NAME ... ok|FAILED` lines and a closing
+/// `N passed, M failed` line; [`Runner::finish`] exits non-zero if any failed. A check fails by
+/// panicking or by returning `Err`. A substring filter may be given as the first non-flag argument
+/// (`cargo test --test NAME -- FILTER`).
+pub struct Runner {
+    passed: usize,
+    failed: usize,
+    filter: Option<String>,
+}
 
-/// Runs `tests` in order, printing libtest-style `test NAME ... ok` lines. A failing test panics,
-/// which ends the process with a non-zero status (the default panic hook prints why). Accepts a
-/// substring filter as the first non-flag argument, and `--list` (as `cargo test -- --list`).
-pub fn run(tests: &[Test]) {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--list") {
-        for (name, _) in tests {
-            println!("{name}: test");
-        }
-        return;
+impl Runner {
+    pub fn new() -> Self {
+        let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+        Runner { passed: 0, failed: 0, filter }
     }
-    let filter = args.iter().find(|a| !a.starts_with('-')).cloned();
-    let mut ran = 0;
-    for (name, f) in tests {
-        if filter.as_deref().is_some_and(|p| !name.contains(p)) {
-            continue;
+
+    /// Runs `f` unless filtered out; a panic is a failure.
+    pub fn check(&mut self, name: &str, f: impl FnOnce()) {
+        self.check_ok(name, || {
+            f();
+            Ok(())
+        })
+    }
+
+    /// Runs `f` unless filtered out; a panic or an `Err` is a failure.
+    pub fn check_ok(&mut self, name: &str, f: impl FnOnce() -> Result<(), String>) {
+        if self.filter.as_deref().is_some_and(|p| !name.contains(p)) {
+            return;
         }
         print!("test {name} ... ");
         let _ = std::io::stdout().flush();
-        f();
-        println!("ok");
-        ran += 1;
+        match catch_unwind(AssertUnwindSafe(f)) {
+            Ok(Ok(())) => {
+                println!("ok");
+                self.passed += 1;
+            }
+            Ok(Err(e)) => {
+                println!("FAILED\n{e}");
+                self.failed += 1;
+            }
+            Err(_) => {
+                println!("FAILED (panicked, see above)");
+                self.failed += 1;
+            }
+        }
     }
-    println!("\ntest result: ok. {ran} passed; 0 failed");
+
+    /// Prints the closing line; exits with status 1 if a check failed.
+    pub fn finish(self) {
+        println!("\n{} passed, {} failed", self.passed, self.failed);
+        if self.failed > 0 {
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Runs `tests` in order with a [`Runner`].
+pub fn run(tests: &[(&str, fn())]) {
+    let mut r = Runner::new();
+    for (name, f) in tests {
+        r.check(name, f);
+    }
+    r.finish();
+}
+
+/// Whether an outside tool is on PATH. When it is not, says so loudly and returns false so the
+/// test can skip; under CI (`CI` set) a missing tool is a failure, since `.ci/run` installs it.
+pub fn have_tool(tool: &str) -> bool {
+    let found = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !found {
+        if std::env::var_os("CI").is_some() {
+            panic!("{tool} is not installed, and CI must run every test (.ci/run installs it)");
+        }
+        eprintln!("SKIPPED: {tool} not installed; this test did not run");
+    }
+    found
+}
+
+/// Sum of the four estimates over the sites whose stack contains a function named like `needle`.
+pub fn site_totals(p: &heapsight::HeapProfile, needle: &str) -> [f64; 5] {
+    let mut t = [0f64; 5];
+    for s in p.sites() {
+        if s.frames().iter().any(|f| f.symbols.iter().any(|sym| sym.function.contains(needle))) {
+            t[0] += s.alloc_objects as f64;
+            t[1] += s.alloc_bytes as f64;
+            t[2] += s.inuse_objects as f64;
+            t[3] += s.inuse_bytes as f64;
+            t[4] += s.samples as f64;
+        }
+    }
+    t
 }
 
 /// Aborts the process with a message if it is still running after `secs` seconds. This is a hang
