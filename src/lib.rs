@@ -1,6 +1,174 @@
 //! heapsight: an always-on heap profiler for Rust, as your `#[global_allocator]`.
 //!
-//! (The full manual is assembled below as the features land.)
+//! It answers the question a service that ran out of memory leaves behind: *which call site holds
+//! the memory, and which container grew?* Like Go's heap profiler, it is cheap enough to leave on
+//! in production: it samples allocations as a Poisson process over bytes (Go's `MemProfileRate`,
+//! 512 KiB by default), captures a stack only for sampled allocations, and reports unbiased
+//! per-site estimates in formats the tools you already run read: `go tool pprof`, Pyroscope,
+//! Parca, Grafana, inferno. Besides the estimates it keeps exact process-wide counters.
+//!
+//! # Set-up
+//!
+//! ```toml
+//! [dependencies]
+//! heapsight = "0.1"
+//! ```
+//!
+//! ```
+//! #[global_allocator]
+//! static GLOBAL: heapsight::HeapSight = heapsight::HeapSight::system();
+//! // or over any inner allocator, still `const`:
+//! // static GLOBAL: heapsight::HeapSight<mimalloc::MiMalloc> = heapsight::HeapSight::new(mimalloc::MiMalloc);
+//! # fn main() {}
+//! ```
+//!
+//! Build with frame pointers so sampled stacks cost ~0.1 µs instead of ~3 µs (the standard
+//! library already has them; this adds them to your code), e.g. in `.cargo/config.toml`:
+//!
+//! ```toml
+//! [build]
+//! rustflags = ["-C", "force-frame-pointers=yes"]
+//! ```
+//!
+//! Without them heapsight still works: it unwinds sampled stacks with the DWARF unwinder instead
+//! (see [`Unwinder`]). Keep line tables in release builds (`[profile.release] debug = 1`) to get
+//! `file:line` in profiles.
+//!
+//! # Reading the counters
+//!
+//! [`stats`] is exact, lock-free and allocation-free: every `alloc`, `dealloc`, `realloc` (one
+//! free plus one allocation) and `alloc_zeroed` of the process, in `Layout::size()` bytes.
+//!
+//! ```
+//! # #[global_allocator] static GLOBAL: heapsight::HeapSight = heapsight::HeapSight::system();
+//! let s = heapsight::stats();
+//! assert_eq!(s.inuse_bytes, s.alloc_bytes - s.free_bytes);
+//! println!("{} live objects, {} live bytes, peak {}", s.inuse_objects, s.inuse_bytes, s.peak_inuse_bytes);
+//! ```
+//!
+//! [`measure`] gives the same exact counts for the current thread while a closure runs, and works
+//! in parallel `cargo test` threads: `let (v, usage) = heapsight::measure(|| build());`, then
+//! [`assert_max_allocs!`] / [`assert_no_alloc!`] in tests.
+//!
+//! # Heap profiles
+//!
+//! [`profile`] snapshots the sampled call sites. `examples/quickstart.rs` builds a
+//! `HashMap<String, Vec<String>>` with 500,000 appends over 10,000 keys (the seed workload of the
+//! Go articles this crate answers), then prints the three heaviest sites by live bytes:
+//!
+//! ```text
+//! $ cargo run --release --example quickstart
+//! 520003 live objects, 22243320 live bytes, peak 22243320 bytes
+//! top 3 of 3 sites by inuse_space (total 20.00 MiB; estimates from samples)
+//!  inuse_space      % samples      size p50/p99  lifetime p50/p99  site
+//!    14.52 MiB  72.6%      61          384/1536         82ms/82ms  quickstart::main (quickstart.rs:12)
+//!                                                                   <- <alloc::raw_vec::RawVec<alloc::vec::Vec<u8>>>::grow_one
+//!     4.50 MiB  22.5%       9             12/12               -/-  quickstart::main (quickstart.rs:12)
+//!                                                                   <- alloc::fmt::format::format_inner
+//!  1000.35 KiB   4.9%       2     401408/802816       5.1ms/5.1ms  quickstart::main (quickstart.rs:12)
+//!                                                                   <- hashbrown::raw::RawTable<T,A>::reserve_rehash
+//! ```
+//!
+//! Each site is the program's frame and the growth frame under it: the `Vec<String>`s growing by
+//! doubling (`grow_one`), the `format!`ed values, the map's rehash. The estimates (20.0 MiB live)
+//! are within sampling error of the exact 22.2 MB: at the default rate a site's relative error is
+//! about `1/sqrt(samples)`.
+//!
+//! The same snapshot goes to files and tools:
+//!
+//! * [`HeapProfile::write_pprof`]: gzipped pprof in Go's heap layout (`go tool pprof -top heap.pb.gz`,
+//!   `-http=:8080`, `-sample_index=alloc_space`, `-tags`); [`HeapProfile::write_pprof_allocs`] opens
+//!   on `alloc_space` like Go's `allocs`.
+//! * [`HeapProfile::write_text`]: Go's legacy `debug=1` text.
+//! * [`HeapProfile::write_folded`] (collapsed stacks for inferno / flamegraph.pl) and, with feature
+//!   `flamegraph`, `HeapProfile::write_flamegraph` (SVG).
+//! * [`HeapProfile::top`]: the table above. [`HeapProfile::delta`]: what was allocated between two
+//!   snapshots. [`peak_profile`]: the live sites at the sampled heap's high-water mark.
+//!   [`HeapProfile::distribution`]: a site's size and lifetime quantiles.
+//!
+//! # Choosing a sample rate
+//!
+//! [`set_sample_rate`] (or `HEAPSIGHT_SAMPLE_RATE=512KiB` in the environment) sets the mean number
+//! of bytes between samples. An allocation of `S` bytes is sampled with probability
+//! `p = 1 - exp(-S/rate)` and, if sampled, stands for `1/p` allocations, so every estimate is
+//! unbiased whatever the sizes. What the rate buys is precision: a site that allocated `B` bytes has
+//! about `B / rate` samples and a relative standard error of about `sqrt(rate / B)`.
+//!
+//! | rate | samples per GiB allocated | ±1 sd on a site of 100 MiB | cost |
+//! |---|---|---|---|
+//! | 0 | none (counters only) | – | counters only |
+//! | 512 KiB (default, Go's) | 2,048 | ±7% | one stack per 512 KiB allocated |
+//! | 64 KiB | 16,384 | ±2.5% | 8× more stacks |
+//! | 1 | every allocation | exact | every allocation unwinds: tests and debugging only |
+//!
+//! Benchmarks of what these cost are in the README (`benches/compare.py`).
+//!
+//! # Tags
+//!
+//! Stacks say *where*; tags say *for what*. `let _g = heapsight::tag("cache-rebuild");` labels
+//! this thread's allocations while the guard lives, [`with_tag`] runs a closure under a tag, and
+//! `fut.tagged("request:/search")` ([`TagFutureExt`]) sets the tag around every poll, so it follows
+//! a task across `.await` and worker threads. [`tag_stats`] reports exact allocations per tag and
+//! sampled in-use estimates; pprof samples carry the tag as the label `tag`
+//! (`go tool pprof -tagfocus=tag=request:/search`). Unsampled frees are not attributed to tags
+//! (blocks carry no header saying which tag they belong to).
+//!
+//! # In a running service
+//!
+//! * Feature `http`: `http::serve("127.0.0.1:6060")` serves Go's `/debug/pprof/heap`
+//!   (`?debug=1`, `?seconds=N`), `/debug/pprof/allocs`, a `/debug/heapsight` page and Prometheus
+//!   `/metrics`; `http::respond` mounts the same endpoints in any framework (`examples/axum.rs`).
+//!   `go tool pprof http://127.0.0.1:6060/debug/pprof/heap` just works.
+//! * Feature `signal`: `heapsight::install_dump_signal(libc::SIGUSR2)` writes
+//!   `heapsight-<pid>-<seq>.pb.gz` and `.txt` into `HEAPSIGHT_DUMP_DIR` on each signal.
+//! * `HEAPSIGHT_DUMP_ON_EXIT=heap.pb.gz` writes a profile when the program exits normally.
+//! * Feature `metrics`: the counters through the `metrics` crate facade.
+//!
+//! # How it works
+//!
+//! * **The hook.** Each thread has a `const`-initialised thread-local with no destructor: a byte
+//!   countdown to its next sample and a pointer to a counter slot only it writes. An unsampled
+//!   allocation subtracts its size from the countdown and adds to its own slot; a free checks one
+//!   byte of a filter of sampled addresses and adds to its own slot. No lock, no shared
+//!   read-modify-write, no allocation, no header on blocks: 20 instructions per alloc+free pair
+//!   over the inner allocator (callgrind, README). Readers sum the slots.
+//! * **Sampling** (`sampler.rs`). Exponential gaps with mean = rate, as Go's `nextSample`; the
+//!   weight of a sample is fixed by the rate its countdown was drawn with, so estimates stay
+//!   unbiased across a rate change.
+//! * **Stacks** (`stack.rs`). Only for sampled allocations: a bounds-checked frame-pointer walk,
+//!   or `backtrace::trace` when the walk is too short (code without frame pointers) or when asked.
+//!   Symbolization happens at dump time only, cached.
+//! * **Sites** (`sites.rs`). Samples are counted per (stack, tag, size, rate): estimates are
+//!   integer counts times `1/p`, so a site whose blocks were all freed shows exactly 0 live. Frees
+//!   of sampled blocks take their weight out at once: in-use is live, not as of a collection.
+//!   The table is capped (`HEAPSIGHT_MAX_SITES`, default 16,384 stacks; then one overflow site).
+//! * **Reentrancy.** One guard, [`in_profiler`]: everything the profiler allocates goes straight to
+//!   the inner allocator, uncounted, and is reported as [`Stats::profiler_bytes`].
+//!
+//! # Caveats
+//!
+//! * `peak_inuse_bytes` is exact while one thread allocates at a time; with several threads
+//!   allocating at once it can be off by about what one thread allocates between two of its
+//!   samples, because no thread sees the others' counts without a shared counter.
+//! * Allocations of a thread whose thread-locals are already destroyed (late in thread exit) are
+//!   counted exactly but not sampled.
+//! * `fork()` is handled (the child can allocate and profile); see the README's "Guarantees and
+//!   limits" for the exact list of what is and is not guaranteed, each with its test.
+//!
+//! # Environment
+//!
+//! Read once, at the first allocation, without allocating. A bad value prints one line on stderr
+//! and keeps the default.
+//!
+//! | variable | meaning | default |
+//! |---|---|---|
+//! | `HEAPSIGHT_SAMPLE_RATE` | bytes between samples (`524288`, `512KiB`, `1M`; 0 = off, 1 = all) | 512 KiB |
+//! | `HEAPSIGHT_MAX_DEPTH` | frames kept per stack (1..=256) | 128 |
+//! | `HEAPSIGHT_MAX_SITES` | distinct stacks before the overflow site | 16,384 |
+//! | `HEAPSIGHT_UNWINDER` | `auto`, `fp` or `dwarf` | `auto` |
+//! | `HEAPSIGHT_DUMP_ON_EXIT` | write a profile there at exit (`.txt`: Go text, else pprof) | off |
+//! | `HEAPSIGHT_HTTP_ADDR` | address for `http::serve_from_env` (feature `http`) | – |
+//! | `HEAPSIGHT_DUMP_DIR` | directory for signal dumps (feature `signal`) | `.` |
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 

@@ -20,6 +20,7 @@ pub struct Symbol {
     pub function: String,
     /// Source file, if the binary has line tables.
     pub file: Option<String>,
+    /// Line in `file`, if the binary has line tables.
     pub line: Option<u32>,
 }
 
