@@ -88,8 +88,10 @@ fn stress_worker(id: u64, ops: usize, exchange: &Mutex<Vec<Vec<u8>>>) {
     }
 }
 
-/// Takes profiles and reads stats until told to stop; at least once.
+/// Takes profiles, writes them with every encoder and reads stats until told to stop; at least
+/// once.
 fn profiler_loop() {
+    let mut out = Vec::new();
     loop {
         let p = heapsight::profile();
         let mut frames = 0usize;
@@ -101,8 +103,19 @@ fn profiler_loop() {
             black_box((s.alloc_bytes, s.inuse_bytes, s.overflow));
         }
         black_box(frames);
-        // MERGE: once the pprof encoder (issue 3) is on main, also write `p` as pprof here,
-        // into a reused Vec<u8>, and check it is non-empty; and the text/folded encoders.
+        // Every encoder, into a reused buffer, while the workers allocate at rate 1.
+        for write in [
+            |p: &heapsight::HeapProfile, b: &mut Vec<u8>| p.write_pprof(b),
+            |p: &heapsight::HeapProfile, b: &mut Vec<u8>| p.write_text(b),
+            |p: &heapsight::HeapProfile, b: &mut Vec<u8>| {
+                p.write_folded(b, heapsight::SampleType::InuseSpace)
+            },
+        ] {
+            out.clear();
+            write(&p, &mut out).expect("encoding into a Vec cannot fail");
+            assert!(!out.is_empty());
+        }
+        black_box(p.top(10, heapsight::SampleType::AllocSpace).to_string());
         drop(p);
         black_box(heapsight::stats());
         drop(heapsight::profile_unsymbolized());
