@@ -96,11 +96,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for HeapSight<A> {
             "realloc to a size that overflows when rounded to the alignment"
         );
         // The old block may be a live sample: take it out before `A` may free it (see dealloc).
-        let taken = if sites::maybe_sampled(ptr) {
-            take_sample_for_realloc(ptr)
-        } else {
-            None
-        };
+        let taken = if sites::maybe_sampled(ptr) { take_sample_for_realloc(ptr) } else { None };
         // SAFETY: forwarded unchanged; the caller's guarantees about `ptr`, `layout` and
         // `new_size` are the ones `A::realloc` requires.
         let new = unsafe { self.inner.realloc(ptr, layout, new_size) };
@@ -271,9 +267,7 @@ fn rearm(t: &ThreadState) {
 #[cold]
 #[inline(never)]
 fn take_sample(t: &ThreadState, ptr: *mut u8, size: u64, rate: u64) {
-    let Some(_g) = InProfiler::enter(t) else {
-        return;
-    };
+    let Some(_g) = InProfiler::enter(t) else { return };
     let mut buf = [0usize; stack::BUF_LEN];
     let depth = (MAX_DEPTH.load(Relaxed) + stack::ENTRY_FRAMES).min(stack::BUF_LEN);
     let n = stack::capture(&mut buf[..depth], (t.stack_lo.get(), t.stack_hi.get()));
@@ -282,10 +276,7 @@ fn take_sample(t: &ThreadState, ptr: *mut u8, size: u64, rate: u64) {
 
 /// Monotonic nanoseconds (vDSO clock_gettime: no system call, no allocation).
 pub(crate) fn now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -297,9 +288,7 @@ pub(crate) fn now_ns() -> u64 {
 #[inline(never)]
 fn init_thread(t: &ThreadState) {
     init_global();
-    let Some(_g) = InProfiler::enter(t) else {
-        return;
-    };
+    let Some(_g) = InProfiler::enter(t) else { return };
     // The exit hook is a thread-local with a destructor; if this thread's destructors are already
     // running we cannot get one, and a slot taken now would never be handed back.
     if EXIT_HOOK.try_with(|_| ()).is_err() {
@@ -311,9 +300,7 @@ fn init_thread(t: &ThreadState) {
     t.stack_lo.set(lo);
     t.stack_hi.set(hi);
     let n = THREAD_SEQ.fetch_add(1, Relaxed);
-    t.rng.set(sampler::mix_seed(
-        seed().wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
-    ));
+    t.rng.set(sampler::mix_seed(seed().wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15))));
     t.set_slot(slot);
     t.life.set(LIFE_ACTIVE);
     counters::resync(slot);
@@ -331,9 +318,7 @@ fn seed() -> u64 {
     if s != 0 {
         return s;
     }
-    let fresh = sampler::mix_seed(
-        now_ns() ^ ((std::process::id() as u64) << 32) ^ (&SEED as *const _ as u64),
-    );
+    let fresh = sampler::mix_seed(now_ns() ^ ((std::process::id() as u64) << 32) ^ (&SEED as *const _ as u64));
     match SEED.compare_exchange(0, fresh, Relaxed, Relaxed) {
         Ok(_) => fresh,
         Err(s) => s,
@@ -376,10 +361,7 @@ pub(crate) fn init_global() {
     if GLOBAL_STATE.load(Acquire) == 2 {
         return;
     }
-    if GLOBAL_STATE
-        .compare_exchange(0, 1, Acquire, Relaxed)
-        .is_err()
-    {
+    if GLOBAL_STATE.compare_exchange(0, 1, Acquire, Relaxed).is_err() {
         return;
     }
     read_env();
@@ -420,12 +402,7 @@ fn read_env() {
             b"auto" => stack::set_unwinder(stack::Unwinder::Auto),
             b"fp" | b"frame-pointers" => stack::set_unwinder(stack::Unwinder::FramePointers),
             b"dwarf" => stack::set_unwinder(stack::Unwinder::Dwarf),
-            _ => config::complain(
-                "HEAPSIGHT_UNWINDER",
-                v,
-                config::ParseError::UnknownWord,
-                &"auto (one of auto, fp, dwarf)",
-            ),
+            _ => config::complain("HEAPSIGHT_UNWINDER", v, config::ParseError::UnknownWord, &"auto (one of auto, fp, dwarf)"),
         }
     }
 }

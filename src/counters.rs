@@ -56,17 +56,14 @@ impl Slot {
     /// Net bytes this slot has seen allocated and not freed here (negative after cross-thread
     /// frees).
     pub fn net(&self) -> i64 {
-        self.alloc_bytes
-            .load(Relaxed)
-            .wrapping_sub(self.free_bytes.load(Relaxed)) as i64
+        self.alloc_bytes.load(Relaxed).wrapping_sub(self.free_bytes.load(Relaxed)) as i64
     }
 
     /// Counts one allocation. Only the owning thread calls this.
     #[inline(always)]
     pub fn add_alloc(&self, size: usize) {
         let size = size as u64;
-        self.alloc_objects
-            .store(self.alloc_objects.load(Relaxed) + 1, Relaxed);
+        self.alloc_objects.store(self.alloc_objects.load(Relaxed) + 1, Relaxed);
         let ab = self.alloc_bytes.load(Relaxed).wrapping_add(size);
         self.alloc_bytes.store(ab, Relaxed);
         let net = ab.wrapping_sub(self.free_bytes.load(Relaxed)) as i64;
@@ -78,12 +75,8 @@ impl Slot {
     /// Counts one free. Only the owning thread calls this.
     #[inline(always)]
     pub fn add_free(&self, size: usize) {
-        self.free_objects
-            .store(self.free_objects.load(Relaxed) + 1, Relaxed);
-        self.free_bytes.store(
-            self.free_bytes.load(Relaxed).wrapping_add(size as u64),
-            Relaxed,
-        );
+        self.free_objects.store(self.free_objects.load(Relaxed) + 1, Relaxed);
+        self.free_bytes.store(self.free_bytes.load(Relaxed).wrapping_add(size as u64), Relaxed);
     }
 }
 
@@ -141,11 +134,7 @@ pub(crate) fn acquire_slot() -> &'static Slot {
     debug_assert!(crate::guard::in_profiler());
     let mut found: Option<&'static Slot> = None;
     for_each_slot(|s| {
-        if found.is_none()
-            && s.owned
-                .compare_exchange(false, true, Acquire, Relaxed)
-                .is_ok()
-        {
+        if found.is_none() && s.owned.compare_exchange(false, true, Acquire, Relaxed).is_ok() {
             found = Some(s);
         }
     });
@@ -173,10 +162,7 @@ pub(crate) fn release_slot(s: &'static Slot) {
 }
 
 fn candidate(s: &Slot) -> u64 {
-    s.others
-        .load(Relaxed)
-        .saturating_add(s.high_water.load(Relaxed))
-        .max(0) as u64
+    s.others.load(Relaxed).saturating_add(s.high_water.load(Relaxed)).max(0) as u64
 }
 
 /// Raw sums over all slots. Frees are read before allocations so that, for operations that
@@ -229,8 +215,7 @@ pub(crate) fn totals() -> Totals {
 pub(crate) fn resync(own: &Slot) {
     let t = totals();
     let net = own.net();
-    own.others
-        .store((t.inuse_bytes() as i64).wrapping_sub(net), Relaxed);
+    own.others.store((t.inuse_bytes() as i64).wrapping_sub(net), Relaxed);
     own.high_water.store(net, Relaxed);
 }
 

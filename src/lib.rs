@@ -122,10 +122,7 @@ pub fn set_sampling_seed(seed: u64) {
 /// Sets how many frames a sampled stack keeps (leaf-most; default 128, at most 256). Also
 /// `HEAPSIGHT_MAX_DEPTH`.
 pub fn set_max_depth(frames: usize) {
-    alloc::MAX_DEPTH.store(
-        frames.clamp(1, stack::MAX_DEPTH_LIMIT),
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    alloc::MAX_DEPTH.store(frames.clamp(1, stack::MAX_DEPTH_LIMIT), std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Sets the cap on distinct sampled stacks (default 16,384); samples with a new stack beyond it go

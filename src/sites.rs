@@ -177,20 +177,11 @@ impl Table {
         if let Some(&b) = self.bucket_index.get(&key) {
             return b;
         }
-        if self.buckets.len()
-            >= MAX_SITES
-                .load(Relaxed)
-                .max(1)
-                .saturating_mul(BUCKETS_PER_SITE)
-        {
+        if self.buckets.len() >= MAX_SITES.load(Relaxed).max(1).saturating_mul(BUCKETS_PER_SITE) {
             return MIXED;
         }
         let b = self.buckets.len() as u32;
-        self.buckets.push(Bucket {
-            key,
-            allocs: 0,
-            frees: 0,
-        });
+        self.buckets.push(Bucket { key, allocs: 0, frees: 0 });
         self.bucket_index.insert(key, b);
         b
     }
@@ -271,14 +262,7 @@ fn with_table<R>(f: impl FnOnce(&mut Table) -> R) -> R {
 
 /// Records a sampled allocation. Must run inside the profiler guard, after the stack was captured
 /// (the unwinder is never called under the lock).
-pub(crate) fn record_sample(
-    frames: &[usize],
-    ptr: *mut u8,
-    size: u64,
-    rate: u64,
-    tag: u32,
-    born_ns: u64,
-) {
+pub(crate) fn record_sample(frames: &[usize], ptr: *mut u8, size: u64, rate: u64, tag: u32, born_ns: u64) {
     SAMPLES.fetch_add(1, Relaxed);
     with_table(|t| {
         t.samples += 1;
@@ -286,22 +270,8 @@ pub(crate) fn record_sample(
         if stack == OVERFLOW_STACK {
             t.overflow_samples += 1;
         }
-        let bucket = t.bucket_for(BucketKey {
-            stack,
-            tag,
-            size,
-            rate,
-        });
-        t.put_live(
-            ptr as usize,
-            Live {
-                bucket,
-                size,
-                rate,
-                born_ns,
-            },
-            true,
-        );
+        let bucket = t.bucket_for(BucketKey { stack, tag, size, rate });
+        t.put_live(ptr as usize, Live { bucket, size, rate, born_ns }, true);
     })
 }
 

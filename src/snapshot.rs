@@ -182,10 +182,7 @@ pub(crate) fn take(symbolize: bool) -> HeapProfile {
                 }
                 let mut frames: Vec<Frame> = s
                     .iter()
-                    .map(|&a| Frame {
-                        address: a,
-                        symbols: symbols_of.get(&a).cloned().unwrap_or_else(|| empty.clone()),
-                    })
+                    .map(|&a| Frame { address: a, symbols: symbols_of.get(&a).cloned().unwrap_or_else(|| empty.clone()) })
                     .collect();
                 if symbolize {
                     trim_allocator_frames(&mut frames);
@@ -249,11 +246,7 @@ pub(crate) fn take(symbolize: bool) -> HeapProfile {
                 overflow: i == 0,
             })
             .collect();
-        site_list.sort_by(|a, b| {
-            b.inuse_bytes
-                .cmp(&a.inuse_bytes)
-                .then(b.alloc_bytes.cmp(&a.alloc_bytes))
-        });
+        site_list.sort_by(|a, b| b.inuse_bytes.cmp(&a.inuse_bytes).then(b.alloc_bytes.cmp(&a.alloc_bytes)));
         records.sort_by(|a, b| b.est.inuse_bytes.total_cmp(&a.est.inuse_bytes));
         HeapProfile {
             time_nanos: unix_nanos(),
@@ -309,11 +302,7 @@ mod tests {
             address: addr,
             symbols: names
                 .iter()
-                .map(|n| Symbol {
-                    function: n.to_string(),
-                    file: None,
-                    line: None,
-                })
+                .map(|n| Symbol { function: n.to_string(), file: None, line: None })
                 .collect::<Vec<_>>()
                 .into(),
         }
@@ -323,30 +312,14 @@ mod tests {
     fn trims_entry_frames_and_keeps_growth_frames() {
         let mut f = vec![
             frame(1, &["heapsight::alloc::take_sample"]),
-            frame(
-                2,
-                &[
-                    "<heapsight::alloc::HeapSight<A> as core::alloc::global::GlobalAlloc>::realloc",
-                    "__rust_realloc",
-                ],
-            ),
+            frame(2, &["<heapsight::alloc::HeapSight<A> as core::alloc::global::GlobalAlloc>::realloc", "__rust_realloc"]),
             frame(3, &["alloc::alloc::realloc", "alloc::raw_vec::finish_grow"]),
             frame(4, &["alloc::raw_vec::RawVec<T,A>::grow_one"]),
             frame(5, &["app::build"]),
         ];
         trim_allocator_frames(&mut f);
-        let names: Vec<_> = f
-            .iter()
-            .map(|f| f.function().unwrap().to_string())
-            .collect();
-        assert_eq!(
-            names,
-            [
-                "alloc::raw_vec::finish_grow",
-                "alloc::raw_vec::RawVec<T,A>::grow_one",
-                "app::build"
-            ]
-        );
+        let names: Vec<_> = f.iter().map(|f| f.function().unwrap().to_string()).collect();
+        assert_eq!(names, ["alloc::raw_vec::finish_grow", "alloc::raw_vec::RawVec<T,A>::grow_one", "app::build"]);
         assert_eq!(f[0].address, 3);
         assert_eq!(f[0].symbols.len(), 1);
     }

@@ -52,10 +52,7 @@ static CACHE: Mutex<Option<Cache>> = Mutex::new(None);
 pub(crate) fn resolve_all(addrs: &[usize]) -> Vec<Arc<[Symbol]>> {
     debug_assert!(crate::guard::in_profiler());
     let mut guard = CACHE.lock();
-    let cache = guard.get_or_insert_with(|| Cache {
-        map: HashMap::default(),
-        bytes: 0,
-    });
+    let cache = guard.get_or_insert_with(|| Cache { map: HashMap::default(), bytes: 0 });
     addrs
         .iter()
         .map(|&a| {
@@ -134,13 +131,9 @@ mod tests {
     fn allocator_frames() {
         assert!(is_allocator_frame("__rust_alloc"));
         assert!(is_allocator_frame("alloc::alloc::Global::alloc_impl"));
-        assert!(is_allocator_frame(
-            "<heapsight::alloc::HeapSight<A> as core::alloc::global::GlobalAlloc>::alloc"
-        ));
+        assert!(is_allocator_frame("<heapsight::alloc::HeapSight<A> as core::alloc::global::GlobalAlloc>::alloc"));
         assert!(!is_allocator_frame("alloc::raw_vec::finish_grow"));
-        assert!(!is_allocator_frame(
-            "hashbrown::raw::RawTable<T,A>::reserve_rehash"
-        ));
+        assert!(!is_allocator_frame("hashbrown::raw::RawTable<T,A>::reserve_rehash"));
         assert!(!is_allocator_frame("alloc::fmt::format::format_inner"));
         assert!(!is_allocator_frame("myapp::build"));
     }
@@ -163,11 +156,7 @@ mod tests {
             // buf[0] returns into this function, just after the call on line `line`.
             let syms = resolve_all(&buf[..1]);
             let s = syms[0].last().expect("symbolized");
-            assert!(
-                s.function
-                    .contains("resolves_a_return_address_to_its_call_line"),
-                "{s:?}"
-            );
+            assert!(s.function.contains("resolves_a_return_address_to_its_call_line"), "{s:?}");
             assert_eq!(s.line, Some(line), "{s:?}");
         });
     }
