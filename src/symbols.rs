@@ -140,24 +140,19 @@ mod tests {
 
     #[test]
     fn resolves_a_return_address_to_its_call_line() {
-        let _g = crate::guard::profiler_scope(|| {
-            let mut buf = [0usize; 4];
-            let b = crate::stack::thread_stack_bounds();
-            let n = if crate::stack::COMPILED_WITH_FP {
-                crate::stack::walk_frame_pointers(&mut buf, b.1)
-            } else {
-                0
-            };
-            let line = line!() - 4;
-            if n == 0 {
-                eprintln!("SKIPPED: built without frame pointers");
-                return;
-            }
-            // buf[0] returns into this function, just after the call on line `line`.
-            let syms = resolve_all(&buf[..1]);
-            let s = syms[0].last().expect("symbolized");
-            assert!(s.function.contains("resolves_a_return_address_to_its_call_line"), "{s:?}");
-            assert_eq!(s.line, Some(line), "{s:?}");
-        });
+        if !crate::stack::COMPILED_WITH_FP {
+            eprintln!("SKIPPED: built without frame pointers");
+            return;
+        }
+        let mut buf = [0usize; 4];
+        let b = crate::stack::thread_stack_bounds();
+        let n = crate::stack::walk_frame_pointers(&mut buf, b.1);
+        let line = line!() - 1;
+        assert!(n > 0);
+        // buf[0] returns into this function, just after the call on line `line`.
+        let syms = crate::guard::profiler_scope(|| resolve_all(&buf[..1]));
+        let s = syms[0].first().expect("symbolized");
+        assert!(s.function.contains("resolves_a_return_address_to_its_call_line"), "{s:?}");
+        assert_eq!(s.line, Some(line), "{s:?}");
     }
 }

@@ -1,0 +1,107 @@
+//! Threads: cross-thread frees and short-lived threads leave the counters exactly at baseline,
+//! and counter slots of exited threads are reused.
+use std::sync::mpsc;
+use std::thread;
+
+use heapsight::HeapSight;
+
+#[global_allocator]
+static GLOBAL: HeapSight = HeapSight::system();
+
+mod common;
+
+fn assert_back_to(base: &heapsight::Stats) {
+    let now = heapsight::stats();
+    assert_eq!(now.inuse_objects, now.alloc_objects - now.free_objects);
+    assert_eq!(now.inuse_bytes, now.alloc_bytes - now.free_bytes);
+    assert_eq!(
+        (now.inuse_objects, now.inuse_bytes),
+        (base.inuse_objects, base.inuse_bytes),
+        "in-use did not return to baseline"
+    );
+}
+
+/// Four producers allocate blocks of varied sizes; each sends half of them to the next thread,
+/// which frees them: every thread frees blocks it did not allocate.
+fn cross_thread_frees(threads: usize) {
+    let base = heapsight::stats();
+    let mut txs = Vec::new();
+    let mut rxs = Vec::new();
+    for _ in 0..threads {
+        let (tx, rx) = mpsc::channel::<Vec<u8>>();
+        txs.push(tx);
+        rxs.push(rx);
+    }
+    let handles: Vec<_> = rxs
+        .into_iter()
+        .enumerate()
+        .map(|(i, rx)| {
+            let tx = txs[(i + 1) % threads].clone();
+            thread::spawn(move || {
+                let mut mine = Vec::new();
+                for j in 0..20_000usize {
+                    let b = vec![j as u8; 16 + (j * 37 + i) % 2000];
+                    if j % 2 == 0 {
+                        tx.send(b).unwrap();
+                    } else {
+                        mine.push(b);
+                    }
+                    if j % 64 == 0 {
+                        mine.clear();
+                    }
+                    while let Ok(other) = rx.try_recv() {
+                        drop(other);
+                    }
+                }
+                drop(tx);
+                // Drain what the neighbour still sends until it hangs up.
+                for other in rx {
+                    drop(other);
+                }
+            })
+        })
+        .collect();
+    drop(txs);
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_back_to(&base);
+}
+
+/// 1,000 short-lived threads, eight at a time: counters exact, slots recycled.
+fn short_lived_threads() {
+    let base = heapsight::stats();
+    for _ in 0..125 {
+        let hs: Vec<_> = (0..8)
+            .map(|i| {
+                thread::spawn(move || {
+                    let v: Vec<String> = (0..100).map(|k| format!("{i}-{k}")).collect();
+                    v.len()
+                })
+            })
+            .collect();
+        for h in hs {
+            assert_eq!(h.join().unwrap(), 100);
+        }
+    }
+    assert_back_to(&base);
+    let slots = heapsight::stats().thread_slots;
+    // At most the 8 workers plus main and the earlier test's threads were ever alive at once.
+    assert!(slots <= 16, "{slots} slots for at most ~9 live threads: not recycled");
+}
+
+fn main() {
+    // Warm-up: the first spawn initialises std's lazily allocated thread state.
+    thread::spawn(|| ()).join().unwrap();
+    heapsight::set_sample_rate(4096);
+    common::run(&[
+        ("cross_thread_frees_2", || cross_thread_frees(2)),
+        ("cross_thread_frees_4", || cross_thread_frees(4)),
+        ("short_lived_threads", short_lived_threads),
+        ("cross_thread_frees_at_rate_1", || {
+            heapsight::set_sample_rate(1);
+            cross_thread_frees(3);
+            heapsight::set_sample_rate(heapsight::DEFAULT_SAMPLE_RATE);
+        }),
+    ]);
+}
