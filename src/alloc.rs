@@ -1,9 +1,10 @@
 //! `HeapSight<A>`: the `GlobalAlloc` wrapper. This file runs on every allocation and free.
 //!
-//! The fast path is one thread-local read, one compare, and own-thread counter stores:
+//! The fast path is one thread-local subtract-and-branch and own-thread counter stores:
 //!
-//! * **alloc**: `countdown > size`? subtract, count into this thread's slot, done. Otherwise the
-//!   `#[cold]` [`alloc_slow`]: a new thread, the profiler guard, an exited thread, or a sample.
+//! * **alloc**: subtract `size` from the countdown; still positive? count into this thread's
+//!   slot, done. Otherwise the `#[cold]` [`alloc_slow`]: a new thread, the profiler guard, an
+//!   exited thread, or a sample.
 //! * **free**: `slot` non-null and the sampled-block filter byte zero? count, done. Otherwise
 //!   [`free_slow`].
 //!
@@ -117,9 +118,13 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for HeapSight<A> {
 #[inline(always)]
 fn on_alloc(ptr: *mut u8, size: usize) {
     THREAD.with(|t| {
-        let c = t.countdown.get();
-        if c > size as u64 {
-            t.countdown.set(c - size as u64);
+        // Subtract first, test the borrow after: `countdown > size` is "no borrow and not zero",
+        // so this compiles to one `sub` on the thread-local and one `jbe` (3 instructions fewer
+        // than load, compare, branch, subtract, store). The slow path adds `size` back before
+        // anything else, so the countdown is never seen wrapped (see `alloc_slow`).
+        let (c, borrow) = t.countdown.get().overflowing_sub(size as u64);
+        t.countdown.set(c);
+        if !borrow & (c != 0) {
             // SAFETY: `countdown > 0` only while this thread owns a slot that is installed in
             // `t.slot` (thread init sets the slot before the countdown; the guard and thread exit
             // clear both), and slots are never freed.
@@ -199,6 +204,9 @@ thread_local! {
 #[cold]
 #[inline(never)]
 fn alloc_slow(t: &ThreadState, ptr: *mut u8, size: usize) {
+    // Undo the fast path's subtraction: the countdown is back to what it was before this call
+    // (0 under the guard, before thread init and after exit), so no allocation sees it wrapped.
+    t.countdown.set(t.countdown.get().wrapping_add(size as u64));
     if t.in_profiler.get() {
         counters::profiler_alloc(size);
         return;
