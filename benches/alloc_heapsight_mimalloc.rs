@@ -10,23 +10,26 @@ static GLOBAL: heapsight::HeapSight<mimalloc::MiMalloc> =
 
 fn main() {
     heapsight::set_sampling_seed(42);
+    // First, on a fresh process: the profiler's own memory next to the heap it profiles.
+    kernels::profiler_memory_report("hs_mimalloc_r512k");
     let mut c = kernels::criterion();
     let variants = [
         Variant {
             id: "hs_mimalloc_r0",
             setup: || heapsight::set_sample_rate(0),
+            skip: &[],
         },
         Variant {
             id: "hs_mimalloc_r512k",
             setup: || heapsight::set_sample_rate(512 * 1024),
+            skip: &[],
         },
         Variant {
             id: "hs_mimalloc_r1",
             setup: || heapsight::set_sample_rate(1),
+            skip: &["nested_500k"],
         },
     ];
     kernels::run_all(&mut c, &variants, kernels::Scale::Full);
     c.final_summary();
-    heapsight::set_sample_rate(heapsight::DEFAULT_SAMPLE_RATE);
-    kernels::profiler_memory_report("hs_mimalloc_r512k");
 }
