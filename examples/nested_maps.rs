@@ -338,6 +338,15 @@ fn s3_explain(c: &Counts) {
             "(DIFFERENT)"
         }
     );
+    let prev = table_bytes(tables[tables.len() - 2], size, align);
+    let at_resize = capacity(tables[tables.len() - 2]) + 1;
+    let expected_peak = prev + table + (at_resize - 1) * 16;
+    println!(
+        "    peak: during the last resize (insert #{at_resize}) the old table ({prev} B) and the new one are both live, with {} values: {expected_peak} B; measured {}   {}",
+        at_resize - 1,
+        c.peak,
+        if c.peak == expected_peak as u64 { "(match)" } else { "(DIFFERENT)" }
+    );
     let grown: usize = tables.iter().map(|&b| table_bytes(b, size, align)).sum();
     println!(
         "    growth: tables of {:?} buckets = {} allocations, {} B allocated in all; measured {} allocations, {} B   {}",
@@ -402,62 +411,70 @@ fn mb(n: u64) -> String {
 }
 
 /// Growth frames: where a container decides to get a bigger buffer.
-const GROWTH: &[&str] = &[
-    "finish_grow",
-    "grow_one",
-    "grow_amortized",
-    "reserve_rehash",
-    "do_reserve_and_handle",
-    "format_inner",
-    "to_owned",
-    "clone",
-];
+const GROWTH: &[&str] = &["finish_grow", "reserve_rehash", "format_inner"];
 
-/// The top sites by bytes allocated: estimates, the growth frame and the first frame of this
-/// program.
+/// The top sites by bytes allocated, estimated from the samples. A site is shown as its growth
+/// frame (the innermost of `finish_grow`, hashbrown's `reserve_rehash`, `format_inner`; else the
+/// leaf), the library function this program called, and the first frame of this program. Stacks
+/// that differ only further out (the same line reached from different callers) are added up.
 fn print_sites(p: &heapsight::HeapProfile, n: usize) {
-    let mut sites: Vec<&heapsight::Site> = p.sites().iter().collect();
-    sites.sort_by(|a, b| b.alloc_bytes.cmp(&a.alloc_bytes));
+    // (growth, callee, user frame) -> (alloc_bytes, alloc_objects, inuse_bytes)
+    let mut rows: Vec<((String, String, String), [u64; 3])> = Vec::new();
+    for s in p.sites() {
+        let syms: Vec<&heapsight::Symbol> = s.frames().iter().flat_map(|f| f.symbols.iter()).collect();
+        let Some(user) = syms.iter().position(|s| s.function.starts_with("nested_maps::")) else {
+            continue; // start-up and runtime allocations, not the scenario's
+        };
+        let growth = syms[..user]
+            .iter()
+            .find(|s| GROWTH.iter().any(|g| s.function.contains(g)))
+            .or(syms.first())
+            .map_or(String::new(), |s| short(&s.function));
+        let callee = if user > 0 { short(&syms[user - 1].function) } else { String::new() };
+        let u = syms[user];
+        let user = match u.line {
+            Some(l) => format!("{}:{l}", u.function.trim_start_matches("nested_maps::")),
+            None => u.function.trim_start_matches("nested_maps::").to_string(),
+        };
+        let key = (growth, callee, user);
+        let v = [s.alloc_bytes, s.alloc_objects, s.inuse_bytes];
+        match rows.iter_mut().find(|r| r.0 == key) {
+            Some(r) => (0..3).for_each(|i| r.1[i] += v[i]),
+            None => rows.push((key, v)),
+        }
+    }
+    rows.sort_by(|a, b| b.1[0].cmp(&a.1[0]));
+    println!("    top sites by bytes allocated (estimates from samples every {} B on average):", p.sample_rate());
     println!(
-        "    top sites by bytes allocated (sampled every {} B on average; estimates):",
-        p.sample_rate()
-    );
-    println!(
-        "    {:>12} {:>12} {:>12}  growth frame <- first frame of this program",
+        "    {:>12} {:>11} {:>12}  growth frame .. function called <- this program",
         "alloc_bytes", "alloc_objs", "inuse_bytes"
     );
-    for s in sites.iter().take(n) {
-        let symbols = || s.frames().iter().flat_map(|f| f.symbols.iter());
-        let growth = symbols()
-            .map(|s| s.function.as_str())
-            .find(|f| GROWTH.iter().any(|g| f.contains(g)));
-        let user = symbols().find(|s| s.function.starts_with("nested_maps::"));
-        let user = user.map(|s| match s.line {
-            Some(l) => format!("{} (line {l})", s.function),
-            None => s.function.clone(),
-        });
-        println!(
-            "    {:>12} {:>12} {:>12}  {} <- {}",
-            group(s.alloc_bytes as i64),
-            group(s.alloc_objects as i64),
-            group(s.inuse_bytes as i64),
-            short(growth.unwrap_or("(leaf) ").trim()),
-            user.as_deref().unwrap_or("?")
-        );
+    for ((growth, callee, user), v) in rows.iter().take(n) {
+        let path = if callee.is_empty() || callee == growth { growth.clone() } else { format!("{growth} .. {callee}") };
+        println!("    {:>12} {:>11} {:>12}  {path} <- {user}", group(v[0] as i64), group(v[1] as i64), group(v[2] as i64));
     }
 }
 
-/// `alloc::raw_vec::RawVecInner<A>::grow_amortized` -> `RawVecInner<A>::grow_amortized`.
+/// `alloc::raw_vec::RawVecInner<A>::finish_grow` -> `RawVecInner::finish_grow`: generic
+/// arguments dropped, the last two path segments kept.
 fn short(f: &str) -> String {
-    let f = f
-        .split('<')
-        .next()
-        .map_or(f, |head| if head.len() < f.len() { f } else { head });
-    let parts: Vec<&str> = f.rsplitn(3, "::").collect();
-    if parts.len() == 3 {
-        format!("{}::{}", parts[1], parts[0])
-    } else {
-        f.to_string()
+    if f.starts_with('<') {
+        return f.to_string();
+    }
+    let mut plain = String::new();
+    let mut depth = 0;
+    for ch in f.chars() {
+        match ch {
+            '<' => depth += 1,
+            '>' => depth -= 1,
+            _ if depth == 0 => plain.push(ch),
+            _ => {}
+        }
+    }
+    let parts: Vec<&str> = plain.rsplitn(3, "::").collect();
+    match parts.len() {
+        3 | 2 => format!("{}::{}", parts[1], parts[0]),
+        _ => plain,
     }
 }
 
@@ -565,14 +582,19 @@ fn main() {
     for (name, label) in &SCENARIOS[..4] {
         print_counts(label, &results[name]);
     }
-    println!("  {:<34} {:>14} {:>14}", "", "peak", "vs none");
+    println!();
+    println!("  {:<34} {:>12} {:>8} {:>16} {:>8} {:>14}", "", "peak", "vs none", "total allocated", "vs none", "allocations");
     for (name, label) in &SCENARIOS[..4] {
         let c = results[name];
+        let pct = |a: u64, b: u64| 100.0 * (a as f64 / b as f64 - 1.0);
         println!(
-            "  {:<34} {:>14} {:>13.0}%",
+            "  {:<34} {:>12} {:>7.0}% {:>16} {:>7.0}% {:>14}",
             label,
             mb(c.peak),
-            100.0 * (c.peak as f64 / none.peak as f64 - 1.0)
+            pct(c.peak, none.peak),
+            mb(c.alloc_bytes),
+            pct(c.alloc_bytes, none.alloc_bytes),
+            group(c.alloc_objects as i64)
         );
     }
 
