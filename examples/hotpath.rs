@@ -27,12 +27,15 @@ const LAYOUT: Layout = match Layout::from_size_align(32, 8) {
 
 #[inline(always)]
 fn pairs<A: GlobalAlloc>(a: &A, n: u64) {
+    // The size as a run-time value, as it is behind `__rust_alloc(size, align)`: otherwise the
+    // compiler specialises the hook for the constant 32 (immediates instead of a register).
+    let layout = black_box(LAYOUT);
     for _ in 0..n {
         // SAFETY: non-zero layout; freed with the layout it was allocated with.
         unsafe {
-            let p = a.alloc(LAYOUT);
+            let p = a.alloc(layout);
             black_box(p);
-            a.dealloc(p, LAYOUT);
+            a.dealloc(p, layout);
         }
     }
 }

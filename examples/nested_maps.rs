@@ -421,8 +421,12 @@ fn print_sites(p: &heapsight::HeapProfile, n: usize) {
     // (growth, callee, user frame) -> (alloc_bytes, alloc_objects, inuse_bytes)
     let mut rows: Vec<((String, String, String), [u64; 3])> = Vec::new();
     for s in p.sites() {
-        let syms: Vec<&heapsight::Symbol> = s.frames().iter().flat_map(|f| f.symbols.iter()).collect();
-        let Some(user) = syms.iter().position(|s| s.function.starts_with("nested_maps::")) else {
+        let syms: Vec<&heapsight::Symbol> =
+            s.frames().iter().flat_map(|f| f.symbols.iter()).collect();
+        let Some(user) = syms
+            .iter()
+            .position(|s| s.function.starts_with("nested_maps::"))
+        else {
             continue; // start-up and runtime allocations, not the scenario's
         };
         let growth = syms[..user]
@@ -430,7 +434,11 @@ fn print_sites(p: &heapsight::HeapProfile, n: usize) {
             .find(|s| GROWTH.iter().any(|g| s.function.contains(g)))
             .or(syms.first())
             .map_or(String::new(), |s| short(&s.function));
-        let callee = if user > 0 { short(&syms[user - 1].function) } else { String::new() };
+        let callee = if user > 0 {
+            short(&syms[user - 1].function)
+        } else {
+            String::new()
+        };
         let u = syms[user];
         let user = match u.line {
             Some(l) => format!("{}:{l}", u.function.trim_start_matches("nested_maps::")),
@@ -444,14 +452,26 @@ fn print_sites(p: &heapsight::HeapProfile, n: usize) {
         }
     }
     rows.sort_by(|a, b| b.1[0].cmp(&a.1[0]));
-    println!("    top sites by bytes allocated (estimates from samples every {} B on average):", p.sample_rate());
+    println!(
+        "    top sites by bytes allocated (estimates from samples every {} B on average):",
+        p.sample_rate()
+    );
     println!(
         "    {:>12} {:>11} {:>12}  growth frame .. function called <- this program",
         "alloc_bytes", "alloc_objs", "inuse_bytes"
     );
     for ((growth, callee, user), v) in rows.iter().take(n) {
-        let path = if callee.is_empty() || callee == growth { growth.clone() } else { format!("{growth} .. {callee}") };
-        println!("    {:>12} {:>11} {:>12}  {path} <- {user}", group(v[0] as i64), group(v[1] as i64), group(v[2] as i64));
+        let path = if callee.is_empty() || callee == growth {
+            growth.clone()
+        } else {
+            format!("{growth} .. {callee}")
+        };
+        println!(
+            "    {:>12} {:>11} {:>12}  {path} <- {user}",
+            group(v[0] as i64),
+            group(v[1] as i64),
+            group(v[2] as i64)
+        );
     }
 }
 
@@ -583,7 +603,10 @@ fn main() {
         print_counts(label, &results[name]);
     }
     println!();
-    println!("  {:<34} {:>12} {:>8} {:>16} {:>8} {:>14}", "", "peak", "vs none", "total allocated", "vs none", "allocations");
+    println!(
+        "  {:<34} {:>12} {:>8} {:>16} {:>8} {:>14}",
+        "", "peak", "vs none", "total allocated", "vs none", "allocations"
+    );
     for (name, label) in &SCENARIOS[..4] {
         let c = results[name];
         let pct = |a: u64, b: u64| 100.0 * (a as f64 / b as f64 - 1.0);

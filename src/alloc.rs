@@ -5,8 +5,8 @@
 //! * **alloc**: subtract `size` from the countdown; still positive? count into this thread's
 //!   slot, done. Otherwise the `#[cold]` [`alloc_slow`]: a new thread, the profiler guard, an
 //!   exited thread, or a sample.
-//! * **free**: `slot` non-null and the sampled-block filter byte zero? count, done. Otherwise
-//!   [`free_slow`].
+//! * **free**: the sampled-block filter byte zero (masked with `free_mask`, which also sends
+//!   threads without a slot to the slow path)? count, done. Otherwise [`free_slow`].
 //!
 //! No lock, no shared read-modify-write, no allocation, no hashing but the filter's shift-and-mask.
 //! Blocks carry no header: the inner allocator sees exactly the caller's layout.
@@ -138,13 +138,14 @@ fn on_alloc(ptr: *mut u8, size: usize) {
 #[inline(always)]
 fn on_free(ptr: *mut u8, size: usize) {
     THREAD.with(|t| {
-        let slot = t.slot.get();
-        // One branch for both rare cases: no slot (new thread, guard, exiting) or maybe sampled.
-        if slot.is_null() | sites::maybe_sampled(ptr) {
+        // One test for both rare cases: maybe sampled, or no slot (new thread, guard, exiting;
+        // their `free_mask` of 0 points every address at the always-set filter byte 0).
+        if sites::free_needs_slow_path(ptr, t.free_mask.get()) {
             free_slow(t, ptr, size, true)
         } else {
-            // SAFETY: non-null `slot` is this thread's owned, never-freed slot.
-            unsafe { (*slot).add_free(size) }
+            // SAFETY: a nonzero `free_mask` means `slot` is installed (they are set together), and
+            // a non-null slot is this thread's owned, never-freed slot.
+            unsafe { (*t.slot.get()).add_free(size) }
         }
     })
 }
@@ -378,6 +379,9 @@ pub(crate) fn init_global() {
     if GLOBAL_STATE.load(Acquire) == 2 {
         return;
     }
+    // Before anything else (and before a concurrent initialiser publishes state 2): threads
+    // without a slot rely on this byte (see `sites::free_needs_slow_path`).
+    sites::arm_inactive_byte();
     if GLOBAL_STATE.compare_exchange(0, 1, Acquire, Relaxed).is_err() {
         return;
     }

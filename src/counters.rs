@@ -82,15 +82,39 @@ impl Slot {
     #[inline(always)]
     pub fn add_alloc(&self, size: usize) {
         let size = size as u64;
-        let (h, borrow) = self.headroom.load(Relaxed).overflowing_sub(size);
-        self.headroom.store(h, Relaxed);
-        if borrow {
-            // The net count just passed the high-water mark, so it is the new mark. (A reader
-            // that sees the wrapped value in between reads it as negative: an underestimate.)
-            self.headroom.store(0, Relaxed);
-        }
+        self.lower_headroom(size);
         self.alloc_objects.store(self.alloc_objects.load(Relaxed) + 1, Relaxed);
         self.alloc_bytes.store(self.alloc_bytes.load(Relaxed).wrapping_add(size), Release);
+    }
+
+    /// `headroom -= size`, and 0 if that borrows: the net count just passed the high-water mark,
+    /// so it is the new mark. (A reader that sees the wrapped value in between reads it as a
+    /// negative headroom: an underestimate of the mark, never an overestimate.)
+    #[inline(always)]
+    fn lower_headroom(&self, size: u64) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `self.headroom` is a live, aligned `AtomicU64`, written only by this (the
+        // owning) thread. The `sub` is a read and an aligned 8-byte write of it, each
+        // single-copy atomic on x86-64: the same accesses as the `Relaxed` load and store of the
+        // portable version below, which the compiler does not fuse into one `sub` with a branch
+        // on its borrow (4 instructions instead of 2 on every allocation; benches/callgrind.py).
+        unsafe {
+            core::arch::asm!(
+                "sub qword ptr [{slot} + {h}], {size}",
+                "jae 2f",
+                "mov qword ptr [{slot} + {h}], 0",
+                "2:",
+                slot = in(reg) self as *const Slot,
+                h = const core::mem::offset_of!(Slot, headroom),
+                size = in(reg) size,
+                options(nostack),
+            );
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let (h, borrow) = self.headroom.load(Relaxed).overflowing_sub(size);
+            self.headroom.store(if borrow { 0 } else { h }, Relaxed);
+        }
     }
 
     /// Counts one free. Only the owning thread calls this.

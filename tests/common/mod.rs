@@ -25,7 +25,10 @@ pub fn run(tests: &[(&str, fn())]) {
 pub fn site_totals(p: &heapsight::HeapProfile, needle: &str) -> [f64; 5] {
     let mut t = [0f64; 5];
     for s in p.sites() {
-        if s.frames().iter().any(|f| f.symbols.iter().any(|sym| sym.function.contains(needle))) {
+        if s.frames()
+            .iter()
+            .any(|f| f.symbols.iter().any(|sym| sym.function.contains(needle)))
+        {
             t[0] += s.alloc_objects as f64;
             t[1] += s.alloc_bytes as f64;
             t[2] += s.inuse_objects as f64;
