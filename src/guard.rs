@@ -36,8 +36,12 @@ pub(crate) struct ThreadState {
     /// Bytes left before this thread's next sample. The fast path allocates without a second
     /// look while `countdown > size`; 0 forces the cold path (new thread, guard held, exited).
     pub countdown: Cell<u64>,
-    /// This thread's counter slot, written only by this thread. Null forces the cold path on free.
+    /// This thread's counter slot, written only by this thread.
     pub slot: Cell<*const Slot>,
+    /// `sites::FREE_MASK` while `slot` is non-null, 0 while it is null: the free path masks the
+    /// filter index with it, so a null slot forces the cold path on free without a test of its
+    /// own (see `sites::free_needs_slow_path`). Always written together with `slot`.
+    pub free_mask: Cell<usize>,
     /// The sample rate the current `countdown` was drawn with: the weight of the sample it
     /// triggers depends on this rate, not on the rate in force when it fires.
     pub drawn_rate: Cell<u64>,
@@ -59,6 +63,7 @@ impl ThreadState {
         ThreadState {
             countdown: Cell::new(0),
             slot: Cell::new(ptr::null()),
+            free_mask: Cell::new(0),
             drawn_rate: Cell::new(0),
             rng: Cell::new(0),
             life: Cell::new(LIFE_NEW),
@@ -95,8 +100,14 @@ impl ThreadState {
         if self.in_profiler.get() {
             self.saved_slot.set(s)
         } else {
-            self.slot.set(s)
+            self.install_slot(s)
         }
+    }
+
+    /// Sets `slot` and its `free_mask` together.
+    fn install_slot(&self, s: *const Slot) {
+        self.slot.set(s);
+        self.free_mask.set(if s.is_null() { 0 } else { crate::sites::FREE_MASK });
     }
 
     pub fn countdown_value(&self) -> u64 {
@@ -124,7 +135,10 @@ impl<'a> InProfiler<'a> {
             return None;
         }
         t.saved_countdown.set(t.countdown.replace(0));
-        t.saved_slot.set(t.slot.replace(ptr::null()));
+        // Frees under the guard reach the slow path through filter byte 0: make sure it is set.
+        crate::sites::arm_inactive_byte();
+        t.saved_slot.set(t.slot.get());
+        t.install_slot(ptr::null());
         t.in_profiler.set(true);
         Some(InProfiler { t })
     }
@@ -134,7 +148,7 @@ impl Drop for InProfiler<'_> {
     fn drop(&mut self) {
         self.t.in_profiler.set(false);
         self.t.countdown.set(self.t.saved_countdown.get());
-        self.t.slot.set(self.t.saved_slot.get());
+        self.t.install_slot(self.t.saved_slot.get());
     }
 }
 

@@ -62,6 +62,36 @@ pub(crate) fn maybe_sampled(ptr: *mut u8) -> bool {
     FILTER[filter_index(ptr as usize)].load(Relaxed) != 0
 }
 
+/// The mask a thread's free path uses while it has a counter slot installed.
+pub(crate) const FREE_MASK: usize = FILTER_LEN - 1;
+
+/// The free fast path's one test: `true` when the free must go to the slow path, because the
+/// block may be sampled *or* the thread has no slot to count into. `mask` is the thread's
+/// `free_mask`: [`FREE_MASK`] while a slot is installed, 0 while not (new thread, profiler guard,
+/// exited). With mask 0 every address reads filter byte 0, which [`arm_inactive_byte`] keeps at
+/// 255 (sticky: samples never lower it), so "no slot" costs the fast path no test of its own.
+/// Real blocks whose address maps to byte 0 (1 in 2^18) always take the slow path, like a filter
+/// false positive.
+#[inline(always)]
+pub(crate) fn free_needs_slow_path(ptr: *mut u8, mask: usize) -> bool {
+    debug_assert!(mask == 0 || mask == FREE_MASK);
+    let i = ((ptr as usize) >> 4) & mask;
+    // SAFETY: `mask` is a thread's `free_mask`, only ever 0 or `FREE_MASK = FILTER_LEN - 1`, so
+    // `i < FILTER_LEN`. (Unchecked because the compiler cannot see that, and a bounds check
+    // would add two instructions to every free.)
+    unsafe { FILTER.get_unchecked(i) }.load(Relaxed) != 0
+}
+
+/// Sets filter byte 0 for good (see [`free_needs_slow_path`]). Called by global set-up and on
+/// every guard entry, before any thread can run the free path with mask 0: a block reaches a
+/// slot-less free only after some thread allocated it, and every allocating thread passed here
+/// first (thread set-up or guard), so the store happens-before the free that reads it.
+pub(crate) fn arm_inactive_byte() {
+    if FILTER[0].load(Relaxed) != u8::MAX {
+        FILTER[0].store(u8::MAX, Relaxed);
+    }
+}
+
 /// FxHash: keys here are addresses and small integers, hashed under a lock on the sampled path.
 #[derive(Default, Clone, Copy)]
 pub(crate) struct Fx(u64);
