@@ -12,8 +12,9 @@
 //! thread. If they were profiled they would recurse (a sample inside a sample), take the site lock
 //! twice, and be counted as the program's memory. While [`InProfiler`] is held:
 //!
-//! * `countdown` is 0 and `slot` is null, so the *unchanged* fast path fails its one check on alloc
-//!   (`countdown > size`) and on free (`slot` non-null) and drops into the cold path, which sees
+//! * `countdown` is 0 and `slot` null with `free_mask` 0, so the *unchanged* fast path fails its
+//!   one check on alloc (`countdown > size`) and on free (the filter byte, which `free_mask` 0
+//!   points at the always-set byte 0) and drops into the cold path, which sees
 //!   `in_profiler` and forwards the call with no counting, no sampling and no lock. The fast path
 //!   pays nothing for the guard.
 //! * The bytes are added to the profiler's own tally instead ([`crate::counters::profiler_bytes`]).
