@@ -1,7 +1,7 @@
 //! "Why did my service run out of memory? Which map, which growth?" — the questions three Go
 //! articles ask about Go maps, answered for Rust with heapsight.
 //!
-//!     cargo run --release --example nested_maps
+//!     cargo run --release --example nested_maps --features flamegraph
 //!
 //! 1. `HashMap<String, Vec<String>>`, 500,000 appends over 10,000 keys (three rebuilds, as a
 //!    service rebuilding an index would): no pre-allocation, then `with_capacity` on the map, then
@@ -501,19 +501,30 @@ fn short(f: &str) -> String {
     }
 }
 
+/// Where each scenario's files go: `heapsight-out/nested_maps/<scenario>/` under the working
+/// directory (or `HEAPSIGHT_DEMO_DIR`).
 fn out_dir() -> PathBuf {
-    std::env::temp_dir().join("heapsight-nested-maps")
+    std::env::var_os("HEAPSIGHT_DEMO_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("heapsight-out").join("nested_maps"))
 }
 
-/// Writes one scenario's profile as files.
+/// Writes one scenario's profile as files: gzipped pprof, Go's debug=1 text and (with feature
+/// `flamegraph`) an SVG of the live bytes. A failure is reported, not fatal: the tables above
+/// are the demo's main output.
 fn write_outputs(dir: &Path, profile: &heapsight::HeapProfile) {
-    // MERGE: the encoders live on the profiles branch. Wire them in here, e.g.
-    //     std::fs::create_dir_all(dir)?;
-    //     heapsight::write_pprof(profile, File::create(dir.join("heap.pb.gz"))?)?;
-    //     heapsight::write_text(profile, File::create(dir.join("heap.txt"))?)?;
-    //     heapsight::write_flamegraph(profile, File::create(dir.join("heap.svg"))?)?;
-    // and have `main` end with `go tool pprof -http=:8080 <dir>/1-none/heap.pb.gz`.
-    let _ = (dir, profile);
+    let written = (|| -> std::io::Result<()> {
+        use std::fs::File;
+        std::fs::create_dir_all(dir)?;
+        profile.write_pprof(File::create(dir.join("heap.pb.gz"))?)?;
+        profile.write_text(File::create(dir.join("heap.txt"))?)?;
+        #[cfg(feature = "flamegraph")]
+        profile.write_flamegraph(File::create(dir.join("heap.svg"))?, heapsight::SampleType::InuseSpace)?;
+        Ok(())
+    })();
+    if let Err(e) = written {
+        eprintln!("could not write the profiles into {}: {e}", dir.display());
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -651,4 +662,9 @@ fn main() {
         "(exact counters from heapsight::stats(); sites from heapsight::profile(); {:.1} s)",
         t.elapsed().as_secs_f64()
     );
+    let dir = out_dir();
+    println!();
+    println!("Profiles of each scenario: {}/<scenario>/heap.pb.gz, heap.txt{}", dir.display(),
+        if cfg!(feature = "flamegraph") { ", heap.svg" } else { " (add --features flamegraph for heap.svg)" });
+    println!("Open one with:  go tool pprof -http=:8080 {}", dir.join("1-none").join("heap.pb.gz").display());
 }
