@@ -15,11 +15,19 @@ use axum::Router;
 static GLOBAL: heapsight::HeapSight = heapsight::HeapSight::system();
 
 async fn heapsight_endpoint(OriginalUri(uri): OriginalUri) -> Response {
-    let target = uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| uri.path().to_string());
+    let target = uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| uri.path().to_string());
     match tokio::task::spawn_blocking(move || heapsight::http::respond(&target)).await {
         Ok(r) => {
-            let mut resp = (StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), r.body).into_response();
-            resp.headers_mut().insert(header::CONTENT_TYPE, r.content_type.parse().unwrap());
+            let mut resp = (
+                StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                r.body,
+            )
+                .into_response();
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, r.content_type.parse().unwrap());
             resp
         }
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
@@ -28,14 +36,22 @@ async fn heapsight_endpoint(OriginalUri(uri): OriginalUri) -> Response {
 
 #[tokio::main]
 async fn main() {
-    let seconds: Option<u64> = std::env::args().skip_while(|a| a != "--seconds").nth(1).and_then(|s| s.parse().ok());
+    let seconds: Option<u64> = std::env::args()
+        .skip_while(|a| a != "--seconds")
+        .nth(1)
+        .and_then(|s| s.parse().ok());
     let app = Router::new()
         .route("/", get(|| async { "hello" }))
         .route("/debug/pprof/{*rest}", get(heapsight_endpoint))
         .route("/debug/heapsight", get(heapsight_endpoint))
         .route("/metrics", get(heapsight_endpoint));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await.unwrap();
-    println!("listening on http://{}/debug/pprof/", listener.local_addr().unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:3000")
+        .await
+        .unwrap();
+    println!(
+        "listening on http://{}/debug/pprof/",
+        listener.local_addr().unwrap()
+    );
     let serve = axum::serve(listener, app);
     match seconds {
         Some(s) => {

@@ -220,7 +220,7 @@ fn s2_sorted() -> Sorted {
         index: HashMap::new(),
         rows: Vec::new(),
     };
-    let mut intern = |s: &mut Sorted, name: String| -> u32 {
+    let intern = |s: &mut Sorted, name: String| -> u32 {
         if let Some(&id) = s.index.get(&name) {
             return id;
         }
@@ -519,7 +519,10 @@ fn write_outputs(dir: &Path, profile: &heapsight::HeapProfile) {
         profile.write_pprof(File::create(dir.join("heap.pb.gz"))?)?;
         profile.write_text(File::create(dir.join("heap.txt"))?)?;
         #[cfg(feature = "flamegraph")]
-        profile.write_flamegraph(File::create(dir.join("heap.svg"))?, heapsight::SampleType::InuseSpace)?;
+        profile.write_flamegraph(
+            File::create(dir.join("heap.svg"))?,
+            heapsight::SampleType::InuseSpace,
+        )?;
         Ok(())
     })();
     if let Err(e) = written {
@@ -664,7 +667,17 @@ fn main() {
     );
     let dir = out_dir();
     println!();
-    println!("Profiles of each scenario: {}/<scenario>/heap.pb.gz, heap.txt{}", dir.display(),
-        if cfg!(feature = "flamegraph") { ", heap.svg" } else { " (add --features flamegraph for heap.svg)" });
-    println!("Open one with:  go tool pprof -http=:8080 {}", dir.join("1-none").join("heap.pb.gz").display());
+    println!(
+        "Profiles of each scenario: {}/<scenario>/heap.pb.gz, heap.txt{}",
+        dir.display(),
+        if cfg!(feature = "flamegraph") {
+            ", heap.svg"
+        } else {
+            " (add --features flamegraph for heap.svg)"
+        }
+    );
+    println!(
+        "Open one with:  go tool pprof -http=:8080 {}",
+        dir.join("1-none").join("heap.pb.gz").display()
+    );
 }

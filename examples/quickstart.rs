@@ -9,10 +9,16 @@ static GLOBAL: heapsight::HeapSight = heapsight::HeapSight::system();
 fn main() -> std::io::Result<()> {
     let mut index: HashMap<String, Vec<String>> = HashMap::new();
     for i in 0..500_000 {
-        index.entry(format!("k{}", i % 10_000)).or_default().push(format!("value-{i}"));
+        index
+            .entry(format!("k{}", i % 10_000))
+            .or_default()
+            .push(format!("value-{i}"));
     }
     let s = heapsight::stats();
-    println!("{} live objects, {} live bytes, peak {} bytes", s.inuse_objects, s.inuse_bytes, s.peak_inuse_bytes);
+    println!(
+        "{} live objects, {} live bytes, peak {} bytes",
+        s.inuse_objects, s.inuse_bytes, s.peak_inuse_bytes
+    );
     let profile = heapsight::profile();
     println!("{}", profile.top(5, heapsight::SampleType::InuseSpace));
     profile.write_pprof(std::fs::File::create("heap.pb.gz")?)?;

@@ -20,7 +20,9 @@ static GLOBAL: heapsight::HeapSight = heapsight::HeapSight::system();
 fn build_index(round: usize) -> HashMap<String, Vec<String>> {
     let mut m: HashMap<String, Vec<String>> = HashMap::new();
     for i in 0..200_000 {
-        m.entry(format!("k{}", i % 10_000)).or_default().push(format!("v{round}-{i}"));
+        m.entry(format!("k{}", i % 10_000))
+            .or_default()
+            .push(format!("v{round}-{i}"));
     }
     m
 }
@@ -35,7 +37,9 @@ fn main() -> std::io::Result<()> {
         None => heapsight::http::serve(heapsight::http::DEFAULT_ADDR)?,
     };
     let addr = server.local_addr();
-    println!("heapsight serving on http://{addr}/debug/pprof/ (page: http://{addr}/debug/heapsight)");
+    println!(
+        "heapsight serving on http://{addr}/debug/pprof/ (page: http://{addr}/debug/heapsight)"
+    );
     println!("try:  go tool pprof -http=:8080 http://{addr}/debug/pprof/heap");
     let start = Instant::now();
     let mut keep = Vec::new();
@@ -49,7 +53,10 @@ fn main() -> std::io::Result<()> {
         std::thread::sleep(Duration::from_millis(200));
     }
     let s = heapsight::stats();
-    println!("{round} rounds; {} live bytes, peak {}", s.inuse_bytes, s.peak_inuse_bytes);
+    println!(
+        "{round} rounds; {} live bytes, peak {}",
+        s.inuse_bytes, s.peak_inuse_bytes
+    );
     server.shutdown();
     Ok(())
 }

@@ -111,7 +111,9 @@ fn main() {
         );
     }
     // The same profile for pprof: each sample carries its tag as the label `tag`.
-    let path = std::env::args().nth(1).unwrap_or_else(|| "tags.pb.gz".into());
+    let path = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "tags.pb.gz".into());
     let file = std::fs::File::create(&path).expect("create the profile file");
     p.write_pprof(file).expect("write the profile");
     println!("\nwrote {path}: go tool pprof -tags {path}");

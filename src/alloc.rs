@@ -97,7 +97,11 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for HeapSight<A> {
             "realloc to a size that overflows when rounded to the alignment"
         );
         // The old block may be a live sample: take it out before `A` may free it (see dealloc).
-        let taken = if sites::maybe_sampled(ptr) { take_sample_for_realloc(ptr) } else { None };
+        let taken = if sites::maybe_sampled(ptr) {
+            take_sample_for_realloc(ptr)
+        } else {
+            None
+        };
         // SAFETY: forwarded unchanged; the caller's guarantees about `ptr`, `layout` and
         // `new_size` are the ones `A::realloc` requires.
         let new = unsafe { self.inner.realloc(ptr, layout, new_size) };
@@ -276,7 +280,9 @@ fn rearm(t: &ThreadState) {
 #[cold]
 #[inline(never)]
 fn take_sample(t: &ThreadState, ptr: *mut u8, size: u64, rate: u64) {
-    let Some(_g) = InProfiler::enter(t) else { return };
+    let Some(_g) = InProfiler::enter(t) else {
+        return;
+    };
     // Zero only the `depth` slots the capture may use, not the whole 2 KiB buffer: zeroing all
     // of it was ~60% of the instructions of a sampled alloc+free (callgrind, benches/callgrind.py).
     let mut storage = core::mem::MaybeUninit::<[usize; stack::BUF_LEN]>::uninit();
@@ -294,7 +300,10 @@ fn take_sample(t: &ThreadState, ptr: *mut u8, size: u64, rate: u64) {
 
 /// Monotonic nanoseconds (vDSO clock_gettime: no system call, no allocation).
 pub(crate) fn now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -322,7 +331,9 @@ pub(crate) fn thread_slot(t: &ThreadState) -> Option<&'static Slot> {
 #[inline(never)]
 fn init_thread(t: &ThreadState) {
     init_global();
-    let Some(_g) = InProfiler::enter(t) else { return };
+    let Some(_g) = InProfiler::enter(t) else {
+        return;
+    };
     // The exit hook is a thread-local with a destructor; if this thread's destructors are already
     // running we cannot get one, and a slot taken now would never be handed back.
     if EXIT_HOOK.try_with(|_| ()).is_err() {
@@ -334,7 +345,9 @@ fn init_thread(t: &ThreadState) {
     t.stack_lo.set(lo);
     t.stack_hi.set(hi);
     let n = THREAD_SEQ.fetch_add(1, Relaxed);
-    t.rng.set(sampler::mix_seed(seed().wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15))));
+    t.rng.set(sampler::mix_seed(
+        seed().wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+    ));
     t.set_slot(slot);
     t.life.set(LIFE_ACTIVE);
     counters::resync(slot);
@@ -352,7 +365,9 @@ fn seed() -> u64 {
     if s != 0 {
         return s;
     }
-    let fresh = sampler::mix_seed(now_ns() ^ ((std::process::id() as u64) << 32) ^ (&SEED as *const _ as u64));
+    let fresh = sampler::mix_seed(
+        now_ns() ^ ((std::process::id() as u64) << 32) ^ (&SEED as *const _ as u64),
+    );
     match SEED.compare_exchange(0, fresh, Relaxed, Relaxed) {
         Ok(_) => fresh,
         Err(s) => s,
@@ -398,7 +413,10 @@ pub(crate) fn init_global() {
     // Before anything else (and before a concurrent initialiser publishes state 2): threads
     // without a slot rely on this byte (see `sites::free_needs_slow_path`).
     sites::arm_inactive_byte();
-    if GLOBAL_STATE.compare_exchange(0, 1, Acquire, Relaxed).is_err() {
+    if GLOBAL_STATE
+        .compare_exchange(0, 1, Acquire, Relaxed)
+        .is_err()
+    {
         return;
     }
     read_env();
@@ -444,7 +462,12 @@ fn read_env() {
             b"auto" => stack::set_unwinder(stack::Unwinder::Auto),
             b"fp" | b"frame-pointers" => stack::set_unwinder(stack::Unwinder::FramePointers),
             b"dwarf" => stack::set_unwinder(stack::Unwinder::Dwarf),
-            _ => config::complain("HEAPSIGHT_UNWINDER", v, config::ParseError::UnknownWord, &"auto (one of auto, fp, dwarf)"),
+            _ => config::complain(
+                "HEAPSIGHT_UNWINDER",
+                v,
+                config::ParseError::UnknownWord,
+                &"auto (one of auto, fp, dwarf)",
+            ),
         }
     }
 }

@@ -71,8 +71,14 @@ pub fn parse_bytes(s: &[u8]) -> Result<u64, ParseError> {
 }
 
 fn trim(s: &[u8]) -> &[u8] {
-    let start = s.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(s.len());
-    let end = s.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    let start = s
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(s.len());
+    let end = s
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
     &s[start..end]
 }
 
@@ -115,7 +121,10 @@ pub(crate) struct Line {
 
 impl Line {
     pub fn new() -> Self {
-        Line { buf: [0; 512], len: 0 }
+        Line {
+            buf: [0; 512],
+            len: 0,
+        }
     }
     /// Writes the line to stderr with `write(2)`, ignoring errors (there is nowhere to report them).
     pub fn emit(mut self) {
@@ -160,7 +169,11 @@ pub(crate) fn complain(var: &str, value: &[u8], err: ParseError, kept: &dyn fmt:
             let _ = write!(l, "\\x{c:02x}");
         }
     }
-    let _ = write!(l, "{}\": {err}; keeping {kept}", if value.len() > 64 { "..." } else { "" });
+    let _ = write!(
+        l,
+        "{}\": {err}; keeping {kept}",
+        if value.len() > 64 { "..." } else { "" }
+    );
     l.emit();
 }
 
@@ -182,7 +195,10 @@ mod tests {
         assert_eq!(parse_bytes(b"1.5"), Err(ParseError::NotANumber));
         assert_eq!(parse_bytes(b""), Err(ParseError::NotANumber));
         assert_eq!(parse_bytes(b"12x"), Err(ParseError::NotANumber));
-        assert_eq!(parse_bytes(b"99999999999999999999999"), Err(ParseError::TooLarge));
+        assert_eq!(
+            parse_bytes(b"99999999999999999999999"),
+            Err(ParseError::TooLarge)
+        );
         assert_eq!(parse_bytes(b"17179869184G"), Err(ParseError::TooLarge));
     }
 

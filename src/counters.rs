@@ -118,7 +118,9 @@ impl Slot {
     /// Net bytes this slot has seen allocated and not freed here (negative after cross-thread
     /// frees).
     pub fn net(&self) -> i64 {
-        self.alloc_bytes.load(Relaxed).wrapping_sub(self.free_bytes.load(Relaxed)) as i64
+        self.alloc_bytes
+            .load(Relaxed)
+            .wrapping_sub(self.free_bytes.load(Relaxed)) as i64
     }
 
     /// Highest own net count since the last resync (see the module docs).
@@ -137,8 +139,10 @@ impl Slot {
     pub fn add_alloc(&self, size: usize) {
         let size = size as u64;
         self.lower_headroom(size);
-        self.alloc_objects.store(self.alloc_objects.load(Relaxed) + 1, Relaxed);
-        self.alloc_bytes.store(self.alloc_bytes.load(Relaxed).wrapping_add(size), Release);
+        self.alloc_objects
+            .store(self.alloc_objects.load(Relaxed) + 1, Relaxed);
+        self.alloc_bytes
+            .store(self.alloc_bytes.load(Relaxed).wrapping_add(size), Release);
     }
 
     /// `headroom -= size`, and 0 if that borrows: the net count just passed the high-water mark,
@@ -175,9 +179,12 @@ impl Slot {
     #[inline(always)]
     pub fn add_free(&self, size: usize) {
         let size = size as u64;
-        self.free_objects.store(self.free_objects.load(Relaxed) + 1, Relaxed);
-        self.free_bytes.store(self.free_bytes.load(Relaxed).wrapping_add(size), Relaxed);
-        self.headroom.store(self.headroom.load(Relaxed).wrapping_add(size), Release);
+        self.free_objects
+            .store(self.free_objects.load(Relaxed) + 1, Relaxed);
+        self.free_bytes
+            .store(self.free_bytes.load(Relaxed).wrapping_add(size), Relaxed);
+        self.headroom
+            .store(self.headroom.load(Relaxed).wrapping_add(size), Release);
     }
 }
 
@@ -235,7 +242,11 @@ pub(crate) fn acquire_slot() -> &'static Slot {
     debug_assert!(crate::guard::in_profiler());
     let mut found: Option<&'static Slot> = None;
     for_each_slot(|s| {
-        if found.is_none() && s.owned.compare_exchange(false, true, Acquire, Relaxed).is_ok() {
+        if found.is_none()
+            && s.owned
+                .compare_exchange(false, true, Acquire, Relaxed)
+                .is_ok()
+        {
             found = Some(s);
         }
     });
@@ -293,7 +304,7 @@ pub(crate) fn totals() -> Totals {
         t.free_bytes = t.free_bytes.wrapping_add(s.free_bytes.load(Relaxed));
     };
     add_frees(&ORPHAN);
-    for_each_slot(|s| add_frees(s));
+    for_each_slot(add_frees);
     core::sync::atomic::fence(Acquire);
     let mut peak = PEAK.load(Relaxed);
     let mut add_allocs = |s: &Slot| {
@@ -321,7 +332,8 @@ pub(crate) fn resync(own: &Slot) {
     let net = own.net();
     // Keep the maximum for an enclosing `measure()` before `high_water` forgets it.
     fold_scope_hw(own);
-    own.others.store((t.inuse_bytes() as i64).wrapping_sub(net), Relaxed);
+    own.others
+        .store((t.inuse_bytes() as i64).wrapping_sub(net), Relaxed);
     own.headroom.store(0, Relaxed);
 }
 
@@ -386,7 +398,8 @@ fn tag_counts(own: &Slot) -> &'static TagCounts {
         }))
     });
     // Release: a reader that sees the pointer sees the zeroed block.
-    own.tags.store(block as *const TagCounts as *mut TagCounts, Release);
+    own.tags
+        .store(block as *const TagCounts as *mut TagCounts, Release);
     block
 }
 
@@ -398,7 +411,11 @@ pub(crate) fn switch_tag(own: &Slot, tag: u32) {
         return;
     }
     debug_assert!((tag as usize) < MAX_TAGS);
-    let counts = if old != 0 || tag != 0 { Some(tag_counts(own)) } else { None };
+    let counts = if old != 0 || tag != 0 {
+        Some(tag_counts(own))
+    } else {
+        None
+    };
     let ao = own.alloc_objects.load(Relaxed);
     let ab = own.alloc_bytes.load(Relaxed);
     // Seqlock write side (sole writer, so plain stores): odd, fence, data, even with Release.
@@ -444,8 +461,14 @@ pub(crate) fn add_tag_totals(out: &mut [(u64, u64)]) {
             }
             let open = s.open_tag.load(Relaxed) as usize;
             // Read after the Acquire above, so at least the counts the start was taken from.
-            let dobj = s.alloc_objects.load(Relaxed).saturating_sub(s.open_objects.load(Relaxed));
-            let dbytes = s.alloc_bytes.load(Relaxed).saturating_sub(s.open_bytes.load(Relaxed));
+            let dobj = s
+                .alloc_objects
+                .load(Relaxed)
+                .saturating_sub(s.open_objects.load(Relaxed));
+            let dbytes = s
+                .alloc_bytes
+                .load(Relaxed)
+                .saturating_sub(s.open_bytes.load(Relaxed));
             if open != 0 && open < n {
                 local[open].0 = local[open].0.wrapping_add(dobj);
                 local[open].1 = local[open].1.wrapping_add(dbytes);

@@ -43,7 +43,10 @@ pub fn dump_to_file(path: impl AsRef<Path>) -> io::Result<()> {
 }
 
 /// Writes through a temporary name and renames, so a reader never sees half a profile.
-fn write_file(path: &Path, f: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>) -> io::Result<()> {
+fn write_file(
+    path: &Path,
+    f: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>,
+) -> io::Result<()> {
     let tmp = path.with_extension(format!(
         "{}.tmp",
         path.extension().and_then(|e| e.to_str()).unwrap_or("")
@@ -51,16 +54,25 @@ fn write_file(path: &Path, f: impl FnOnce(&mut BufWriter<File>) -> io::Result<()
     let mut w = BufWriter::new(File::create(&tmp)?);
     f(&mut w)?;
     w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    std::fs::rename(&tmp, path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+    std::fs::rename(&tmp, path)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
 }
 
 /// Registered with `atexit` by the first allocation when `HEAPSIGHT_DUMP_ON_EXIT` is set.
 pub(crate) extern "C" fn dump_at_exit() {
     let _ = std::panic::catch_unwind(|| {
-        let Some(path) = std::env::var_os("HEAPSIGHT_DUMP_ON_EXIT") else { return };
+        let Some(path) = std::env::var_os("HEAPSIGHT_DUMP_ON_EXIT") else {
+            return;
+        };
         match dump_to_file(&path) {
-            Ok(()) => eprintln!("heapsight: wrote heap profile to {}", Path::new(&path).display()),
-            Err(e) => eprintln!("heapsight: HEAPSIGHT_DUMP_ON_EXIT={}: {e}", Path::new(&path).display()),
+            Ok(()) => eprintln!(
+                "heapsight: wrote heap profile to {}",
+                Path::new(&path).display()
+            ),
+            Err(e) => eprintln!(
+                "heapsight: HEAPSIGHT_DUMP_ON_EXIT={}: {e}",
+                Path::new(&path).display()
+            ),
         }
     });
 }
@@ -92,33 +104,45 @@ mod signal {
             return Err(io::Error::last_os_error());
         }
         let (read_fd, write_fd) = (fds[0], fds[1]);
-        if PIPE_WRITE.compare_exchange(-1, write_fd, Relaxed, Relaxed).is_err() {
+        if PIPE_WRITE
+            .compare_exchange(-1, write_fd, Relaxed, Relaxed)
+            .is_err()
+        {
             // SAFETY: both descriptors were just created and are owned here.
             unsafe {
                 libc::close(read_fd);
                 libc::close(write_fd);
             }
-            return Err(io::Error::new(io::ErrorKind::AlreadyExists, "a dump signal is already installed"));
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "a dump signal is already installed",
+            ));
         }
         // The reader blocks: clear O_NONBLOCK on the read end only.
         // SAFETY: fcntl on a descriptor we own.
         unsafe { libc::fcntl(read_fd, libc::F_SETFL, 0) };
-        std::thread::Builder::new().name("heapsight-dump".into()).spawn(move || loop {
-            let mut b = [0u8; 64];
-            // SAFETY: reads into a live local buffer of the stated length.
-            let n = unsafe { libc::read(read_fd, b.as_mut_ptr().cast(), b.len()) };
-            if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            if n <= 0 {
-                return;
-            }
-            let dir = std::env::var_os("HEAPSIGHT_DUMP_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
-            match dump_to_dir(&dir) {
-                Ok((pb, txt)) => eprintln!("heapsight: wrote {} and {}", pb.display(), txt.display()),
-                Err(e) => eprintln!("heapsight: could not dump into {}: {e}", dir.display()),
-            }
-        })?;
+        std::thread::Builder::new()
+            .name("heapsight-dump".into())
+            .spawn(move || loop {
+                let mut b = [0u8; 64];
+                // SAFETY: reads into a live local buffer of the stated length.
+                let n = unsafe { libc::read(read_fd, b.as_mut_ptr().cast(), b.len()) };
+                if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                if n <= 0 {
+                    return;
+                }
+                let dir = std::env::var_os("HEAPSIGHT_DUMP_DIR")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| PathBuf::from("."));
+                match dump_to_dir(&dir) {
+                    Ok((pb, txt)) => {
+                        eprintln!("heapsight: wrote {} and {}", pb.display(), txt.display())
+                    }
+                    Err(e) => eprintln!("heapsight: could not dump into {}: {e}", dir.display()),
+                }
+            })?;
         // SAFETY: `sa` is fully initialised (zeroed, then the handler and flags set); the handler
         // is async-signal-safe (one write(2)).
         unsafe {

@@ -108,15 +108,11 @@ impl ThreadState {
     /// Sets `slot` and its `free_mask` together.
     fn install_slot(&self, s: *const Slot) {
         self.slot.set(s);
-        self.free_mask.set(if s.is_null() { 0 } else { crate::sites::FREE_MASK });
-    }
-
-    pub fn countdown_value(&self) -> u64 {
-        if self.in_profiler.get() {
-            self.saved_countdown.get()
+        self.free_mask.set(if s.is_null() {
+            0
         } else {
-            self.countdown.get()
-        }
+            crate::sites::FREE_MASK
+        });
     }
 }
 

@@ -55,7 +55,12 @@ pub struct Response {
 
 impl Response {
     fn new(status: u16, content_type: &'static str, body: Vec<u8>) -> Self {
-        Response { status, content_type, headers: Vec::new(), body }
+        Response {
+            status,
+            content_type,
+            headers: Vec::new(),
+            body,
+        }
     }
     fn text(status: u16, msg: String) -> Self {
         let mut body = msg.into_bytes();
@@ -70,7 +75,11 @@ impl Response {
 pub(crate) enum Route {
     Index,
     /// `allocs`: default sample type alloc_space instead of inuse_space.
-    Heap { allocs: bool, debug: bool, seconds: Option<u64> },
+    Heap {
+        allocs: bool,
+        debug: bool,
+        seconds: Option<u64>,
+    },
     Page,
     Metrics,
 }
@@ -89,16 +98,35 @@ pub(crate) fn parse(path_and_query: &str) -> Result<Route, Refusal> {
     };
     let route = match path {
         "/debug/pprof" | "/debug/pprof/" => Route::Index,
-        "/debug/pprof/heap" => Route::Heap { allocs: false, debug: false, seconds: None },
-        "/debug/pprof/allocs" => Route::Heap { allocs: true, debug: false, seconds: None },
+        "/debug/pprof/heap" => Route::Heap {
+            allocs: false,
+            debug: false,
+            seconds: None,
+        },
+        "/debug/pprof/allocs" => Route::Heap {
+            allocs: true,
+            debug: false,
+            seconds: None,
+        },
         "/debug/heapsight" | "/debug/heapsight/" => Route::Page,
         "/metrics" => Route::Metrics,
-        _ => return Err(Refusal::NotFound(format!("404 page not found: {}", printable(path)))),
+        _ => {
+            return Err(Refusal::NotFound(format!(
+                "404 page not found: {}",
+                printable(path)
+            )))
+        }
     };
     let mut route = route;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let bad = |why: &str| Refusal::BadRequest(format!("bad query parameter {}={}: {why}", printable(k), printable(v)));
+        let bad = |why: &str| {
+            Refusal::BadRequest(format!(
+                "bad query parameter {}={}: {why}",
+                printable(k),
+                printable(v)
+            ))
+        };
         match (&mut route, k) {
             (Route::Heap { debug, .. }, "debug") => match v {
                 "0" | "" => *debug = false,
@@ -111,24 +139,32 @@ pub(crate) fn parse(path_and_query: &str) -> Result<Route, Refusal> {
                 Err(_) => return Err(bad("expected a whole number of seconds")),
             },
             // Go accepts gc=1 (run a GC first); Rust frees at once, so there is nothing to do.
-            (Route::Heap { .. }, "gc") => {
-                if v.parse::<i64>().is_err() && !v.is_empty() {
-                    return Err(bad("expected a number"));
-                }
+            (Route::Heap { .. }, "gc") if v.parse::<i64>().is_err() && !v.is_empty() => {
+                return Err(bad("expected a number"));
             }
             // Like Go, unknown parameters are ignored: pprof clients add their own.
             _ => {}
         }
     }
-    if let Route::Heap { debug: true, seconds: Some(_), .. } = route {
-        return Err(Refusal::BadRequest("seconds and debug=1 cannot be combined (Go refuses it too)".into()));
+    if let Route::Heap {
+        debug: true,
+        seconds: Some(_),
+        ..
+    } = route
+    {
+        return Err(Refusal::BadRequest(
+            "seconds and debug=1 cannot be combined (Go refuses it too)".into(),
+        ));
     }
     Ok(route)
 }
 
 /// Path text safe to echo in a one-line reason.
 fn printable(s: &str) -> String {
-    s.chars().take(100).map(|c| if c.is_ascii_graphic() { c } else { '?' }).collect()
+    s.chars()
+        .take(100)
+        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+        .collect()
 }
 
 /// Answers one request for `path_and_query` (e.g. `/debug/pprof/heap?debug=1`). Never panics;
@@ -148,9 +184,21 @@ pub fn respond(path_and_query: &str) -> Response {
 fn render(route: Route) -> Response {
     match route {
         Route::Index => Response::new(200, "text/html; charset=utf-8", index_page().into_bytes()),
-        Route::Metrics => Response::new(200, "text/plain; version=0.0.4; charset=utf-8", metrics_text().into_bytes()),
-        Route::Page => Response::new(200, "text/html; charset=utf-8", heapsight_page().into_bytes()),
-        Route::Heap { allocs, debug, seconds } => {
+        Route::Metrics => Response::new(
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics_text().into_bytes(),
+        ),
+        Route::Page => Response::new(
+            200,
+            "text/html; charset=utf-8",
+            heapsight_page().into_bytes(),
+        ),
+        Route::Heap {
+            allocs,
+            debug,
+            seconds,
+        } => {
             let profile = match seconds {
                 None => crate::profile(),
                 Some(s) => {
@@ -172,7 +220,10 @@ fn render(route: Route) -> Response {
                 Ok(()) => {
                     let mut r = Response::new(200, "application/octet-stream", body);
                     let name = if allocs { "allocs" } else { "heap" };
-                    r.headers.push(("Content-Disposition", format!("attachment; filename=\"{name}\"")));
+                    r.headers.push((
+                        "Content-Disposition",
+                        format!("attachment; filename=\"{name}\""),
+                    ));
                     r
                 }
                 Err(e) => Response::text(500, format!("could not write the profile: {e}")),
@@ -189,7 +240,10 @@ fn index_page() -> String {
     );
     let live = crate::stats().inuse_objects;
     for (name, href) in [("allocs", "allocs?debug=1"), ("heap", "heap?debug=1")] {
-        let _ = writeln!(s, "<tr><td>{live}</td><td><a href='{href}'>{name}</a></td></tr>");
+        let _ = writeln!(
+            s,
+            "<tr><td>{live}</td><td><a href='{href}'>{name}</a></td></tr>"
+        );
     }
     s.push_str(
         "</table>\n<a href=\"/debug/heapsight\">heapsight page</a> &middot; <a href=\"/metrics\">metrics</a>\n\
@@ -207,38 +261,126 @@ pub(crate) fn metrics_text() -> String {
     let s = crate::stats();
     let mut out = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, v: u64| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+        );
     };
-    metric("heapsight_alloc_objects_total", "counter", "Allocations made (exact).", s.alloc_objects);
-    metric("heapsight_alloc_bytes_total", "counter", "Bytes allocated (exact).", s.alloc_bytes);
-    metric("heapsight_free_objects_total", "counter", "Blocks freed (exact).", s.free_objects);
-    metric("heapsight_free_bytes_total", "counter", "Bytes freed (exact).", s.free_bytes);
-    metric("heapsight_inuse_objects", "gauge", "Blocks live now (exact).", s.inuse_objects);
-    metric("heapsight_inuse_bytes", "gauge", "Bytes live now (exact).", s.inuse_bytes);
-    metric("heapsight_peak_inuse_bytes", "gauge", "Highest live bytes reached.", s.peak_inuse_bytes);
-    metric("heapsight_sample_rate_bytes", "gauge", "Mean bytes between samples (0 = off).", s.sample_rate);
-    metric("heapsight_samples_total", "counter", "Allocations sampled.", s.samples);
-    metric("heapsight_profiler_bytes", "gauge", "Memory held by the profiler itself.", s.profiler_bytes);
+    metric(
+        "heapsight_alloc_objects_total",
+        "counter",
+        "Allocations made (exact).",
+        s.alloc_objects,
+    );
+    metric(
+        "heapsight_alloc_bytes_total",
+        "counter",
+        "Bytes allocated (exact).",
+        s.alloc_bytes,
+    );
+    metric(
+        "heapsight_free_objects_total",
+        "counter",
+        "Blocks freed (exact).",
+        s.free_objects,
+    );
+    metric(
+        "heapsight_free_bytes_total",
+        "counter",
+        "Bytes freed (exact).",
+        s.free_bytes,
+    );
+    metric(
+        "heapsight_inuse_objects",
+        "gauge",
+        "Blocks live now (exact).",
+        s.inuse_objects,
+    );
+    metric(
+        "heapsight_inuse_bytes",
+        "gauge",
+        "Bytes live now (exact).",
+        s.inuse_bytes,
+    );
+    metric(
+        "heapsight_peak_inuse_bytes",
+        "gauge",
+        "Highest live bytes reached.",
+        s.peak_inuse_bytes,
+    );
+    metric(
+        "heapsight_sample_rate_bytes",
+        "gauge",
+        "Mean bytes between samples (0 = off).",
+        s.sample_rate,
+    );
+    metric(
+        "heapsight_samples_total",
+        "counter",
+        "Allocations sampled.",
+        s.samples,
+    );
+    metric(
+        "heapsight_profiler_bytes",
+        "gauge",
+        "Memory held by the profiler itself.",
+        s.profiler_bytes,
+    );
     let tags = crate::tag_stats();
     if !tags.is_empty() {
-        let series: [(&str, &str, &str, fn(&crate::TagStats) -> u64); 4] = [
-            ("heapsight_tag_alloc_objects_total", "counter", "Allocations made under the tag (exact).", |t| t.alloc_objects),
-            ("heapsight_tag_alloc_bytes_total", "counter", "Bytes allocated under the tag (exact).", |t| t.alloc_bytes),
-            ("heapsight_tag_inuse_objects", "gauge", "Live blocks allocated under the tag (sampled estimate).", |t| t.inuse_objects),
-            ("heapsight_tag_inuse_bytes", "gauge", "Live bytes allocated under the tag (sampled estimate).", |t| t.inuse_bytes),
+        let series: [TagSeries; 4] = [
+            (
+                "heapsight_tag_alloc_objects_total",
+                "counter",
+                "Allocations made under the tag (exact).",
+                |t| t.alloc_objects,
+            ),
+            (
+                "heapsight_tag_alloc_bytes_total",
+                "counter",
+                "Bytes allocated under the tag (exact).",
+                |t| t.alloc_bytes,
+            ),
+            (
+                "heapsight_tag_inuse_objects",
+                "gauge",
+                "Live blocks allocated under the tag (sampled estimate).",
+                |t| t.inuse_objects,
+            ),
+            (
+                "heapsight_tag_inuse_bytes",
+                "gauge",
+                "Live bytes allocated under the tag (sampled estimate).",
+                |t| t.inuse_bytes,
+            ),
         ];
         for (name, kind, help, get) in series {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for t in &tags {
-                let _ = writeln!(out, "{name}{{tag=\"{}\"}} {}", escape_label(&t.name), get(t));
+                let _ = writeln!(
+                    out,
+                    "{name}{{tag=\"{}\"}} {}",
+                    escape_label(&t.name),
+                    get(t)
+                );
             }
         }
     }
     out
 }
 
+/// A per-tag Prometheus series: name, type, help text, and the value it reads.
+type TagSeries = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&crate::TagStats) -> u64,
+);
+
 fn escape_label(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 fn escape_html(s: &str) -> String {
@@ -300,14 +442,34 @@ fn heapsight_page() -> String {
         ("freed", s.free_objects, s.free_bytes),
         ("in use", s.inuse_objects, s.inuse_bytes),
     ] {
-        let _ = writeln!(h, "<tr><td class=l>{name}</td><td>{o}</td><td>{} ({b})</td></tr>", human(b));
+        let _ = writeln!(
+            h,
+            "<tr><td class=l>{name}</td><td>{o}</td><td>{} ({b})</td></tr>",
+            human(b)
+        );
     }
-    let _ = writeln!(h, "<tr><td class=l>peak in use</td><td></td><td>{}</td></tr></table>", human(s.peak_inuse_bytes));
+    let _ = writeln!(
+        h,
+        "<tr><td class=l>peak in use</td><td></td><td>{}</td></tr></table>",
+        human(s.peak_inuse_bytes)
+    );
     for (title, id, ty) in [
-        ("Top sites by live bytes (estimated)", "top-inuse", SampleType::InuseSpace),
-        ("Top sites by allocated bytes (estimated)", "top-alloc", SampleType::AllocSpace),
+        (
+            "Top sites by live bytes (estimated)",
+            "top-inuse",
+            SampleType::InuseSpace,
+        ),
+        (
+            "Top sites by allocated bytes (estimated)",
+            "top-alloc",
+            SampleType::AllocSpace,
+        ),
     ] {
-        let _ = writeln!(h, "<h2>{title}</h2>\n<pre id={id}>{}</pre>", escape_html(&p.top(10, ty).to_string()));
+        let _ = writeln!(
+            h,
+            "<h2>{title}</h2>\n<pre id={id}>{}</pre>",
+            escape_html(&p.top(10, ty).to_string())
+        );
     }
     let tags = crate::tag_stats();
     if !tags.is_empty() {
@@ -343,7 +505,9 @@ fn flamegraph_svg(p: &HeapProfile) -> String {
             let s = &s[s.find("<svg").unwrap_or(0)..];
             let s = s.replacen(r#" onload="init(evt)""#, "", 1);
             match (s.find("<script"), s.find("</script>")) {
-                (Some(a), Some(b)) if a < b => format!("{}{}", &s[..a], &s[b + "</script>".len()..]),
+                (Some(a), Some(b)) if a < b => {
+                    format!("{}{}", &s[..a], &s[b + "</script>".len()..])
+                }
                 _ => s,
             }
         }
@@ -398,22 +562,33 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:6060";
 pub fn serve(addr: impl ToSocketAddrs) -> io::Result<Handle> {
     let listener = TcpListener::bind(addr)?;
     let addr = listener.local_addr()?;
-    let shared = Arc::new(Shared { stop: AtomicBool::new(false), ready: AtomicUsize::new(0) });
+    let shared = Arc::new(Shared {
+        stop: AtomicBool::new(false),
+        ready: AtomicUsize::new(0),
+    });
     let mut workers = Vec::with_capacity(WORKERS);
     for i in 0..WORKERS {
         let l = listener.try_clone()?;
         let shared = shared.clone();
-        workers.push(thread::Builder::new().name(format!("heapsight-http-{i}")).spawn(move || {
-            profiler_scope(|| {
-                shared.ready.fetch_add(1, Release);
-                worker(l, &shared.stop)
-            })
-        })?);
+        workers.push(
+            thread::Builder::new()
+                .name(format!("heapsight-http-{i}"))
+                .spawn(move || {
+                    profiler_scope(|| {
+                        shared.ready.fetch_add(1, Release);
+                        worker(l, &shared.stop)
+                    })
+                })?,
+        );
     }
     while shared.ready.load(Acquire) < WORKERS {
         thread::sleep(Duration::from_millis(1));
     }
-    Ok(Handle { addr, shared, workers })
+    Ok(Handle {
+        addr,
+        shared,
+        workers,
+    })
 }
 
 /// Serves on `HEAPSIGHT_HTTP_ADDR` if it is set (`Ok(None)` if not): drop-in use without code
@@ -455,20 +630,36 @@ fn handle_connection(mut stream: TcpStream) -> io::Result<()> {
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&buf) {
             Ok(httparse::Status::Complete(_)) => {
-                break (req.method.unwrap_or("").to_string(), req.path.unwrap_or("").to_string());
+                break (
+                    req.method.unwrap_or("").to_string(),
+                    req.path.unwrap_or("").to_string(),
+                );
             }
             Ok(httparse::Status::Partial) if buf.len() < MAX_REQUEST_BYTES => continue,
             Ok(httparse::Status::Partial) => {
-                return write_response(&mut stream, &Response::text(431, "request header too large".into()), true)
+                return write_response(
+                    &mut stream,
+                    &Response::text(431, "request header too large".into()),
+                    true,
+                )
             }
-            Err(e) => return write_response(&mut stream, &Response::text(400, format!("malformed request: {e}")), true),
+            Err(e) => {
+                return write_response(
+                    &mut stream,
+                    &Response::text(400, format!("malformed request: {e}")),
+                    true,
+                )
+            }
         }
     };
     let head_only = method == "HEAD";
     let response = if method == "GET" || head_only {
         respond(&target)
     } else {
-        Response::text(405, format!("method {} not allowed: use GET", printable(&method)))
+        Response::text(
+            405,
+            format!("method {} not allowed: use GET", printable(&method)),
+        )
     };
     write_response(&mut stream, &response, !head_only)
 }
@@ -506,25 +697,81 @@ mod tests {
 
     #[test]
     fn routes() {
-        assert_eq!(parse("/debug/pprof/heap"), Ok(Route::Heap { allocs: false, debug: false, seconds: None }));
-        assert_eq!(parse("/debug/pprof/heap?debug=1"), Ok(Route::Heap { allocs: false, debug: true, seconds: None }));
-        assert_eq!(parse("/debug/pprof/allocs?gc=1"), Ok(Route::Heap { allocs: true, debug: false, seconds: None }));
-        assert_eq!(parse("/debug/pprof/heap?seconds=5"), Ok(Route::Heap { allocs: false, debug: false, seconds: Some(5) }));
+        assert_eq!(
+            parse("/debug/pprof/heap"),
+            Ok(Route::Heap {
+                allocs: false,
+                debug: false,
+                seconds: None
+            })
+        );
+        assert_eq!(
+            parse("/debug/pprof/heap?debug=1"),
+            Ok(Route::Heap {
+                allocs: false,
+                debug: true,
+                seconds: None
+            })
+        );
+        assert_eq!(
+            parse("/debug/pprof/allocs?gc=1"),
+            Ok(Route::Heap {
+                allocs: true,
+                debug: false,
+                seconds: None
+            })
+        );
+        assert_eq!(
+            parse("/debug/pprof/heap?seconds=5"),
+            Ok(Route::Heap {
+                allocs: false,
+                debug: false,
+                seconds: Some(5)
+            })
+        );
         assert_eq!(parse("/debug/pprof/"), Ok(Route::Index));
         assert_eq!(parse("/metrics"), Ok(Route::Metrics));
         assert_eq!(parse("/debug/heapsight"), Ok(Route::Page));
-        assert!(matches!(parse("/debug/pprof/goroutine"), Err(Refusal::NotFound(_))));
-        assert!(matches!(parse("/debug/pprof/heap?seconds=0"), Err(Refusal::BadRequest(_))));
-        assert!(matches!(parse("/debug/pprof/heap?seconds=301"), Err(Refusal::BadRequest(_))));
-        assert!(matches!(parse("/debug/pprof/heap?seconds=x"), Err(Refusal::BadRequest(_))));
-        assert!(matches!(parse("/debug/pprof/heap?debug=9"), Err(Refusal::BadRequest(_))));
-        assert!(matches!(parse("/debug/pprof/heap?debug=1&seconds=2"), Err(Refusal::BadRequest(_))));
-        assert_eq!(parse("/debug/pprof/heap?unknown=1&x"), Ok(Route::Heap { allocs: false, debug: false, seconds: None }));
+        assert!(matches!(
+            parse("/debug/pprof/goroutine"),
+            Err(Refusal::NotFound(_))
+        ));
+        assert!(matches!(
+            parse("/debug/pprof/heap?seconds=0"),
+            Err(Refusal::BadRequest(_))
+        ));
+        assert!(matches!(
+            parse("/debug/pprof/heap?seconds=301"),
+            Err(Refusal::BadRequest(_))
+        ));
+        assert!(matches!(
+            parse("/debug/pprof/heap?seconds=x"),
+            Err(Refusal::BadRequest(_))
+        ));
+        assert!(matches!(
+            parse("/debug/pprof/heap?debug=9"),
+            Err(Refusal::BadRequest(_))
+        ));
+        assert!(matches!(
+            parse("/debug/pprof/heap?debug=1&seconds=2"),
+            Err(Refusal::BadRequest(_))
+        ));
+        assert_eq!(
+            parse("/debug/pprof/heap?unknown=1&x"),
+            Ok(Route::Heap {
+                allocs: false,
+                debug: false,
+                seconds: None
+            })
+        );
     }
 
     #[test]
     fn reasons_are_one_printable_line() {
-        for q in ["/debug/pprof/heap?seconds=\u{1F600}\n", "/nope\r\nInjected: 1"] {
+        for q in [
+            "/debug/pprof/heap?seconds=\u{1F600}\n",
+            "/nope\r\nInjected: 1",
+        ] {
             let r = respond(q);
             assert!(r.status == 400 || r.status == 404);
             let body = String::from_utf8(r.body).unwrap();

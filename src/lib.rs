@@ -197,11 +197,11 @@ pub use crate::dump::{dump_to_dir, dump_to_file};
 
 pub use crate::alloc::HeapSight;
 pub use crate::config::ParseError;
+pub use crate::measure::{measure, Usage};
 pub use crate::profile::{Distribution, SampleType, Top, UnknownSampleType};
 pub use crate::snapshot::{HeapProfile, Site};
 pub use crate::stack::Unwinder;
 pub use crate::symbols::{Frame, Symbol};
-pub use crate::measure::{measure, Usage};
 pub use crate::tags::{
     tag, tag_stats, try_tag, with_tag, Tag, TagError, TagFutureExt, TagGuard, TagStats, Tagged,
     MAX_TAG_LEN, MAX_TAG_NAMES, OVERFLOW_TAG,
@@ -277,7 +277,7 @@ pub fn stats() -> Stats {
         peak_inuse_bytes: t.peak,
         sample_rate: sample_rate(),
         samples: sites::SAMPLES.load(std::sync::atomic::Ordering::Relaxed),
-        profiler_bytes: counters::profiler_bytes() as u64,
+        profiler_bytes: counters::profiler_bytes(),
         thread_slots: counters::slot_count() as u64,
         dwarf_captures: stack::DWARF_CAPTURES.load(std::sync::atomic::Ordering::Relaxed),
     }
@@ -308,7 +308,10 @@ pub fn set_sampling_seed(seed: u64) {
 /// Sets how many frames a sampled stack keeps (leaf-most; default 128, at most 256). Also
 /// `HEAPSIGHT_MAX_DEPTH`.
 pub fn set_max_depth(frames: usize) {
-    alloc::MAX_DEPTH.store(frames.clamp(1, stack::MAX_DEPTH_LIMIT), std::sync::atomic::Ordering::Relaxed);
+    alloc::MAX_DEPTH.store(
+        frames.clamp(1, stack::MAX_DEPTH_LIMIT),
+        std::sync::atomic::Ordering::Relaxed,
+    );
 }
 
 /// Sets the cap on distinct sampled stacks (default 16,384); samples with a new stack beyond it go

@@ -22,9 +22,12 @@ pub fn publish_metrics() {
     metrics::gauge!("heapsight_profiler_bytes").set(s.profiler_bytes as f64);
     for t in crate::tag_stats() {
         let tag = t.name.clone();
-        metrics::counter!("heapsight_tag_alloc_objects_total", "tag" => tag.clone()).absolute(t.alloc_objects);
-        metrics::counter!("heapsight_tag_alloc_bytes_total", "tag" => tag.clone()).absolute(t.alloc_bytes);
-        metrics::gauge!("heapsight_tag_inuse_objects", "tag" => tag.clone()).set(t.inuse_objects as f64);
+        metrics::counter!("heapsight_tag_alloc_objects_total", "tag" => tag.clone())
+            .absolute(t.alloc_objects);
+        metrics::counter!("heapsight_tag_alloc_bytes_total", "tag" => tag.clone())
+            .absolute(t.alloc_bytes);
+        metrics::gauge!("heapsight_tag_inuse_objects", "tag" => tag.clone())
+            .set(t.inuse_objects as f64);
         metrics::gauge!("heapsight_tag_inuse_bytes", "tag" => tag).set(t.inuse_bytes as f64);
     }
 }
@@ -33,8 +36,10 @@ pub fn publish_metrics() {
 /// life of the process.
 pub fn spawn_metrics_updater(interval: Duration) -> io::Result<JoinHandle<()>> {
     let interval = interval.max(Duration::from_millis(10));
-    thread::Builder::new().name("heapsight-metrics".into()).spawn(move || loop {
-        publish_metrics();
-        thread::sleep(interval);
-    })
+    thread::Builder::new()
+        .name("heapsight-metrics".into())
+        .spawn(move || loop {
+            publish_metrics();
+            thread::sleep(interval);
+        })
 }

@@ -127,7 +127,10 @@ mod tests {
         assert!((mean - rate as f64).abs() < 5.0 * sd, "mean {mean}");
         let p = (-1f64).exp();
         let frac = above as f64 / n as f64;
-        assert!((frac - p).abs() < 5.0 * (p * (1.0 - p) / n as f64).sqrt(), "frac {frac}");
+        assert!(
+            (frac - p).abs() < 5.0 * (p * (1.0 - p) / n as f64).sqrt(),
+            "frac {frac}"
+        );
     }
 
     #[test]
@@ -142,7 +145,12 @@ mod tests {
     #[test]
     fn weight_matches_go_scale_heap_sample() {
         // Go: scale = 1 / (1 - exp(-avg/rate)).
-        for (size, rate) in [(16u64, 524288u64), (4096, 524288), (1 << 20, 524288), (10, 100)] {
+        for (size, rate) in [
+            (16u64, 524288u64),
+            (4096, 524288),
+            (1 << 20, 524288),
+            (10, 100),
+        ] {
             let go = 1.0 / (1.0 - (-(size as f64) / rate as f64).exp());
             assert!((weight(size, rate) - go).abs() / go < 1e-9, "{size} {rate}");
         }
@@ -169,7 +177,10 @@ mod tests {
             let p = probability(size, rate);
             let frac = hits as f64 / n as f64;
             let sd = (p * (1.0 - p) / n as f64).sqrt();
-            assert!((frac - p).abs() < 5.0 * sd + 1e-9, "size {size}: {frac} vs {p}");
+            assert!(
+                (frac - p).abs() < 5.0 * sd + 1e-9,
+                "size {size}: {frac} vs {p}"
+            );
         }
     }
 }

@@ -208,7 +208,6 @@ pub(crate) struct Peak {
     /// Sampled in-use byte estimate at the capture.
     pub inuse_bytes: f64,
     pub stacks: usize,
-    pub samples: u64,
     pub overflow_samples: u64,
     pub live_samples: usize,
     /// Monotonic nanoseconds of the capture.
@@ -349,7 +348,6 @@ impl Table {
         self.peak.mixed = self.mixed;
         self.peak.inuse_bytes = inuse;
         self.peak.stacks = self.stacks.len();
-        self.peak.samples = self.samples;
         self.peak.overflow_samples = self.overflow_samples;
         self.peak.live_samples = self.live.len();
         self.peak.at_ns = crate::alloc::now_ns();
@@ -484,7 +482,6 @@ pub(crate) struct RawTable {
     pub buckets: Vec<Bucket>,
     pub mixed: MixedSums,
     pub live_samples: usize,
-    pub samples: u64,
     pub overflow_samples: u64,
     /// Lifetime rows of the stacks that have any, by stack id (sparse: most stacks of a long
     /// running program have few frees sampled, and copying every row costs page faults).
@@ -506,7 +503,6 @@ fn copy_raw(t: &Table) -> RawTable {
         buckets: t.buckets.clone(),
         mixed: t.mixed,
         live_samples: t.live.len(),
-        samples: t.samples,
         overflow_samples: t.overflow_samples,
         lifetimes: used_rows(t, t.stacks.len()),
     }
@@ -529,7 +525,6 @@ pub(crate) fn peak_snapshot() -> Option<(RawTable, f64, u64)> {
             buckets: p.buckets.clone(),
             mixed: p.mixed,
             live_samples: p.live_samples,
-            samples: p.samples,
             overflow_samples: p.overflow_samples,
             lifetimes: used_rows(t, p.stacks),
         };
@@ -565,10 +560,6 @@ pub(crate) fn buckets() -> Vec<Bucket> {
 /// Runs `f` with the table lock held (see `crate::with_site_lock_held`). Inside the guard.
 pub(crate) fn with_lock_held<R>(f: impl FnOnce() -> R) -> R {
     with_table(|_| f())
-}
-/// Counts that `stats()` reports without copying the table.
-pub(crate) fn table_counts() -> (usize, usize, u64) {
-    with_table(|t| (t.stacks.len() - 1, t.live.len(), t.overflow_samples))
 }
 
 /// `pthread_atfork` handlers: hold the stack-cache and symbol-cache locks, the DWARF unwinder's fork gate and the

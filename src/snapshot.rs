@@ -10,8 +10,8 @@ use std::sync::Arc;
 use crate::guard::profiler_scope;
 use crate::sampler;
 use crate::sites::{self, FxBuild, OVERFLOW_STACK};
-use crate::sync::SpinLock;
 use crate::symbols::{self, Frame, Symbol};
+use crate::sync::SpinLock;
 use crate::Stats;
 
 /// Unbiased estimates for one record: raw sample counts times `1 / p(size, rate)`.
@@ -287,7 +287,11 @@ impl HeapProfile {
     /// Derives `sites` from `records` (merged per stack) and puts both in display order. Must
     /// run inside the profiler guard.
     pub(crate) fn assemble(&mut self) {
-        let names: Vec<Arc<str>> = self.tag_names.iter().map(|n| Arc::from(n.as_str())).collect();
+        let names: Vec<Arc<str>> = self
+            .tag_names
+            .iter()
+            .map(|n| Arc::from(n.as_str()))
+            .collect();
         let sites = merge_sites(&self.records, &self.stacks, None);
         let by_tag = if self.records.iter().any(|r| r.tag != 0) {
             merge_sites(&self.records, &self.stacks, Some(&names))
@@ -307,7 +311,11 @@ impl HeapProfile {
 
 /// Merges records into sites: per stack, or per (stack, tag) when `names` is given (the tag
 /// names, index = id). Heaviest in-use bytes first; ties in stack order.
-fn merge_sites(records: &[Record], stacks: &[Arc<[Frame]>], names: Option<&[Arc<str>]>) -> Vec<Site> {
+fn merge_sites(
+    records: &[Record],
+    stacks: &[Arc<[Frame]>],
+    names: Option<&[Arc<str>]>,
+) -> Vec<Site> {
     let mut merged: HashMap<(usize, u32), (Estimates, u64), FxBuild> = HashMap::default();
     for r in records {
         let tag = if names.is_some() { r.tag } else { 0 };
@@ -335,7 +343,11 @@ fn merge_sites(records: &[Record], stacks: &[Arc<[Frame]>], names: Option<&[Arc<
             },
         })
         .collect();
-    sites.sort_by(|a, b| b.inuse_bytes.cmp(&a.inuse_bytes).then(b.alloc_bytes.cmp(&a.alloc_bytes)));
+    sites.sort_by(|a, b| {
+        b.inuse_bytes
+            .cmp(&a.inuse_bytes)
+            .then(b.alloc_bytes.cmp(&a.alloc_bytes))
+    });
     sites
 }
 

@@ -58,8 +58,10 @@ pub(crate) fn unwinder() -> Unwinder {
 }
 
 /// Whether this build has frame pointers to walk (set by build.rs from the rustflags).
-pub(crate) const COMPILED_WITH_FP: bool =
-    cfg!(all(heapsight_frame_pointers, any(target_arch = "x86_64", target_arch = "aarch64")));
+pub(crate) const COMPILED_WITH_FP: bool = cfg!(all(
+    heapsight_frame_pointers,
+    any(target_arch = "x86_64", target_arch = "aarch64")
+));
 
 /// Captures return addresses, leaf first, into `buf`; returns how many. `bounds` is this thread's
 /// stack `[lo, hi)` or `(0, 0)` if unknown (then only DWARF is used).
@@ -113,7 +115,8 @@ pub(crate) fn fork_gate_open(child: bool) {
 }
 
 /// Counts the DWARF captures, for tests and `Stats`.
-pub(crate) static DWARF_CAPTURES: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+pub(crate) static DWARF_CAPTURES: core::sync::atomic::AtomicU64 =
+    core::sync::atomic::AtomicU64::new(0);
 
 /// Captures with `backtrace::trace`; returns 0 frames while a fork is in progress (see
 /// [`fork_gate_close`]).

@@ -205,9 +205,13 @@ mod tests {
     fn allocator_frames() {
         assert!(is_allocator_frame("__rust_alloc"));
         assert!(is_allocator_frame("alloc::alloc::Global::alloc_impl"));
-        assert!(is_allocator_frame("<heapsight::alloc::HeapSight<A> as core::alloc::global::GlobalAlloc>::alloc"));
+        assert!(is_allocator_frame(
+            "<heapsight::alloc::HeapSight<A> as core::alloc::global::GlobalAlloc>::alloc"
+        ));
         assert!(!is_allocator_frame("alloc::raw_vec::finish_grow"));
-        assert!(!is_allocator_frame("hashbrown::raw::RawTable<T,A>::reserve_rehash"));
+        assert!(!is_allocator_frame(
+            "hashbrown::raw::RawTable<T,A>::reserve_rehash"
+        ));
         assert!(!is_allocator_frame("alloc::fmt::format::format_inner"));
         assert!(!is_allocator_frame("myapp::build"));
         // Wrappers that run the program's code are the program's frames.
@@ -233,7 +237,11 @@ mod tests {
         // buf[0] returns into this function, just after the call on line `line`.
         let syms = crate::guard::profiler_scope(|| resolve_all(&buf[..1]));
         let s = syms[0].first().expect("symbolized");
-        assert!(s.function.contains("resolves_a_return_address_to_its_call_line"), "{s:?}");
+        assert!(
+            s.function
+                .contains("resolves_a_return_address_to_its_call_line"),
+            "{s:?}"
+        );
         assert_eq!(s.line, Some(line), "{s:?}");
     }
 }

@@ -113,7 +113,10 @@ fn new_peak() {
     drop(blocks);
     let after = heapsight::stats();
     check_invariants(&after);
-    assert_eq!(after.peak_inuse_bytes, (before.inuse_bytes + 64 * (1 << 20) + holder).max(before.peak_inuse_bytes));
+    assert_eq!(
+        after.peak_inuse_bytes,
+        (before.inuse_bytes + 64 * (1 << 20) + holder).max(before.peak_inuse_bytes)
+    );
     assert_eq!(after.inuse_bytes, before.inuse_bytes);
 }
 
@@ -121,7 +124,18 @@ fn new_peak() {
 fn stats_does_not_allocate() {
     let a = heapsight::stats();
     let b = heapsight::stats();
-    assert_eq!(delta(&a, &b), Delta { alloc_objects: 0, alloc_bytes: 0, free_objects: 0, free_bytes: 0, inuse_objects: 0, inuse_bytes: 0, peak_inuse_bytes: 0 });
+    assert_eq!(
+        delta(&a, &b),
+        Delta {
+            alloc_objects: 0,
+            alloc_bytes: 0,
+            free_objects: 0,
+            free_bytes: 0,
+            inuse_objects: 0,
+            inuse_bytes: 0,
+            peak_inuse_bytes: 0
+        }
+    );
 }
 
 fn at_rate(rate: u64, f: fn()) {
@@ -134,10 +148,14 @@ fn main() {
     assert_eq!(heapsight::sample_rate(), heapsight::DEFAULT_SAMPLE_RATE);
     support::run(&[
         ("stats_does_not_allocate", stats_does_not_allocate),
-        ("raw_workload_rate_default", || at_rate(512 * 1024, raw_workload)),
+        ("raw_workload_rate_default", || {
+            at_rate(512 * 1024, raw_workload)
+        }),
         ("raw_workload_rate_0", || at_rate(0, raw_workload)),
         ("raw_workload_rate_1", || at_rate(1, raw_workload)),
-        ("vec_growth_rate_default", || at_rate(512 * 1024, vec_growth)),
+        ("vec_growth_rate_default", || {
+            at_rate(512 * 1024, vec_growth)
+        }),
         ("vec_growth_rate_0", || at_rate(0, vec_growth)),
         ("vec_growth_rate_1", || at_rate(1, vec_growth)),
         ("new_peak_rate_0", || at_rate(0, new_peak)),

@@ -55,7 +55,12 @@ unsafe impl GlobalAlloc for Recorder {
 static GLOBAL: HeapSight<Recorder> = HeapSight::new(Recorder);
 
 fn counts() -> [usize; 4] {
-    [ALLOC.load(Relaxed), ZEROED.load(Relaxed), REALLOC.load(Relaxed), DEALLOC.load(Relaxed)]
+    [
+        ALLOC.load(Relaxed),
+        ZEROED.load(Relaxed),
+        REALLOC.load(Relaxed),
+        DEALLOC.load(Relaxed),
+    ]
 }
 
 mod support;
@@ -82,7 +87,11 @@ fn each_call_reaches_the_inner_allocator_as_itself() {
     let after = counts();
     ARMED.store(false, Relaxed);
     let d: Vec<usize> = after.iter().zip(before).map(|(a, b)| a - b).collect();
-    assert_eq!(d, [1, 1, 1, 2], "alloc, alloc_zeroed, realloc, dealloc each forwarded once as themselves");
+    assert_eq!(
+        d,
+        [1, 1, 1, 2],
+        "alloc, alloc_zeroed, realloc, dealloc each forwarded once as themselves"
+    );
 }
 
 /// At rate 1 the same calls are all sampled; the profiler's own allocations reach the inner
@@ -102,7 +111,11 @@ fn sampled_calls_are_forwarded_as_themselves() {
     ARMED.store(false, Relaxed);
     let s1 = heapsight::stats();
     assert!(ZEROED.load(Relaxed) >= 1 && REALLOC.load(Relaxed) >= 1);
-    assert_eq!(s1.samples - s0.samples, 2, "alloc_zeroed and the realloc's new block sampled");
+    assert_eq!(
+        s1.samples - s0.samples,
+        2,
+        "alloc_zeroed and the realloc's new block sampled"
+    );
     assert_eq!(s1.alloc_objects - s0.alloc_objects, 2);
     assert_eq!(s1.free_objects - s0.free_objects, 2);
     heapsight::set_sample_rate(heapsight::DEFAULT_SAMPLE_RATE);
@@ -117,14 +130,24 @@ fn vec_growth_uses_realloc() {
         v.push(i);
     }
     ARMED.store(false, Relaxed);
-    assert_eq!(REALLOC.load(Relaxed) - before, 5, "Vec growth 4->8->16->32->64->128 is five reallocs");
+    assert_eq!(
+        REALLOC.load(Relaxed) - before,
+        5,
+        "Vec growth 4->8->16->32->64->128 is five reallocs"
+    );
     drop(v);
 }
 
 fn main() {
     support::run(&[
-        ("each_call_reaches_the_inner_allocator_as_itself", each_call_reaches_the_inner_allocator_as_itself),
-        ("sampled_calls_are_forwarded_as_themselves", sampled_calls_are_forwarded_as_themselves),
+        (
+            "each_call_reaches_the_inner_allocator_as_itself",
+            each_call_reaches_the_inner_allocator_as_itself,
+        ),
+        (
+            "sampled_calls_are_forwarded_as_themselves",
+            sampled_calls_are_forwarded_as_themselves,
+        ),
         ("vec_growth_uses_realloc", vec_growth_uses_realloc),
     ]);
 }

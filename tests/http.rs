@@ -19,10 +19,17 @@ mod support;
 fn get(addr: SocketAddr, method: &str, target: &str) -> (u16, String, Vec<u8>) {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-    write!(s, "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).expect("read response");
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("header end");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("header end");
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
     (status, head, raw[split + 4..].to_vec())
@@ -46,16 +53,30 @@ fn go_tool_pprof_reads_profiles_by_url() {
     let h = server();
     for (path, ty) in [("heap", "inuse_space"), ("allocs", "alloc_space")] {
         let url = format!("http://{}/debug/pprof/{path}", h.local_addr());
-        let out = Command::new("go").args(["tool", "pprof", "-top", &url]).output().unwrap();
+        let out = Command::new("go")
+            .args(["tool", "pprof", "-top", &url])
+            .output()
+            .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "go tool pprof {url}: {stderr}");
-        assert!(stdout.contains(&format!("Type: {ty}")), "{path} should default to {ty}:\n{stdout}");
+        assert!(
+            stdout.contains(&format!("Type: {ty}")),
+            "{path} should default to {ty}:\n{stdout}"
+        );
         assert!(stdout.contains("http_test_keeps_blocks"), "{stdout}");
-        let raw = Command::new("go").args(["tool", "pprof", "-raw", &url]).output().unwrap();
+        let raw = Command::new("go")
+            .args(["tool", "pprof", "-raw", &url])
+            .output()
+            .unwrap();
         assert!(raw.status.success());
         let raw = String::from_utf8_lossy(&raw.stdout).replace("[dflt]", "");
-        assert!(raw.contains("alloc_objects/count alloc_space/bytes inuse_objects/count inuse_space/bytes"), "{raw}");
+        assert!(
+            raw.contains(
+                "alloc_objects/count alloc_space/bytes inuse_objects/count inuse_space/bytes"
+            ),
+            "{raw}"
+        );
     }
     drop(keep);
     h.shutdown();
@@ -70,11 +91,20 @@ fn text_index_and_page() {
     let (st, _, body) = get(h.local_addr(), "GET", "/debug/pprof/");
     assert_eq!(st, 200);
     let body = String::from_utf8(body).unwrap();
-    assert!(body.contains("allocs?debug=1") && body.contains("heap?debug=1"), "{body}");
+    assert!(
+        body.contains("allocs?debug=1") && body.contains("heap?debug=1"),
+        "{body}"
+    );
     let (st, _, body) = get(h.local_addr(), "GET", "/debug/heapsight");
     assert_eq!(st, 200);
     let body = String::from_utf8(body).unwrap();
-    for needle in ["Counters (exact)", "id=top-inuse", "id=top-alloc", "<svg", "sample rate"] {
+    for needle in [
+        "Counters (exact)",
+        "id=top-inuse",
+        "id=top-alloc",
+        "<svg",
+        "sample rate",
+    ] {
         assert!(body.contains(needle), "page lacks {needle}");
     }
     // HEAD: headers only.
@@ -94,13 +124,21 @@ fn metrics_parse() {
     let mut values = std::collections::HashMap::new();
     for line in text.lines() {
         if line.starts_with('#') {
-            assert!(line.starts_with("# HELP ") || line.starts_with("# TYPE "), "{line}");
+            assert!(
+                line.starts_with("# HELP ") || line.starts_with("# TYPE "),
+                "{line}"
+            );
             continue;
         }
         let (name, value) = line.rsplit_once(' ').expect("name value");
-        let v: f64 = value.parse().unwrap_or_else(|_| panic!("not a number: {line}"));
+        let v: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("not a number: {line}"));
         let bare = name.split('{').next().unwrap();
-        assert!(bare.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "{line}");
+        assert!(
+            bare.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "{line}"
+        );
         values.insert(name.to_string(), v);
     }
     for m in [
@@ -117,7 +155,10 @@ fn metrics_parse() {
         assert!(values.contains_key(m), "missing {m}");
     }
     // One reading of the counters: in-use is exactly allocated minus freed.
-    assert_eq!(values["heapsight_inuse_bytes"], values["heapsight_alloc_bytes_total"] - values["heapsight_free_bytes_total"]);
+    assert_eq!(
+        values["heapsight_inuse_bytes"],
+        values["heapsight_alloc_bytes_total"] - values["heapsight_free_bytes_total"]
+    );
     assert!(values["heapsight_profiler_bytes"] > 0.0);
     h.shutdown();
 }
@@ -128,7 +169,14 @@ fn bad_requests() {
     let (st, _, body) = get(a, "GET", "/nope");
     assert_eq!(st, 404);
     assert_eq!(String::from_utf8(body).unwrap().lines().count(), 1);
-    for q in ["seconds=abc", "seconds=0", "seconds=100000", "debug=7", "gc=x", "debug=1&seconds=1"] {
+    for q in [
+        "seconds=abc",
+        "seconds=0",
+        "seconds=100000",
+        "debug=7",
+        "gc=x",
+        "debug=1&seconds=1",
+    ] {
         let (st, _, body) = get(a, "GET", &format!("/debug/pprof/heap?{q}"));
         let body = String::from_utf8(body).unwrap();
         assert_eq!(st, 400, "{q}: {body}");
@@ -168,7 +216,10 @@ fn seconds_delta_does_not_block() {
     for _ in 0..5 {
         assert_eq!(get(a, "GET", "/metrics").0, 200);
     }
-    assert!(!delta.is_finished(), "the 3 s delta returned before five quick requests were served");
+    assert!(
+        !delta.is_finished(),
+        "the 3 s delta returned before five quick requests were served"
+    );
     for _ in 0..20 {
         allocated_during_the_window(3000);
         thread::sleep(Duration::from_millis(20));
@@ -182,13 +233,26 @@ fn seconds_delta_does_not_block() {
     let path = std::env::temp_dir().join(format!("heapsight-delta-{}.pb.gz", std::process::id()));
     std::fs::write(&path, &body).unwrap();
     let out = Command::new("go")
-        .args(["tool", "pprof", "-top", "-sample_index=alloc_space", path.to_str().unwrap()])
+        .args([
+            "tool",
+            "pprof",
+            "-top",
+            "-sample_index=alloc_space",
+            path.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     let top = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(top.contains("allocated_during_the_window"), "{top}");
-    assert!(!top.contains("allocated_before_the_window"), "delta shows allocations from before the window:\n{top}");
+    assert!(
+        !top.contains("allocated_before_the_window"),
+        "delta shows allocations from before the window:\n{top}"
+    );
     let _ = std::fs::remove_file(path);
     h.shutdown();
 }
@@ -200,11 +264,18 @@ fn server_allocations_are_not_the_programs() {
     let a = h.local_addr();
     heapsight::set_sample_rate(1);
     let before = heapsight::stats();
-    for path in [&b"/debug/pprof/heap"[..], b"/debug/pprof/heap?debug=1", b"/metrics", b"/debug/heapsight", b"/nope"] {
+    for path in [
+        &b"/debug/pprof/heap"[..],
+        b"/debug/pprof/heap?debug=1",
+        b"/metrics",
+        b"/debug/heapsight",
+        b"/nope",
+    ] {
         let mut s = TcpStream::connect(a).unwrap();
         s.write_all(b"GET ").unwrap();
         s.write_all(path).unwrap();
-        s.write_all(b" HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
+        s.write_all(b" HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .unwrap();
         let mut buf = [0u8; 4096];
         let mut total = 0;
         loop {
@@ -218,7 +289,10 @@ fn server_allocations_are_not_the_programs() {
     }
     let after = heapsight::stats();
     heapsight::set_sample_rate(heapsight::DEFAULT_SAMPLE_RATE);
-    assert_eq!(after.alloc_objects, before.alloc_objects, "server allocations counted as the program's");
+    assert_eq!(
+        after.alloc_objects, before.alloc_objects,
+        "server allocations counted as the program's"
+    );
     assert_eq!(after.free_objects, before.free_objects);
     h.shutdown();
 }
@@ -247,9 +321,20 @@ fn chromium_renders_the_page() {
         "--hide-scrollbars",
     ];
     let profile_dir = format!("--user-data-dir={}", dir.join("profile").display());
-    let dom = Command::new("chromium").args(base).arg(&profile_dir).arg("--dump-dom").arg(&url).output().unwrap();
+    let dom = Command::new("chromium")
+        .args(base)
+        .arg(&profile_dir)
+        .arg("--dump-dom")
+        .arg(&url)
+        .output()
+        .unwrap();
     let dom = String::from_utf8_lossy(&dom.stdout);
-    for needle in ["Counters (exact)", "<svg", "id=\"top-inuse\"", "http_test_keeps_blocks"] {
+    for needle in [
+        "Counters (exact)",
+        "<svg",
+        "id=\"top-inuse\"",
+        "http_test_keeps_blocks",
+    ] {
         assert!(dom.contains(needle), "rendered DOM lacks {needle}");
     }
     let out = Command::new("chromium")
@@ -260,7 +345,11 @@ fn chromium_renders_the_page() {
         .arg(&url)
         .output()
         .unwrap();
-    assert!(shot.exists(), "no screenshot: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        shot.exists(),
+        "no screenshot: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&shot).unwrap()));
     let mut reader = decoder.read_info().unwrap();
     let mut img = vec![0; reader.output_buffer_size()];
@@ -276,20 +365,39 @@ fn chromium_renders_the_page() {
         }
     }
     let frac = not_white as f64 / (info.width * info.height) as f64;
-    println!("    screenshot {}: {} colours, {:.1}% not white", shot.display(), colours.len(), frac * 100.0);
-    assert!(colours.len() > 50, "screenshot has {} colours: blank page?", colours.len());
-    assert!(frac > 0.02, "screenshot is {:.1}% non-white: blank page?", frac * 100.0);
+    println!(
+        "    screenshot {}: {} colours, {:.1}% not white",
+        shot.display(),
+        colours.len(),
+        frac * 100.0
+    );
+    assert!(
+        colours.len() > 50,
+        "screenshot has {} colours: blank page?",
+        colours.len()
+    );
+    assert!(
+        frac > 0.02,
+        "screenshot is {:.1}% non-white: blank page?",
+        frac * 100.0
+    );
     drop(keep);
     h.shutdown();
 }
 
 fn main() {
     support::run(&[
-        ("server_allocations_are_not_the_programs", server_allocations_are_not_the_programs),
+        (
+            "server_allocations_are_not_the_programs",
+            server_allocations_are_not_the_programs,
+        ),
         ("text_index_and_page", text_index_and_page),
         ("metrics_parse", metrics_parse),
         ("bad_requests", bad_requests),
-        ("go_tool_pprof_reads_profiles_by_url", go_tool_pprof_reads_profiles_by_url),
+        (
+            "go_tool_pprof_reads_profiles_by_url",
+            go_tool_pprof_reads_profiles_by_url,
+        ),
         ("seconds_delta_does_not_block", seconds_delta_does_not_block),
         ("chromium_renders_the_page", chromium_renders_the_page),
     ]);

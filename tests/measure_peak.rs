@@ -50,7 +50,13 @@ mod support;
 
 fn main() {
     let mut r = support::Runner::new();
-    r.check_ok("peak_before_a_measure_is_kept", peak_before_a_measure_is_kept);
-    r.check_ok("peak_inside_a_measure_is_global", peak_inside_a_measure_is_global);
+    r.check_ok(
+        "peak_before_a_measure_is_kept",
+        peak_before_a_measure_is_kept,
+    );
+    r.check_ok(
+        "peak_inside_a_measure_is_global",
+        peak_inside_a_measure_is_global,
+    );
     r.finish();
 }

@@ -71,7 +71,6 @@ fn within(what: &str, got: f64, truth: f64, sd: f64) -> Result<(), String> {
     }
 }
 
-
 fn run(cmd: &mut Command) -> Result<String, String> {
     let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();

@@ -44,8 +44,14 @@ fn profiler_allocations_are_not_counted() {
     drop(p);
     let after = heapsight::stats();
     assert!(live >= 1000, "{live}");
-    assert_eq!(after.alloc_objects, before.alloc_objects, "profile() allocations counted as the program's");
-    assert_eq!(after.free_objects, before.free_objects, "profile() frees counted as the program's");
+    assert_eq!(
+        after.alloc_objects, before.alloc_objects,
+        "profile() allocations counted as the program's"
+    );
+    assert_eq!(
+        after.free_objects, before.free_objects,
+        "profile() frees counted as the program's"
+    );
     assert!(after.profiler_bytes > 0);
     drop(keep);
 }
@@ -93,7 +99,13 @@ fn concurrent_profiles_at_rate_1() {
 
 fn main() {
     support::run(&[
-        ("profiler_allocations_are_not_counted", profiler_allocations_are_not_counted),
-        ("concurrent_profiles_at_rate_1", concurrent_profiles_at_rate_1),
+        (
+            "profiler_allocations_are_not_counted",
+            profiler_allocations_are_not_counted,
+        ),
+        (
+            "concurrent_profiles_at_rate_1",
+            concurrent_profiles_at_rate_1,
+        ),
     ]);
 }

@@ -18,9 +18,16 @@ fn check_with_go(path: &std::path::Path, needle: &str) {
     if !support::have_tool("go") {
         return;
     }
-    let out = Command::new("go").args(["tool", "pprof", "-top", path.to_str().unwrap()]).output().unwrap();
+    let out = Command::new("go")
+        .args(["tool", "pprof", "-top", path.to_str().unwrap()])
+        .output()
+        .unwrap();
     let top = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(top.contains(needle), "{top}");
 }
 
@@ -31,7 +38,10 @@ fn sigusr2_writes_both_files() {
     std::env::set_var("HEAPSIGHT_DUMP_DIR", &dir);
     let keep = signal_test_keeps_blocks();
     heapsight::install_dump_signal(libc::SIGUSR2).unwrap();
-    assert!(heapsight::install_dump_signal(libc::SIGUSR2).is_err(), "second install refused");
+    assert!(
+        heapsight::install_dump_signal(libc::SIGUSR2).is_err(),
+        "second install refused"
+    );
     // SAFETY: raise(3) on our own process; the handler only writes to a pipe.
     assert_eq!(unsafe { libc::raise(libc::SIGUSR2) }, 0);
     let pb = dir.join(format!("heapsight-{}-0.pb.gz", std::process::id()));
@@ -39,11 +49,18 @@ fn sigusr2_writes_both_files() {
     // Wait for the background thread (a hang detector, not a timing assertion).
     let start = Instant::now();
     while !(pb.exists() && txt.exists()) {
-        assert!(start.elapsed() < Duration::from_secs(120), "no dump after 120 s");
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no dump after 120 s"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let text = std::fs::read_to_string(&txt).unwrap();
-    assert!(text.starts_with("heap profile: "), "{}", &text[..text.len().min(200)]);
+    assert!(
+        text.starts_with("heap profile: "),
+        "{}",
+        &text[..text.len().min(200)]
+    );
     assert!(text.contains("signal_test_keeps_blocks"));
     check_with_go(&pb, "signal_test_keeps_blocks");
     drop(keep);
@@ -60,7 +77,10 @@ fn dump_on_exit() {
         .unwrap();
     assert!(out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("heapsight: wrote heap profile to"), "{stderr}");
+    assert!(
+        stderr.contains("heapsight: wrote heap profile to"),
+        "{stderr}"
+    );
     assert!(path.exists(), "no profile at exit");
     check_with_go(&path, "signal_test_keeps_blocks");
     let _ = std::fs::remove_file(path);
@@ -73,5 +93,8 @@ fn main() {
         std::mem::forget(keep);
         return;
     }
-    support::run(&[("sigusr2_writes_both_files", sigusr2_writes_both_files), ("dump_on_exit", dump_on_exit)]);
+    support::run(&[
+        ("sigusr2_writes_both_files", sigusr2_writes_both_files),
+        ("dump_on_exit", dump_on_exit),
+    ]);
 }

@@ -110,7 +110,12 @@ fn check_site(
     assert!(samples > 0.0, "no samples for {f}");
     let s = size as f64;
     within("alloc_objects", ao, allocs as f64, var_alloc.sqrt());
-    within("alloc_bytes", ab, (allocs * size) as f64, s * var_alloc.sqrt());
+    within(
+        "alloc_bytes",
+        ab,
+        (allocs * size) as f64,
+        s * var_alloc.sqrt(),
+    );
     if live == 0 {
         assert_eq!((io, ib), (0.0, 0.0), "{f}: every block was freed");
     } else {
@@ -131,7 +136,15 @@ fn main() {
             let p = heapsight::profile();
             let v = var(KEEP, KEEP_SIZE, RATE);
             check_site(&p, "keep_4k", KEEP_SIZE, KEEP, KEEP, v, v);
-            check_site(&p, "churn_512", CHURN_SIZE, CHURN, 0, var(CHURN, CHURN_SIZE, RATE), 0.0);
+            check_site(
+                &p,
+                "churn_512",
+                CHURN_SIZE,
+                CHURN,
+                0,
+                var(CHURN, CHURN_SIZE, RATE),
+                0.0,
+            );
             drop(p);
             // In-use is live: freeing half the kept blocks takes their weight out at once. The
             // estimate for the remaining half is the weighted count of samples among them.
@@ -142,8 +155,18 @@ fn main() {
             }
             let p = heapsight::profile();
             let [_, _, io, ib, _] = support::site_totals(&p, "keep_4k");
-            within("inuse_objects after freeing half", io, (KEEP / 2) as f64, v.sqrt() / 2f64.sqrt());
-            within("inuse_bytes after freeing half", ib, (KEEP / 2 * KEEP_SIZE) as f64, KEEP_SIZE as f64 * (v / 2.0).sqrt());
+            within(
+                "inuse_objects after freeing half",
+                io,
+                (KEEP / 2) as f64,
+                v.sqrt() / 2f64.sqrt(),
+            );
+            within(
+                "inuse_bytes after freeing half",
+                ib,
+                (KEEP / 2 * KEEP_SIZE) as f64,
+                KEEP_SIZE as f64 * (v / 2.0).sqrt(),
+            );
             drop(p);
             release(&mut kept);
             let p = heapsight::profile();

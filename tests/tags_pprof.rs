@@ -8,7 +8,6 @@ mod support;
 #[global_allocator]
 static GLOBAL: heapsight::HeapSight = heapsight::HeapSight::system();
 
-
 /// Runs `go tool pprof ARGS FILE`, returns its standard output; fails the test on an error.
 fn pprof(args: &[&str], file: &std::path::Path) -> String {
     let out = Command::new("go")

@@ -87,7 +87,10 @@ fn short_lived_threads() {
     assert_back_to(&base);
     let slots = heapsight::stats().thread_slots;
     // At most the 8 workers plus main and the earlier test's threads were ever alive at once.
-    assert!(slots <= 16, "{slots} slots for at most ~9 live threads: not recycled");
+    assert!(
+        slots <= 16,
+        "{slots} slots for at most ~9 live threads: not recycled"
+    );
 }
 
 fn main() {

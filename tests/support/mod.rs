@@ -22,7 +22,11 @@ pub struct Runner {
 impl Runner {
     pub fn new() -> Self {
         let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-        Runner { passed: 0, failed: 0, filter }
+        Runner {
+            passed: 0,
+            failed: 0,
+            filter,
+        }
     }
 
     /// Runs `f` unless filtered out; a panic is a failure.
@@ -96,7 +100,10 @@ pub fn have_tool(tool: &str) -> bool {
 pub fn site_totals(p: &heapsight::HeapProfile, needle: &str) -> [f64; 5] {
     let mut t = [0f64; 5];
     for s in p.sites() {
-        if s.frames().iter().any(|f| f.symbols.iter().any(|sym| sym.function.contains(needle))) {
+        if s.frames()
+            .iter()
+            .any(|f| f.symbols.iter().any(|sym| sym.function.contains(needle)))
+        {
             t[0] += s.alloc_objects as f64;
             t[1] += s.alloc_bytes as f64;
             t[2] += s.inuse_objects as f64;
