@@ -53,7 +53,12 @@ static FILTER: [AtomicU8; FILTER_LEN] = [const { AtomicU8::new(0) }; FILTER_LEN]
 #[inline(always)]
 fn filter_index(ptr: usize) -> usize {
     // Blocks are at least 16-byte aligned; bits 4..22 differ between neighbouring blocks.
-    (ptr >> 4) & (FILTER_LEN - 1)
+    let i = (ptr >> 4) & (FILTER_LEN - 1);
+    // Byte 0 belongs to the "no slot" signal of the free fast path (see `free_needs_slow_path`)
+    // and is always set: samples at addresses that map there are counted in byte 1 instead, so
+    // the slow path's second look at such a free finds the real answer (usually "not sampled")
+    // and does not take the site lock.
+    i | (i == 0) as usize
 }
 
 /// May `ptr` be a live sampled block? `false` is certain; `true` must be checked in the table.
@@ -70,8 +75,8 @@ pub(crate) const FREE_MASK: usize = FILTER_LEN - 1;
 /// `free_mask`: [`FREE_MASK`] while a slot is installed, 0 while not (new thread, profiler guard,
 /// exited). With mask 0 every address reads filter byte 0, which [`arm_inactive_byte`] keeps at
 /// 255 (sticky: samples never lower it), so "no slot" costs the fast path no test of its own.
-/// Real blocks whose address maps to byte 0 (1 in 2^18) always take the slow path, like a filter
-/// false positive.
+/// Real blocks whose address maps to byte 0 (1 in 2^18) always take the slow path, which looks
+/// again with [`maybe_sampled`] (samples never use byte 0) and takes no lock unless that says so.
 #[inline(always)]
 pub(crate) fn free_needs_slow_path(ptr: *mut u8, mask: usize) -> bool {
     debug_assert!(mask == 0 || mask == FREE_MASK);

@@ -53,24 +53,13 @@ fn go_tool_pprof_reads_profiles_by_url() {
     let h = server();
     for (path, ty) in [("heap", "inuse_space"), ("allocs", "alloc_space")] {
         let url = format!("http://{}/debug/pprof/{path}", h.local_addr());
-        let out = Command::new("go")
-            .args(["tool", "pprof", "-top", &url])
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "go tool pprof {url}: {stderr}");
+        let stdout = support::go_pprof(&["-top", &url]);
         assert!(
             stdout.contains(&format!("Type: {ty}")),
             "{path} should default to {ty}:\n{stdout}"
         );
         assert!(stdout.contains("http_test_keeps_blocks"), "{stdout}");
-        let raw = Command::new("go")
-            .args(["tool", "pprof", "-raw", &url])
-            .output()
-            .unwrap();
-        assert!(raw.status.success());
-        let raw = String::from_utf8_lossy(&raw.stdout).replace("[dflt]", "");
+        let raw = support::go_pprof(&["-raw", &url]).replace("[dflt]", "");
         assert!(
             raw.contains(
                 "alloc_objects/count alloc_space/bytes inuse_objects/count inuse_space/bytes"
@@ -232,22 +221,7 @@ fn seconds_delta_does_not_block() {
     }
     let path = std::env::temp_dir().join(format!("heapsight-delta-{}.pb.gz", std::process::id()));
     std::fs::write(&path, &body).unwrap();
-    let out = Command::new("go")
-        .args([
-            "tool",
-            "pprof",
-            "-top",
-            "-sample_index=alloc_space",
-            path.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    let top = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let top = support::go_pprof(&["-top", "-sample_index=alloc_space", path.to_str().unwrap()]);
     assert!(top.contains("allocated_during_the_window"), "{top}");
     assert!(
         !top.contains("allocated_before_the_window"),

@@ -217,6 +217,23 @@ fn unsampled_path_takes_no_lock() {
         .map(|i| vec![0u8; i % 4000 + 1].into_boxed_slice())
         .collect();
     drop(v);
+    // Blocks aligned to 4 MiB map to filter byte 0, the one the free fast path keeps set as its
+    // "no slot" signal: their frees go to the slow path, which must still not take the lock
+    // (it did, once: a regression that deadlocked here 1 run in 3).
+    let aligned = std::alloc::Layout::from_size_align(64, 4 << 20).unwrap();
+    for _ in 0..4 {
+        // SAFETY: a valid non-zero layout; the block is freed once with the same layout.
+        unsafe {
+            let p = std::alloc::alloc(aligned);
+            assert!(!p.is_null());
+            assert_eq!(
+                (p as usize >> 4) & ((1 << 18) - 1),
+                0,
+                "maps to filter byte 0"
+            );
+            std::alloc::dealloc(p, aligned);
+        }
+    }
     DONE.store(true, SeqCst);
     holder.join().unwrap();
 }

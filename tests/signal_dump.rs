@@ -18,16 +18,7 @@ fn check_with_go(path: &std::path::Path, needle: &str) {
     if !support::have_tool("go") {
         return;
     }
-    let out = Command::new("go")
-        .args(["tool", "pprof", "-top", path.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let top = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let top = support::go_pprof(&["-top", path.to_str().unwrap()]);
     assert!(top.contains(needle), "{top}");
 }
 

@@ -1,7 +1,6 @@
 //! Tags reach pprof as the string label `tag`: `go tool pprof -tags` lists them and
 //! `-tagfocus=tag=NAME` keeps only that tag's samples.
 use std::hint::black_box;
-use std::process::Command;
 
 mod support;
 
@@ -10,18 +9,9 @@ static GLOBAL: heapsight::HeapSight = heapsight::HeapSight::system();
 
 /// Runs `go tool pprof ARGS FILE`, returns its standard output; fails the test on an error.
 fn pprof(args: &[&str], file: &std::path::Path) -> String {
-    let out = Command::new("go")
-        .args(["tool", "pprof"])
-        .args(args)
-        .arg(file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let mut all: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+    all.push(file.as_os_str());
+    support::go_pprof(&all)
 }
 
 #[test]

@@ -272,3 +272,22 @@ fn path_right(bits: u64, levels: u32, f: &mut dyn FnMut()) {
     on_distinct_stack(bits, levels, f);
     std::hint::black_box(levels);
 }
+
+/// Runs `go tool pprof ARGS...` and returns its standard output; fails the test, with pprof's
+/// standard error, if pprof fails. (Check [`have_tool`]`("go")` first.)
+pub fn go_pprof<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
+    let out = std::process::Command::new("go")
+        .args(["tool", "pprof"])
+        .args(args)
+        .output()
+        .expect("run go tool pprof");
+    assert!(
+        out.status.success(),
+        "go tool pprof {:?}: {}",
+        args.iter()
+            .map(|a| a.as_ref().to_string_lossy().into_owned())
+            .collect::<Vec<_>>(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
