@@ -138,6 +138,14 @@ pub fn watchdog(secs: u64, what: &'static str) {
             let msg = format!("\nWATCHDOG: {what} still running after {secs} s: deadlock?\n");
             // SAFETY: writes initialised bytes of `msg` to stderr.
             unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
+            // Where every thread is stuck, for the log (gdb attaches to this process; skipped
+            // if gdb is not installed or not permitted).
+            let _ = std::process::Command::new("gdb")
+                .args(["-batch", "-nx", "-ex", "thread apply all bt", "-p"])
+                .arg(std::process::id().to_string())
+                .stdout(std::process::Stdio::inherit())
+                .stderr(std::process::Stdio::inherit())
+                .status();
             std::process::abort();
         })
         .expect("spawn watchdog");
