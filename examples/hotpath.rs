@@ -40,46 +40,27 @@ fn pairs<A: GlobalAlloc>(a: &A, n: u64) {
     }
 }
 
-// One named function per case: callgrind collects inside one of them at a time.
-#[inline(never)]
-fn case_system(n: u64) {
-    black_box(1u8); // distinct bodies, so the compiler cannot fold the cases into one
-    pairs(&System, n)
+// One named function per case: callgrind collects inside one of them at a time. Each body
+// differs (its marker byte), so the compiler cannot fold the cases into one.
+macro_rules! cases {
+    ($($name:ident: $marker:literal => $alloc:expr;)*) => {$(
+        #[inline(never)]
+        fn $name(n: u64) {
+            black_box($marker);
+            pairs(&$alloc, n)
+        }
+    )*};
 }
-#[inline(never)]
-fn case_heapsight_system_rate0(n: u64) {
-    black_box(2u8); // distinct bodies, so the compiler cannot fold the cases into one
-    pairs(&GLOBAL, n)
-}
-#[inline(never)]
-fn case_heapsight_system_default(n: u64) {
-    black_box(3u8); // distinct bodies, so the compiler cannot fold the cases into one
-    pairs(&GLOBAL, n)
-}
-#[inline(never)]
-fn case_mimalloc(n: u64) {
-    black_box(4u8); // distinct bodies, so the compiler cannot fold the cases into one
-    pairs(&MiMalloc, n)
-}
-#[inline(never)]
-fn case_heapsight_mimalloc_rate0(n: u64) {
-    black_box(5u8); // distinct bodies, so the compiler cannot fold the cases into one
-    pairs(&HS_MIMALLOC, n)
-}
-#[inline(never)]
-fn case_heapsight_mimalloc_default(n: u64) {
-    black_box(6u8); // distinct bodies, so the compiler cannot fold the cases into one
-    pairs(&HS_MIMALLOC, n)
-}
-#[inline(never)]
-fn case_sampled_fp(n: u64) {
-    black_box(7u8); // distinct bodies, so the compiler cannot fold the cases into one
-    pairs(&GLOBAL, n)
-}
-#[inline(never)]
-fn case_sampled_dwarf(n: u64) {
-    black_box(8u8); // distinct bodies, so the compiler cannot fold the cases into one
-    pairs(&GLOBAL, n)
+
+cases! {
+    case_system: 1u8 => System;
+    case_heapsight_system_rate0: 2u8 => GLOBAL;
+    case_heapsight_system_default: 3u8 => GLOBAL;
+    case_mimalloc: 4u8 => MiMalloc;
+    case_heapsight_mimalloc_rate0: 5u8 => HS_MIMALLOC;
+    case_heapsight_mimalloc_default: 6u8 => HS_MIMALLOC;
+    case_sampled_fp: 7u8 => GLOBAL;
+    case_sampled_dwarf: 8u8 => GLOBAL;
 }
 
 /// Median nanoseconds of one sampled pair, timing each pair on its own.
