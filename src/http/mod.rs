@@ -1,0 +1,347 @@
+//! Feature `http`: Go's `/debug/pprof` endpoints, a live HTML page and Prometheus metrics.
+//!
+//! Transport only: every body comes from the encoders in `profile/`.
+//!
+//! * [`respond`] maps a path and query to a [`Response`]; mount it in any framework (see
+//!   `examples/axum.rs`).
+//! * [`serve`] runs a small server on a background thread, bound to loopback unless told
+//!   otherwise; `HEAPSIGHT_HTTP_ADDR` sets the address for [`serve_from_env`].
+//!
+//! # Why httparse and our own threads, not tiny_http
+//!
+//! The server's allocations must not be counted as the program's. That is only possible if every
+//! thread that touches a request runs inside the profiler guard, and only threads we start can.
+//! tiny_http reads and parses requests on its own task-pool threads, so its buffers would show up
+//! as the program's memory. `httparse` (the parser hyper uses) parses; the accept loop and one
+//! [`WORKERS`] threads of ours, each accepting on the shared socket and serving inside the guard.
+//! The workers are spawned outside the guard and never exit before [`Handle::shutdown`]: a thread
+//! spawned inside the guard would have std's per-thread bookkeeping allocated uncounted on one
+//! thread and freed (counted) on another, and the counters would drift.
+//! Requests are `GET`/`HEAD` with no body, answered with `Connection: close`: the few lines a
+//! profile scrape needs, with read and write timeouts so a slow client never holds a thread
+//! forever.
+//!
+//! Files: `mod.rs` routes a request to a body; `page.rs` renders the HTML pages; `prometheus.rs`
+//! the `/metrics` text; `server.rs` is the loopback server and its worker threads.
+use std::thread;
+use std::time::Duration;
+
+mod page;
+mod prometheus;
+mod server;
+
+use page::{heapsight_page, index_page};
+pub(crate) use prometheus::metrics_text;
+pub use server::{serve, serve_from_env, Handle, DEFAULT_ADDR};
+/// Requests served at once (one per worker thread); more wait in the listen backlog. A
+/// `?seconds=N` request holds its worker for N seconds.
+pub const WORKERS: usize = 4;
+/// Longest `?seconds=N` delta accepted.
+pub const MAX_SECONDS: u64 = 300;
+const MAX_REQUEST_BYTES: usize = 16 * 1024;
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An HTTP response: status, content type and body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Response {
+    /// 200, 400 (bad query, with a one-line reason as the body), 404 or 405.
+    pub status: u16,
+    /// The `Content-Type` header value.
+    pub content_type: &'static str,
+    /// Extra headers (e.g. `Content-Disposition` for profile downloads).
+    pub headers: Vec<(&'static str, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    fn new(status: u16, content_type: &'static str, body: Vec<u8>) -> Self {
+        Response {
+            status,
+            content_type,
+            headers: Vec::new(),
+            body,
+        }
+    }
+    fn text(status: u16, msg: String) -> Self {
+        let mut body = msg.into_bytes();
+        body.push(b'\n');
+        Response::new(status, "text/plain; charset=utf-8", body)
+    }
+}
+
+/// What a request asks for, after validation. Parsing is separate from serving so that it can
+/// be tested (and fuzzed) without sleeping or encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route {
+    Index,
+    /// `allocs`: default sample type alloc_space instead of inuse_space.
+    Heap {
+        allocs: bool,
+        debug: bool,
+        seconds: Option<u64>,
+    },
+    Page,
+    Metrics,
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    NotFound(String),
+    BadRequest(String),
+}
+
+pub(crate) fn parse(path_and_query: &str) -> Result<Route, Refusal> {
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((p, q)) => (p, q),
+        None => (path_and_query, ""),
+    };
+    let route = match path {
+        "/debug/pprof" | "/debug/pprof/" => Route::Index,
+        "/debug/pprof/heap" => Route::Heap {
+            allocs: false,
+            debug: false,
+            seconds: None,
+        },
+        "/debug/pprof/allocs" => Route::Heap {
+            allocs: true,
+            debug: false,
+            seconds: None,
+        },
+        "/debug/heapsight" | "/debug/heapsight/" => Route::Page,
+        "/metrics" => Route::Metrics,
+        _ => {
+            return Err(Refusal::NotFound(format!(
+                "404 page not found: {}",
+                printable(path)
+            )))
+        }
+    };
+    let mut route = route;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let bad = |why: &str| {
+            Refusal::BadRequest(format!(
+                "bad query parameter {}={}: {why}",
+                printable(k),
+                printable(v)
+            ))
+        };
+        match (&mut route, k) {
+            (Route::Heap { debug, .. }, "debug") => match v {
+                "0" | "" => *debug = false,
+                "1" | "2" => *debug = true,
+                _ => return Err(bad("expected 0 or 1")),
+            },
+            (Route::Heap { seconds, .. }, "seconds") => match v.parse::<u64>() {
+                Ok(n) if (1..=MAX_SECONDS).contains(&n) => *seconds = Some(n),
+                Ok(_) => return Err(bad(&format!("must be between 1 and {MAX_SECONDS}"))),
+                Err(_) => return Err(bad("expected a whole number of seconds")),
+            },
+            // Go accepts gc=1 (run a GC first); Rust frees at once, so there is nothing to do.
+            (Route::Heap { .. }, "gc") if v.parse::<i64>().is_err() && !v.is_empty() => {
+                return Err(bad("expected a number"));
+            }
+            // Like Go, unknown parameters are ignored: pprof clients add their own.
+            _ => {}
+        }
+    }
+    if let Route::Heap {
+        debug: true,
+        seconds: Some(_),
+        ..
+    } = route
+    {
+        return Err(Refusal::BadRequest(
+            "seconds and debug=1 cannot be combined (Go refuses it too)".into(),
+        ));
+    }
+    Ok(route)
+}
+
+/// Path text safe to echo in a one-line reason.
+fn printable(s: &str) -> String {
+    s.chars()
+        .take(100)
+        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+        .collect()
+}
+
+/// Answers one request for `path_and_query` (e.g. `/debug/pprof/heap?debug=1`). Never panics;
+/// refusals come back as 400/404 with a one-line reason. `?seconds=N` blocks the calling thread
+/// for N seconds (it is a profile of the next N seconds).
+///
+/// The body is allocated on the calling thread like any other allocation of the program; the
+/// profiling and encoding behind it are the profiler's own and uncounted.
+pub fn respond(path_and_query: &str) -> Response {
+    match parse(path_and_query) {
+        Ok(route) => render(route),
+        Err(Refusal::NotFound(m)) => Response::text(404, m),
+        Err(Refusal::BadRequest(m)) => Response::text(400, m),
+    }
+}
+
+fn render(route: Route) -> Response {
+    match route {
+        Route::Index => Response::new(200, "text/html; charset=utf-8", index_page().into_bytes()),
+        Route::Metrics => Response::new(
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics_text().into_bytes(),
+        ),
+        Route::Page => Response::new(
+            200,
+            "text/html; charset=utf-8",
+            heapsight_page().into_bytes(),
+        ),
+        Route::Heap {
+            allocs,
+            debug,
+            seconds,
+        } => {
+            let profile = match seconds {
+                None => crate::profile(),
+                Some(s) => {
+                    let before = crate::profile();
+                    thread::sleep(Duration::from_secs(s));
+                    crate::profile().delta(&before)
+                }
+            };
+            let mut body = Vec::new();
+            let written = if debug {
+                profile.write_text(&mut body)
+            } else if allocs {
+                profile.write_pprof_allocs(&mut body)
+            } else {
+                profile.write_pprof(&mut body)
+            };
+            match written {
+                Ok(()) if debug => Response::new(200, "text/plain; charset=utf-8", body),
+                Ok(()) => {
+                    let mut r = Response::new(200, "application/octet-stream", body);
+                    let name = if allocs { "allocs" } else { "heap" };
+                    r.headers.push((
+                        "Content-Disposition",
+                        format!("attachment; filename=\"{name}\""),
+                    ));
+                    r
+                }
+                Err(e) => Response::text(500, format!("could not write the profile: {e}")),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(
+            parse("/debug/pprof/heap"),
+            Ok(Route::Heap {
+                allocs: false,
+                debug: false,
+                seconds: None
+            })
+        );
+        assert_eq!(
+            parse("/debug/pprof/heap?debug=1"),
+            Ok(Route::Heap {
+                allocs: false,
+                debug: true,
+                seconds: None
+            })
+        );
+        assert_eq!(
+            parse("/debug/pprof/allocs?gc=1"),
+            Ok(Route::Heap {
+                allocs: true,
+                debug: false,
+                seconds: None
+            })
+        );
+        assert_eq!(
+            parse("/debug/pprof/heap?seconds=5"),
+            Ok(Route::Heap {
+                allocs: false,
+                debug: false,
+                seconds: Some(5)
+            })
+        );
+        assert_eq!(parse("/debug/pprof/"), Ok(Route::Index));
+        assert_eq!(parse("/metrics"), Ok(Route::Metrics));
+        assert_eq!(parse("/debug/heapsight"), Ok(Route::Page));
+        assert!(matches!(
+            parse("/debug/pprof/goroutine"),
+            Err(Refusal::NotFound(_))
+        ));
+        assert!(matches!(
+            parse("/debug/pprof/heap?seconds=0"),
+            Err(Refusal::BadRequest(_))
+        ));
+        assert!(matches!(
+            parse("/debug/pprof/heap?seconds=301"),
+            Err(Refusal::BadRequest(_))
+        ));
+        assert!(matches!(
+            parse("/debug/pprof/heap?seconds=x"),
+            Err(Refusal::BadRequest(_))
+        ));
+        assert!(matches!(
+            parse("/debug/pprof/heap?debug=9"),
+            Err(Refusal::BadRequest(_))
+        ));
+        assert!(matches!(
+            parse("/debug/pprof/heap?debug=1&seconds=2"),
+            Err(Refusal::BadRequest(_))
+        ));
+        assert_eq!(
+            parse("/debug/pprof/heap?unknown=1&x"),
+            Ok(Route::Heap {
+                allocs: false,
+                debug: false,
+                seconds: None
+            })
+        );
+    }
+
+    #[test]
+    fn reasons_are_one_printable_line() {
+        for q in [
+            "/debug/pprof/heap?seconds=\u{1F600}\n",
+            "/nope\r\nInjected: 1",
+        ] {
+            let r = respond(q);
+            assert!(r.status == 400 || r.status == 404);
+            let body = String::from_utf8(r.body).unwrap();
+            assert_eq!(body.matches('\n').count(), 1, "{body:?}");
+            assert!(!body.trim_end().contains(['\r', '\n']));
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, .. ProptestConfig::default() })]
+        /// Any path and query: parsing never panics, and whatever it accepts is a valid route
+        /// with an in-range `seconds`.
+        #[test]
+        fn parse_never_panics(path in prop_oneof![
+            Just("/debug/pprof/heap".to_string()),
+            Just("/debug/pprof/allocs".to_string()),
+            Just("/metrics".to_string()),
+            "\\PC{0,30}",
+        ], query in proptest::collection::vec(("(debug|seconds|gc|[a-z]{1,5}|\\PC{0,4})", "\\PC{0,12}"), 0..4)) {
+            let q: Vec<String> = query.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let target = if q.is_empty() { path } else { format!("{path}?{}", q.join("&")) };
+            match parse(&target) {
+                Ok(Route::Heap { seconds: Some(s), .. }) => prop_assert!((1..=MAX_SECONDS).contains(&s)),
+                Ok(_) => {}
+                Err(Refusal::BadRequest(m)) | Err(Refusal::NotFound(m)) => prop_assert!(!m.contains(['\n', '\r'])),
+            }
+        }
+    }
+}
