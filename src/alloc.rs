@@ -11,7 +11,7 @@
 //! No lock, no shared read-modify-write, no allocation, no hashing but the filter's shift-and-mask.
 //! Blocks carry no header: the inner allocator sees exactly the caller's layout.
 use core::alloc::{GlobalAlloc, Layout};
-use core::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering::*};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::*};
 use std::alloc::System;
 
 use crate::counters::{self, Slot};
@@ -317,6 +317,10 @@ pub(crate) fn thread_slot(t: &ThreadState) -> Option<&'static Slot> {
         return None;
     }
     if t.life.get() == LIFE_NEW {
+        if !is_active() {
+            // Heapsight is not the global allocator: nothing would count into a slot.
+            return None;
+        }
         init_thread(t);
     }
     let s = t.slot.get();
@@ -334,6 +338,7 @@ fn init_thread(t: &ThreadState) {
     let Some(_g) = InProfiler::enter(t) else {
         return;
     };
+    activate();
     // The exit hook is a thread-local with a destructor; if this thread's destructors are already
     // running we cannot get one, and a slot taken now would never be handed back.
     if EXIT_HOOK.try_with(|_| ()).is_err() {
@@ -402,10 +407,10 @@ pub(crate) fn set_seed(seed: u64) {
     })
 }
 
-/// One-time process set-up: environment, fork handlers, unwinder warm-up. Runs on the first
-/// slow-path call (normally the process's first allocation, before `main`) and from the start-up
-/// constructor below, whichever comes first; a thread that finds it in progress carries on with
-/// the defaults rather than wait inside the allocator.
+/// The configuration from the environment, once. Runs on the first slow-path call (normally the
+/// process's first allocation, before `main`) and before a setting is changed through the API
+/// (so a later first allocation does not overwrite it); a thread that finds it in progress
+/// carries on with the defaults rather than wait inside the allocator.
 pub(crate) fn init_global() {
     if GLOBAL_STATE.load(Acquire) == 2 {
         return;
@@ -420,22 +425,49 @@ pub(crate) fn init_global() {
         return;
     }
     read_env();
+    GLOBAL_STATE.store(2, Release);
+}
+
+/// Set by the first thread initialised through [`HeapSight`]'s allocation hook.
+static ACTIVE: AtomicBool = AtomicBool::new(false);
+static SET_UP: AtomicBool = AtomicBool::new(false);
+
+/// Whether heapsight is the global allocator: true once an allocation went through [`HeapSight`].
+pub(crate) fn is_active() -> bool {
+    ACTIVE.load(Relaxed)
+}
+
+/// The one-time process set-up of a program whose allocator heapsight is: fork handlers, the
+/// exit dump, the unwinder warm-up. A program that only links the crate never gets here, so it
+/// pays nothing (no constructor runs at start-up).
+///
+/// Runs on the first thread initialisation, inside the profiler guard (what it allocates is
+/// forwarded uncounted) and before that thread takes any heapsight lock: locks are only taken
+/// under the guard, and the guard's slow path returns before thread initialisation. So the DWARF
+/// warm-up, whose first call runs libgcc's set-up (it walks the loaded objects under the
+/// loader's lock and may allocate), happens while this thread holds no heapsight lock and no
+/// sampled allocation is in flight on it; a concurrent thread's sample may find the set-up still
+/// running, and libgcc serialises its own first-call initialisation.
+fn activate() {
+    ACTIVE.store(true, Relaxed);
+    if SET_UP.swap(true, AcqRel) {
+        return;
+    }
     #[cfg(unix)]
-    // SAFETY: the handlers are `extern "C"` functions that only take and release spin locks and
-    // the unwinder's fork gate (see `sites::atfork_prepare`).
+    // SAFETY: the handlers are `extern "C"` functions that only take and release heapsight's
+    // locks and the unwinder's fork gate, in the order `sync` documents.
     unsafe {
         libc::pthread_atfork(
-            Some(sites::atfork_prepare),
-            Some(sites::atfork_parent),
-            Some(sites::atfork_child),
+            Some(crate::sync::atfork_prepare),
+            Some(crate::sync::atfork_parent),
+            Some(crate::sync::atfork_child),
         );
     }
     if config::getenv(b"HEAPSIGHT_DUMP_ON_EXIT\0").is_some_and(|v| !v.is_empty()) {
         // SAFETY: registers a plain `extern "C" fn()` that catches its own panics.
         unsafe { libc::atexit(crate::dump::dump_at_exit) };
     }
-    core::hint::black_box(&START_UP);
-    GLOBAL_STATE.store(2, Release);
+    stack::warm_up_dwarf();
 }
 
 fn read_env() {
@@ -471,23 +503,3 @@ fn read_env() {
         }
     }
 }
-
-/// Start-up constructor (Linux `.init_array`): finishes global set-up and warms the DWARF
-/// unwinder up once, outside any allocation, so libgcc's first-call initialisation (which walks
-/// the loaded objects under the loader lock) never first happens inside the hook.
-#[cfg(target_os = "linux")]
-#[used]
-#[link_section = ".init_array"]
-static START_UP: extern "C" fn() = {
-    extern "C" fn start_up() {
-        init_global();
-        crate::guard::profiler_scope(|| {
-            let mut buf = [0usize; 8];
-            stack::capture_dwarf(&mut buf);
-        });
-        stack::DWARF_CAPTURES.store(0, Relaxed);
-    }
-    start_up
-};
-#[cfg(not(target_os = "linux"))]
-static START_UP: () = ();

@@ -191,9 +191,9 @@ mod tags;
 pub mod http;
 #[cfg(feature = "metrics")]
 pub mod metrics;
-#[cfg(all(unix, feature = "signal"))]
-pub use crate::dump::install_dump_signal;
 pub use crate::dump::{dump_to_dir, dump_to_file};
+#[cfg(all(unix, feature = "signal"))]
+pub use crate::dump::{install_dump_signal, DumpSignalError};
 
 pub use crate::alloc::HeapSight;
 pub use crate::config::ParseError;
@@ -250,6 +250,10 @@ pub struct Stats {
 
 /// Reads the exact counters. Lock-free, allocation-free, safe to call from any thread at any time.
 ///
+/// Only allocations through [`HeapSight`] are counted: in a program whose `#[global_allocator]`
+/// is something else every counter stays 0 — check [`is_active`] before reading zeros as "no
+/// allocations".
+///
 /// Counters are summed over per-thread slots without stopping the threads, so while other threads
 /// allocate the result is a consistent-enough moment, not an atomic snapshot; in a quiet moment it
 /// is exact.
@@ -281,6 +285,14 @@ pub fn stats() -> Stats {
         thread_slots: counters::slot_count() as u64,
         dwarf_captures: stack::DWARF_CAPTURES.load(std::sync::atomic::Ordering::Relaxed),
     }
+}
+
+/// Whether heapsight is this program's global allocator: true once an allocation went through
+/// [`HeapSight`] (in practice from before `main`). A program that links the crate but installs
+/// another `#[global_allocator]` gets `false`, empty profiles and zero counters, and pays nothing
+/// at start-up: no constructor, no fork handlers, no thread.
+pub fn is_active() -> bool {
+    alloc::is_active()
 }
 
 /// Sets the sampling rate: on average one sample per `bytes` allocated (Go's `MemProfileRate`).

@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 use crate::sampler;
-use crate::sync::SpinLock;
+use crate::sync::Lock;
 
 /// Stack id of the pseudo-site that receives samples once `max_sites` stacks exist.
 pub(crate) const OVERFLOW_STACK: u32 = 0;
@@ -418,7 +418,7 @@ fn filter_lower(ptr: usize) {
     }
 }
 
-static TABLE: SpinLock<Option<Table>> = SpinLock::new(None);
+static TABLE: Lock<Option<Table>> = Lock::new(None);
 
 /// Raw sample count, readable without the lock.
 pub(crate) static SAMPLES: AtomicU64 = AtomicU64::new(0);
@@ -567,30 +567,17 @@ pub(crate) fn with_lock_held<R>(f: impl FnOnce() -> R) -> R {
     with_table(|_| f())
 }
 
-/// `pthread_atfork` handlers: hold the stack-cache and symbol-cache locks, the DWARF unwinder's fork gate and the
-/// site lock across `fork()`, so the child never inherits them held by a thread that does not
-/// exist there (see `sync`). The cache lock first: its holder (a `profile()` symbolizing) finishes
-/// without needing anything the forking thread holds; then the gate (captures in progress finish,
-/// new ones do not wait); the site lock last, held only for the fork itself.
-pub(crate) extern "C" fn atfork_prepare() {
-    crate::snapshot::lock_for_fork();
-    crate::symbols::lock_for_fork();
-    crate::stack::fork_gate_close();
+/// `pthread_atfork` prepare (see `sync`): takes the site table's lock, innermost of all.
+pub(crate) fn lock_for_fork() {
     TABLE.raw_lock();
 }
-pub(crate) extern "C" fn atfork_parent() {
-    atfork_release(false)
-}
-pub(crate) extern "C" fn atfork_child() {
-    atfork_release(true)
-}
-fn atfork_release(child: bool) {
-    // SAFETY: both locks were taken by `atfork_prepare` on the forking thread, which is the
-    // thread running this (in the parent) or its only copy (in the child).
-    unsafe {
-        TABLE.raw_unlock();
-        crate::stack::fork_gate_open(child);
-        crate::symbols::unlock_after_fork();
-        crate::snapshot::unlock_after_fork();
-    }
+
+/// `pthread_atfork` parent and child: releases the lock taken by [`lock_for_fork`].
+///
+/// # Safety
+/// * [`lock_for_fork`] must have been called by this thread (or, in a forked child, by the thread
+///   that forked) with no release since.
+pub(crate) unsafe fn unlock_after_fork() {
+    // SAFETY: per this function's contract the lock is held by `raw_lock` and no guard exists.
+    unsafe { TABLE.raw_unlock() }
 }

@@ -11,7 +11,7 @@ use crate::guard::profiler_scope;
 use crate::sampler;
 use crate::sites::{self, FxBuild, OVERFLOW_STACK};
 use crate::symbols::{self, Frame, Symbol};
-use crate::sync::SpinLock;
+use crate::sync::Lock;
 use crate::Stats;
 
 /// Unbiased estimates for one record: raw sample counts times `1 / p(size, rate)`.
@@ -410,10 +410,9 @@ impl std::hash::Hash for AddrKey {
     }
 }
 
-/// One cache for symbolized, one for raw-address profiles. Spin locks taken only at dump time,
-/// and held across `fork()` by the fork handlers (see `sites::atfork_prepare` and `sync`), like the
-/// symbol cache: a child forked while another thread builds a profile must not inherit them held.
-static STACK_CACHES: [SpinLock<Option<StackCache>>; 2] = [SpinLock::new(None), SpinLock::new(None)];
+/// One cache for symbolized, one for raw-address profiles. Locks taken only at dump time, and
+/// held across `fork()` by the fork handlers (see `sync`), like the symbol cache: a child forked while another thread builds a profile must not inherit them held.
+static STACK_CACHES: [Lock<Option<StackCache>>; 2] = [Lock::new(None), Lock::new(None)];
 
 /// `pthread_atfork` prepare: takes both stack-cache locks. Their holders take the symbol-cache
 /// lock inside them, so these come first.

@@ -4,17 +4,24 @@
 //!
 //! * **Frame pointers** (default when the program is built with `-C force-frame-pointers=yes`,
 //!   which the standard library already is): follow the `rbp`/`x29` chain. Each frame holds the
-//!   caller's frame pointer at `[fp]` and the return address at `[fp + 8]`. Every `fp` is checked
-//!   to lie inside this thread's stack, above the current stack pointer, 8-byte aligned and
-//!   strictly increasing before it is read, so a register that is not a frame pointer (code built
-//!   without them, glibc's thread entry) ends the walk instead of faulting. ~0.1 µs for 30 frames.
+//!   caller's frame pointer at `[fp]` and the return address at `[fp + 8]`. ~0.1 µs for 30 frames.
+//!   No word is read before it is proven mapped (see [`walk_frame_pointers`]): a frame on the stack
+//!   in use (the thread's stack, or the `sigaltstack` a signal handler runs on) is read directly;
+//!   any other address (a coroutine or green-thread stack, a garbage frame pointer left by code
+//!   built without frame pointers) is read with `process_vm_readv` on our own process, which
+//!   returns `EFAULT` for an unmapped or unreadable address instead of faulting.
 //! * **DWARF** through `backtrace::trace` (libgcc's unwinder): correct without frame pointers,
 //!   ~3 µs. Used when frame pointers are not compiled in, when asked for (`HEAPSIGHT_UNWINDER=dwarf`),
-//!   or when the frame-pointer walk comes back shorter than [`MIN_FP_FRAMES`], the sign that some
-//!   frame on the way did not keep a frame pointer. `backtrace::trace` takes backtrace's global
-//!   lock; we call it before taking the site lock and never under it (dhat-rs#38). Its first call
-//!   is made at start-up, outside the hook (see `alloc::init_global`), so that libgcc's one-time
-//!   set-up does not first run inside an allocation.
+//!   or when the frame-pointer walk is *broken*: it ended on a frame pointer that is not a frame
+//!   (misaligned, unmapped, going backwards) instead of on the chain's 0 terminator, so the
+//!   program's frames above the break would be lost. The main thread's chain ends on such a frame
+//!   too (glibc's `__libc_start_call_main` keeps no frame pointer); those ends are learned: the
+//!   first time a walk that ended on return address `r` is redone with DWARF and DWARF finds at
+//!   most [`ENTRY_TAIL`] frames above `r` (the C start-up code), `r` is recorded as a thread entry,
+//!   and later walks ending there are complete. `backtrace::trace` takes backtrace's global lock;
+//!   we call it before taking the site lock and never under it (dhat-rs#38). Its first call is made
+//!   when heapsight activates, outside every heapsight lock (see `alloc::init_global`), so that
+//!   libgcc's one-time set-up does not first run inside a sampled allocation.
 //!
 //! The captured stack starts inside heapsight; the allocator frames are trimmed by name at dump
 //! time (see `symbols`), where symbols are known.
@@ -28,8 +35,13 @@ pub const MAX_DEPTH_LIMIT: usize = 256;
 /// addition to the depth so that trimming them leaves `max_depth` user frames.
 pub(crate) const ENTRY_FRAMES: usize = 24;
 pub(crate) const BUF_LEN: usize = MAX_DEPTH_LIMIT + ENTRY_FRAMES;
-/// A frame-pointer walk shorter than this is treated as broken and redone with DWARF.
-pub const MIN_FP_FRAMES: usize = 4;
+/// At most this many DWARF frames above a frame-pointer walk's last return address make that
+/// address a thread entry (`_start` and `__libc_start_main` above `__libc_start_call_main`;
+/// `clone3` above `start_thread`).
+const ENTRY_TAIL: usize = 2;
+/// Learned thread-entry return addresses (0 = free slot). Programs have a handful of ways to
+/// start a thread; when the table is full, walks ending elsewhere keep going to DWARF.
+static ENTRIES: [AtomicUsize; 8] = [const { AtomicUsize::new(0) }; 8];
 
 /// Which unwinder samples use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,7 +49,7 @@ pub const MIN_FP_FRAMES: usize = 4;
 pub enum Unwinder {
     /// Frame pointers if heapsight was compiled with them, falling back to DWARF per stack.
     Auto,
-    /// Always the frame-pointer walk (still falling back to DWARF when it is too short).
+    /// Always the frame-pointer walk (still falling back to DWARF when the chain is broken).
     FramePointers,
     /// Always `backtrace::trace`.
     Dwarf,
@@ -63,8 +75,19 @@ pub(crate) const COMPILED_WITH_FP: bool = cfg!(all(
     any(target_arch = "x86_64", target_arch = "aarch64")
 ));
 
+/// How a frame-pointer walk ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum End {
+    /// On the chain's terminator (a 0 frame pointer or return address): every frame was seen.
+    Terminated,
+    /// The buffer is full.
+    Full,
+    /// On a frame pointer that is not a frame: misaligned, unreadable, or looping.
+    Broken,
+}
+
 /// Captures return addresses, leaf first, into `buf`; returns how many. `bounds` is this thread's
-/// stack `[lo, hi)` or `(0, 0)` if unknown (then only DWARF is used).
+/// stack `[lo, hi)` or `(0, 0)` if unknown.
 #[inline(never)]
 pub(crate) fn capture(buf: &mut [usize], bounds: (usize, usize)) -> usize {
     let use_fp = match unwinder() {
@@ -72,19 +95,48 @@ pub(crate) fn capture(buf: &mut [usize], bounds: (usize, usize)) -> usize {
         Unwinder::FramePointers => true,
         Unwinder::Dwarf => false,
     };
-    if use_fp && bounds.1 != 0 {
-        let n = walk_frame_pointers(buf, bounds.1);
-        if n >= MIN_FP_FRAMES {
-            return n;
+    if !use_fp {
+        let n = capture_dwarf(buf);
+        if n == 0 {
+            // A fork is in progress (see `fork_gate_close`): a frame-pointer stack, however
+            // short, rather than none.
+            return walk_frame_pointers(buf, bounds).0;
+        }
+        return n;
+    }
+    let (n, end) = walk_frame_pointers(buf, bounds);
+    if end != End::Broken || n == 0 {
+        return n;
+    }
+    let last = buf[n - 1];
+    if is_entry(last) {
+        return n;
+    }
+    let m = capture_dwarf(buf);
+    if m == 0 {
+        return walk_frame_pointers(buf, bounds).0;
+    }
+    // Did DWARF find the program's frames above the break, or only the C start-up code?
+    if let Some(k) = buf[..m].iter().rposition(|&ip| ip == last) {
+        if m - 1 - k <= ENTRY_TAIL {
+            learn_entry(last);
         }
     }
-    let n = capture_dwarf(buf);
-    if n == 0 && bounds.1 != 0 {
-        // A fork is in progress (see `fork_gate_close`): a frame-pointer stack, however short,
-        // rather than none.
-        return walk_frame_pointers(buf, bounds.1);
+    m
+}
+
+fn is_entry(ret: usize) -> bool {
+    ENTRIES.iter().any(|e| e.load(Relaxed) == ret)
+}
+
+fn learn_entry(ret: usize) {
+    for e in &ENTRIES {
+        match e.compare_exchange(0, ret, Relaxed, Relaxed) {
+            Ok(_) => return,
+            Err(v) if v == ret => return,
+            Err(_) => {}
+        }
     }
-    n
 }
 
 /// The fork gate of the DWARF unwinder. `backtrace::trace` holds backtrace's global lock while it
@@ -140,6 +192,16 @@ pub(crate) fn capture_dwarf(buf: &mut [usize]) -> usize {
     n
 }
 
+/// Runs the DWARF unwinder once, so that libgcc's first-call set-up (which walks the loaded
+/// objects under the loader lock and may allocate) happens here and not in a sampled allocation.
+/// Call outside every heapsight lock, inside the profiler guard; does not count as a capture.
+pub(crate) fn warm_up_dwarf() {
+    let mut buf = [0usize; 8];
+    if capture_dwarf(&mut buf) != 0 {
+        DWARF_CAPTURES.fetch_sub(1, Relaxed);
+    }
+}
+
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 #[inline(always)]
 fn frame_pointer() -> usize {
@@ -154,39 +216,137 @@ fn frame_pointer() -> usize {
     fp
 }
 
-/// The frame-pointer walk. `hi` is the (exclusive) top of this thread's stack.
+/// Stack switches a walk follows (a signal handler's alternate stack back to the interrupted
+/// one, a coroutine back to its resumer) before it calls the chain broken.
+const MAX_SWITCHES: usize = 4;
+
+/// The frame-pointer walk. `thread` is this thread's stack `[lo, hi)` (`(0, 0)` if unknown).
+///
+/// The range read directly is `[sp, top)` of the stack the walk runs on: the thread's stack if
+/// the stack pointer is inside it, else the `sigaltstack` if a signal handler is running on it
+/// (from `sigaltstack(NULL, ..)`, async-signal-safe). Everything between our own frame and the top
+/// of that stack is mapped. A frame outside that range (an unknown stack, a switch to another
+/// stack, a garbage frame pointer) is read through [`read_checked`], which cannot fault.
 #[inline(never)]
-pub(crate) fn walk_frame_pointers(buf: &mut [usize], hi: usize) -> usize {
+pub(crate) fn walk_frame_pointers(buf: &mut [usize], thread: (usize, usize)) -> (usize, End) {
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     {
         let marker = 0u8;
-        // Everything between our own stack frame and the top of the stack is mapped.
-        let lo = &marker as *const u8 as usize;
+        let sp = core::hint::black_box(&marker) as *const u8 as usize;
+        let (lo, hi) = if thread.0 <= sp && sp < thread.1 {
+            (sp, thread.1)
+        } else {
+            match alt_stack() {
+                Some((a, b)) if a <= sp && sp < b => (sp, b),
+                _ => (0, 0),
+            }
+        };
+        let mut pid = 0;
+        let mut switches = 0;
         let mut fp = frame_pointer();
         let mut n = 0;
         while n < buf.len() {
-            if fp < lo || fp % core::mem::align_of::<usize>() != 0 || fp.saturating_add(16) > hi {
-                break;
+            if fp % core::mem::align_of::<usize>() != 0 {
+                return (n, End::Broken);
             }
-            // SAFETY: `lo <= fp` and `fp + 16 <= hi`, so both words lie in this thread's stack
-            // between our own frame and its top, which is mapped and readable; `fp` is aligned.
-            let (next, ret) = unsafe { (*(fp as *const usize), *((fp + 8) as *const usize)) };
+            let (next, ret) = if lo <= fp && fp.checked_add(16).is_some_and(|e| e <= hi) {
+                // SAFETY: `sp <= lo <= fp` and `fp + 16 <= hi`: both words lie between our own
+                // frame and the top of the stack this thread is running on, which is mapped and
+                // readable while we run on it; `fp` is aligned.
+                unsafe { (*(fp as *const usize), *((fp + 8) as *const usize)) }
+            } else {
+                match read_checked(fp, &mut pid) {
+                    Some(w) => w,
+                    None => return (n, End::Broken),
+                }
+            };
             if ret == 0 {
-                break;
+                return (n, End::Terminated);
             }
             buf[n] = ret;
             n += 1;
+            if next == 0 {
+                return (n, End::Terminated);
+            }
+            // Callers' frames are above their callees' on one stack; going down is a switch to
+            // another stack, which a looping chain would also look like: bounded.
             if next <= fp {
-                break;
+                switches += 1;
+                if switches > MAX_SWITCHES {
+                    return (n, End::Broken);
+                }
             }
             fp = next;
         }
-        n
+        (n, End::Full)
     }
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     {
-        let _ = (buf, hi);
-        0
+        let _ = (buf, thread);
+        (0, End::Broken)
+    }
+}
+
+/// The alternate signal stack `[lo, hi)` if this thread is running a signal handler on it.
+fn alt_stack() -> Option<(usize, usize)> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: `ss` is a live local that sigaltstack fills; a null new stack only queries.
+        // sigaltstack is async-signal-safe and does not set errno on success.
+        unsafe {
+            let mut ss: libc::stack_t = core::mem::zeroed();
+            if libc::sigaltstack(core::ptr::null(), &mut ss) == 0
+                && ss.ss_flags & libc::SS_ONSTACK != 0
+            {
+                let lo = ss.ss_sp as usize;
+                return Some((lo, lo.saturating_add(ss.ss_size)));
+            }
+        }
+        None
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
+}
+
+/// Reads the two words at `addr` without trusting that they are mapped: `process_vm_readv` on our
+/// own process copies them in the kernel, which returns `EFAULT` for an unmapped or unreadable
+/// address where a load would fault. `None` if they cannot be read (also where the system call
+/// is not available: not Linux, or forbidden by seccomp). `pid` caches `getpid()` for one walk
+/// (0 = not yet asked; not cached across walks, since a forked child has another pid). The
+/// caller's `errno` is preserved.
+fn read_checked(addr: usize, pid: &mut libc::pid_t) -> Option<(usize, usize)> {
+    #[cfg(target_os = "linux")]
+    {
+        let mut out = [0usize; 2];
+        let local = libc::iovec {
+            iov_base: out.as_mut_ptr().cast(),
+            iov_len: core::mem::size_of_val(&out),
+        };
+        let remote = libc::iovec {
+            iov_base: addr as *mut libc::c_void,
+            iov_len: core::mem::size_of_val(&out),
+        };
+        // SAFETY: `__errno_location` returns this thread's errno, valid for the thread's life.
+        // getpid has no preconditions. process_vm_readv writes at most `local.iov_len` bytes into
+        // `out`, a live local of that size, and only reads `remote` through the kernel's checked
+        // copy (no access from user space); neither call allocates.
+        unsafe {
+            let errno = libc::__errno_location();
+            let saved = *errno;
+            if *pid == 0 {
+                *pid = libc::getpid();
+            }
+            let r = libc::process_vm_readv(*pid, &local, 1, &remote, 1, 0);
+            *errno = saved;
+            (r == local.iov_len as isize).then_some((out[0], out[1]))
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (addr, pid);
+        None
     }
 }
 
@@ -227,12 +387,45 @@ mod tests {
     #[inline(never)]
     fn nested(depth: usize, buf: &mut [usize]) -> usize {
         if depth == 0 {
-            let b = thread_stack_bounds();
-            walk_frame_pointers(buf, b.1)
+            walk_frame_pointers(buf, thread_stack_bounds()).0
         } else {
             let n = nested(depth - 1, buf);
             core::hint::black_box(n)
         }
+    }
+
+    #[test]
+    fn checked_read_reads_mapped_words_and_refuses_unmapped_ones() {
+        let words = [0x1234usize, 0x5678];
+        let mut pid = 0;
+        assert_eq!(
+            read_checked(words.as_ptr() as usize, &mut pid),
+            Some((0x1234, 0x5678))
+        );
+        // SAFETY: a fresh anonymous mapping, made unreadable, then unmapped below.
+        let page = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                4096,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(page, libc::MAP_FAILED);
+        // SAFETY: errno is this thread's.
+        unsafe { *libc::__errno_location() = libc::EDOM };
+        assert_eq!(read_checked(page as usize, &mut pid), None);
+        assert_eq!(read_checked(8, &mut pid), None);
+        // SAFETY: as above.
+        assert_eq!(
+            unsafe { *libc::__errno_location() },
+            libc::EDOM,
+            "errno kept"
+        );
+        // SAFETY: the mapping made above.
+        unsafe { libc::munmap(page, 4096) };
     }
 
     #[test]
@@ -267,7 +460,12 @@ mod tests {
         let mut fp = [0usize; 64];
         let mut dw = [0usize; 64];
         let b = thread_stack_bounds();
-        let n_fp = walk_frame_pointers(&mut fp, b.1);
+        let (n_fp, end) = walk_frame_pointers(&mut fp, b);
+        assert_eq!(
+            end,
+            End::Terminated,
+            "a libtest thread's chain ends on its 0 terminator"
+        );
         let n_dw = capture_dwarf(&mut dw);
         // Every frame-pointer return address (past the walker's own frame) appears in the
         // DWARF trace, in the same order.

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::sites::FxBuild;
-use crate::sync::SpinLock;
+use crate::sync::Lock;
 
 /// One function at a frame: the outermost is the function the return address lies in; inlined
 /// callees come before it (innermost first), as pprof orders the Lines of a Location.
@@ -57,13 +57,11 @@ struct Cache {
     bytes: usize,
 }
 
-/// A spin lock, not a `parking_lot::Mutex`, so that `fork()` can hold it across the fork and the
-/// child can release it (see `sync`): a parking_lot mutex with parked waiters unlocks through
-/// parking_lot's global hash table, whose bucket locks a thread that does not exist in the child
-/// may hold. It is only taken at dump time (waiters yield), never in the allocation hook.
-static CACHE: SpinLock<Option<Cache>> = SpinLock::new(None);
+/// Held across `fork()` and released in the child (see `sync`). Only taken at dump time, never in
+/// the allocation hook.
+static CACHE: Lock<Option<Cache>> = Lock::new(None);
 
-/// `pthread_atfork` prepare: takes the cache lock (see `sites::atfork_prepare`).
+/// `pthread_atfork` prepare: takes the cache lock (see `sync`).
 pub(crate) fn lock_for_fork() {
     CACHE.raw_lock();
 }
@@ -231,7 +229,7 @@ mod tests {
         }
         let mut buf = [0usize; 4];
         let b = crate::stack::thread_stack_bounds();
-        let n = crate::stack::walk_frame_pointers(&mut buf, b.1);
+        let n = crate::stack::walk_frame_pointers(&mut buf, b).0;
         let line = line!() - 1;
         assert!(n > 0);
         // buf[0] returns into this function, just after the call on line `line`.
