@@ -295,6 +295,9 @@ pub fn is_active() -> bool {
     alloc::is_active()
 }
 
+/// What readers print instead of zeros when [`is_active`] is false.
+pub(crate) const NOT_ACTIVE: &str = "heapsight is not the global allocator";
+
 /// Sets the sampling rate: on average one sample per `bytes` allocated (Go's `MemProfileRate`).
 /// 0 turns sampling off, 1 samples every allocation. The default is 512 KiB, or
 /// `HEAPSIGHT_SAMPLE_RATE` from the environment.

@@ -117,8 +117,9 @@ pub(crate) fn capture(buf: &mut [usize], bounds: (usize, usize)) -> usize {
         return walk_frame_pointers(buf, bounds).0;
     }
     // Did DWARF find the program's frames above the break, or only the C start-up code?
+    // (libgcc ends its trace with a 0 address, not a frame.)
     if let Some(k) = buf[..m].iter().rposition(|&ip| ip == last) {
-        if m - 1 - k <= ENTRY_TAIL {
+        if buf[k + 1..m].iter().filter(|&&ip| ip != 0).count() <= ENTRY_TAIL {
             learn_entry(last);
         }
     }

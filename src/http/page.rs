@@ -70,6 +70,15 @@ pub(super) fn heapsight_page() -> String {
          td.l,th.l{text-align:left;font-family:monospace}h1{font-size:1.4em}h2{font-size:1.1em;margin-top:1.2em}\
          .k{color:#666}#flamegraph svg{max-width:100%;height:auto}</style></head><body>\n<h1>heapsight</h1>\n",
     );
+    if !crate::is_active() {
+        let _ = writeln!(
+            h,
+            "<p><b>{}</b>: this program's <code>#[global_allocator]</code> is another allocator, so \
+             there are no counters or samples to show.</p></body></html>",
+            crate::NOT_ACTIVE
+        );
+        return h;
+    }
     let _ = writeln!(
         h,
         "<p class=k>pid {} &middot; sample rate {} &middot; {} samples &middot; profiler memory {} &middot; \
