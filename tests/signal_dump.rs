@@ -22,6 +22,57 @@ fn check_with_go(path: &std::path::Path, needle: &str) {
     assert!(top.contains(needle), "{top}");
 }
 
+/// This process's open descriptors, from /proc/self/fd (the read_dir's own is the same each time).
+fn open_fds() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn dump_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter(|e| {
+            let comm = e.as_ref().unwrap().path().join("comm");
+            std::fs::read_to_string(comm).is_ok_and(|c| c.trim() == "heapsight-dump")
+        })
+        .count()
+}
+
+/// Runs first: a refused signal leaves no thread, no descriptor and no handler behind, and a
+/// later install works.
+fn failed_install_leaves_nothing_behind() {
+    let fds = open_fds();
+    for sig in [libc::SIGKILL, libc::SIGSTOP, 100_000] {
+        match heapsight::install_dump_signal(sig) {
+            Err(heapsight::DumpSignalError::Signal(e)) => {
+                assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "{sig}: {e}");
+                let io: std::io::Error = heapsight::DumpSignalError::Signal(e).into();
+                assert!(io.to_string().contains("signal handler"), "{io}");
+            }
+            other => panic!("install_dump_signal({sig}): {other:?}"),
+        }
+        // The thread was joined before the error returned: its task is gone or going. Wait
+        // for the kernel to reap it (a hang detector, not a timing assertion).
+        let start = Instant::now();
+        while dump_threads() != 0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "dump thread left"
+            );
+            std::thread::yield_now();
+        }
+        assert_eq!(
+            open_fds(),
+            fds,
+            "descriptors left behind by install_dump_signal({sig})"
+        );
+    }
+}
+
 fn sigusr2_writes_both_files() {
     let dir = std::env::temp_dir().join(format!("heapsight-sig-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -30,7 +81,10 @@ fn sigusr2_writes_both_files() {
     let keep = signal_test_keeps_blocks();
     heapsight::install_dump_signal(libc::SIGUSR2).unwrap();
     assert!(
-        heapsight::install_dump_signal(libc::SIGUSR2).is_err(),
+        matches!(
+            heapsight::install_dump_signal(libc::SIGUSR2),
+            Err(heapsight::DumpSignalError::AlreadyInstalled)
+        ),
         "second install refused"
     );
     // SAFETY: raise(3) on our own process; the handler only writes to a pipe.
@@ -85,6 +139,10 @@ fn main() {
         return;
     }
     support::run(&[
+        (
+            "failed_install_leaves_nothing_behind",
+            failed_install_leaves_nothing_behind,
+        ),
         ("sigusr2_writes_both_files", sigusr2_writes_both_files),
         ("dump_on_exit", dump_on_exit),
     ]);
