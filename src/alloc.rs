@@ -311,14 +311,17 @@ pub(crate) fn now_ns() -> u64 {
 
 /// This thread's counter slot, initialising the thread first if it has not allocated yet (so a
 /// scope or tag entered before the first allocation still counts it). `None` inside the
-/// profiler and once the thread's slot was handed back at exit.
+/// profiler, once the thread's slot was handed back at exit, and while no allocation went through
+/// `HeapSight` yet (then heapsight is not the global allocator, or the process has not allocated
+/// at all: the Rust runtime allocates before `main`, so a program's own code does not see that).
 pub(crate) fn thread_slot(t: &ThreadState) -> Option<&'static Slot> {
     if t.in_profiler.get() {
         return None;
     }
     if t.life.get() == LIFE_NEW {
         if !is_active() {
-            // Heapsight is not the global allocator: nothing would count into a slot.
+            // Initialising here would activate heapsight (fork handlers, warm-up) in a program
+            // whose allocations never reach it.
             return None;
         }
         init_thread(t);

@@ -1,7 +1,7 @@
 //! From the site table to a [`HeapProfile`]: copy under the lock, then everything else outside it.
 //!
 //! `profile()` copies the buckets and shares the interned stacks (a few hundred microseconds for
-//! 10,000 sites, under the spin lock), releases the lock, then symbolizes, trims the allocator
+//! 10,000 sites, under the site lock), releases the lock, then symbolizes, trims the allocator
 //! frames, merges stacks that become equal after trimming, and computes the estimates. Encoders
 //! work from the result and never touch the lock.
 use std::collections::HashMap;
