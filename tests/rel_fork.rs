@@ -5,6 +5,10 @@
 //! backtrace's lock). The main thread forks while the profiler is inside `profile()`; each child
 //! allocates, reads `stats()`, takes a symbolized profile and exits with a status code that the
 //! parent checks. A child that hangs is killed after a generous bound and reported as a deadlock.
+//! Then 1,000 forks against each concurrent activity in turn (a thread interning tags, one taking
+//! symbolized profiles, one taking unsymbolized profiles, four allocating at rate 1); every child
+//! allocates, tags, takes both kinds of profile and exits, under an alarm that turns a hang into
+//! a counted SIGALRM death.
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::time::{Duration, Instant};
@@ -287,8 +291,11 @@ fn allocate_sampled(t: usize) {
     }
 }
 
+/// What runs during the forks: a name, how many threads, the thread body (given its index).
+type Activity = (&'static str, usize, fn(usize));
+
 fn fork_against_each_activity() {
-    let activities: [(&str, usize, fn(usize)); 4] = [
+    let activities: [Activity; 4] = [
         ("a thread interning tags", 1, intern_tags),
         (
             "a thread taking symbolized profiles",
@@ -316,11 +323,12 @@ fn fork_against_each_activity() {
 fn main() {
     support::watchdog(600, "rel_fork");
     support::run(&[
+        // First, while the site table is small: each of its 4,000 children builds a profile.
+        ("fork_against_each_activity", fork_against_each_activity),
         (
             "fork_while_profiling_frame_pointers",
             fork_while_profiling_frame_pointers,
         ),
         ("fork_while_profiling_dwarf", fork_while_profiling_dwarf),
-        ("fork_against_each_activity", fork_against_each_activity),
     ]);
 }
