@@ -113,7 +113,9 @@ pub(crate) fn capture(buf: &mut [usize], bounds: (usize, usize)) -> usize {
         return n;
     }
     let m = capture_dwarf(buf);
-    if m == 0 {
+    if m < n {
+        // A fork is in progress (0 frames), or DWARF gave up earlier than the walk (code without
+        // unwind tables): the walk's frames, however short, are the better stack.
         return walk_frame_pointers(buf, bounds).0;
     }
     // Did DWARF find the program's frames above the break, or only the C start-up code?
