@@ -389,3 +389,5 @@ pub fn peak_profile() -> HeapProfile {
 
 #[doc(hidden)]
 pub use crate::sites::bench_snapshot_lock_hold;
+#[doc(hidden)]
+pub use crate::sites::table_counts as site_table_counts;
