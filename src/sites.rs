@@ -291,6 +291,12 @@ pub(crate) struct Peak {
     /// Monotonic nanoseconds of the capture.
     pub at_ns: u64,
     pub captured: bool,
+    /// Buckets at the peak of stacks reclaimed since, that had samples live at the peak: their
+    /// frames and counts at the peak, so the peak profile still attributes them. Emptied at
+    /// the first reclamation after the next capture (see [`Table::retire_for_peak`]).
+    retired: Vec<(Arc<[usize]>, BucketKey, u64, u64)>,
+    /// The epoch `retired` belongs to.
+    retired_epoch: u32,
 }
 
 /// Capture a new peak when the sampled in-use estimate passes this multiple of the last one.
@@ -327,8 +333,9 @@ struct Table {
     mixed: MixedSums,
     rows: Vec<LifeRow>,
     free_rows: Vec<u32>,
-    /// Samples counted in and not yet out.
+    /// Samples counted in and not yet out, and the most there ever were.
     live: usize,
+    live_high: usize,
     samples: u64,
     overflow_samples: u64,
     reclaimed_stacks: u64,
@@ -364,6 +371,7 @@ impl Table {
             rows: Vec::new(),
             free_rows: Vec::new(),
             live: 0,
+            live_high: 0,
             samples: 0,
             overflow_samples: 0,
             reclaimed_stacks: 0,
@@ -417,11 +425,16 @@ impl Table {
             self.lru_touch(id);
             return id;
         }
-        if self.stacks_used >= MAX_SITES.load(Relaxed).max(1)
-            && !self.reclaim_one(NONE)
-            && self.stacks_used >= self.stack_room()
-        {
-            return OVERFLOW_STACK;
+        let cap = MAX_SITES.load(Relaxed).max(1);
+        if self.stacks_used >= cap {
+            let freed = self.reclaim_one(NONE);
+            if freed && self.stacks_used >= cap {
+                // Above the cap (it was lowered): one more, so the table shrinks back to it.
+                self.reclaim_one(NONE);
+            }
+            if !freed && self.stacks_used >= self.stack_room() {
+                return OVERFLOW_STACK;
+            }
         }
         let arc: Arc<[usize]> = Arc::from(frames);
         let stack = Stack {
@@ -465,9 +478,9 @@ impl Table {
         false
     }
 
-    /// Reclaims the least recently sampled stack with no live sample (now or at the last peak)
-    /// among the first [`RECLAIM_SCAN`] of the list, other than `keep`. Stacks passed over go to
-    /// the back of the list, so the next scan looks at others.
+    /// Reclaims the least recently sampled stack with no live sample among the first
+    /// [`RECLAIM_SCAN`] of the list, other than `keep`. Stacks passed over go to the back of the
+    /// list, so the next scan looks at others.
     fn reclaim_one(&mut self, keep: u32) -> bool {
         let mut s = self.lru_head;
         for _ in 0..RECLAIM_SCAN {
@@ -475,7 +488,7 @@ impl Table {
                 break;
             }
             let next = self.stacks[s as usize].next;
-            if s != keep && self.stacks[s as usize].live == 0 && !self.live_at_peak(s) {
+            if s != keep && self.stacks[s as usize].live == 0 {
                 self.reclaim(s);
                 return true;
             }
@@ -489,14 +502,20 @@ impl Table {
     }
 
     /// Frees stack `s` (no live sample) and its buckets; its counts move to the frame-less site.
+    /// Its counts at the last peak move there too, unless some of its samples were live at the
+    /// peak: then they keep their frames in [`Peak::retired`].
     fn reclaim(&mut self, s: u32) {
+        let keep_for_peak = self.live_at_peak(s);
+        if keep_for_peak {
+            self.retire_for_peak(s);
+        }
         let mut b = self.stacks[s as usize].buckets;
         while b != NONE {
             let slot = &mut self.buckets[b as usize];
             let key = slot.key;
             self.mixed
                 .absorb(key.size, key.rate, slot.allocs, slot.frees);
-            if self.peak.captured {
+            if self.peak.captured && !keep_for_peak {
                 let (a, f) = slot.at_peak(self.epoch);
                 self.peak.mixed.absorb(key.size, key.rate, a, f);
             }
@@ -529,6 +548,28 @@ impl Table {
         self.free_stacks.push(s);
         self.stacks_used -= 1;
         self.reclaimed_stacks += 1;
+    }
+
+    /// Keeps stack `s`'s frames and counts at the last peak in [`Peak::retired`]. Entries of an
+    /// earlier epoch are dropped first: the list holds only stacks retired since the last capture,
+    /// at most the buckets that existed at it (each pushed once, so clearing is amortised O(1)).
+    fn retire_for_peak(&mut self, s: u32) {
+        if self.peak.retired_epoch != self.epoch {
+            self.peak.retired.clear();
+            self.peak.retired_epoch = self.epoch;
+        }
+        let Some(frames) = self.stacks[s as usize].frames.clone() else {
+            return;
+        };
+        let mut b = self.stacks[s as usize].buckets;
+        while b != NONE {
+            let slot = &self.buckets[b as usize];
+            let (a, f) = slot.at_peak(self.epoch);
+            if a > 0 {
+                self.peak.retired.push((frames.clone(), slot.key, a, f));
+            }
+            b = slot.next;
+        }
     }
 
     /// The lifetime row of stack `s`, created on first use.
@@ -599,6 +640,7 @@ impl Table {
         let (o, b) = MixedSums::fixed(live.size, live.rate);
         self.inuse_fx += b;
         self.live += 1;
+        self.live_high = self.live_high.max(self.live);
         if !new_sample && !self.counted_in_bucket(&live) {
             live.bucket = MIXED;
         }
@@ -891,11 +933,28 @@ pub(crate) fn peak_snapshot() -> Option<(RawTable, f64, u64)> {
             return None;
         }
         let epoch = t.epoch;
-        let (stacks, lifetimes) = stacks_and_rows(t);
+        let (mut stacks, lifetimes) = stacks_and_rows(t);
         let p = &t.peak;
+        let mut buckets = used_buckets(t, |s| s.at_peak(epoch));
+        if p.retired_epoch == epoch {
+            // Reclaimed since the capture but live at it: extra stack ids past the table's.
+            for (frames, key, allocs, frees) in &p.retired {
+                let same = matches!(stacks.last(), Some(Some(l)) if Arc::ptr_eq(l, frames))
+                    && stacks.len() > t.stacks.len();
+                if !same {
+                    stacks.push(Some(frames.clone()));
+                }
+                let stack = (stacks.len() - 1) as u32;
+                buckets.push(Bucket {
+                    key: BucketKey { stack, ..*key },
+                    allocs: *allocs,
+                    frees: *frees,
+                });
+            }
+        }
         let raw = RawTable {
             stacks,
-            buckets: used_buckets(t, |s| s.at_peak(epoch)),
+            buckets,
             mixed: p.mixed,
             live_samples: p.live_samples,
             overflow_samples: p.overflow_samples,
@@ -905,11 +964,13 @@ pub(crate) fn peak_snapshot() -> Option<(RawTable, f64, u64)> {
     })
 }
 
-/// Stacks interned now, stacks reclaimed so far, and samples counted live now (for tests and
-/// benchmarks).
+/// Stacks interned now, stacks reclaimed so far, samples live now and the most ever live at
+/// once (for tests and benchmarks).
 #[doc(hidden)]
-pub fn table_counts() -> (usize, u64, usize) {
-    crate::guard::profiler_scope(|| with_table(|t| (t.stacks_used, t.reclaimed_stacks, t.live)))
+pub fn table_counts() -> (usize, u64, usize, usize) {
+    crate::guard::profiler_scope(|| {
+        with_table(|t| (t.stacks_used, t.reclaimed_stacks, t.live, t.live_high))
+    })
 }
 
 /// Runs a copy of the table under the lock, as `profile()` does, and returns how long the lock
@@ -996,5 +1057,22 @@ fn atfork_release(child: bool) {
         crate::stack::fork_gate_open(child);
         crate::symbols::unlock_after_fork();
         crate::snapshot::unlock_after_fork();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The per-item costs docs/reliability.md states and tests/rel_bounded.rs's bound uses.
+    #[test]
+    fn entry_sizes() {
+        assert_eq!(core::mem::size_of::<Stack>(), 40);
+        assert_eq!(core::mem::size_of::<Slot>(), 72);
+        assert_eq!(core::mem::size_of::<Live>(), 40);
+        assert_eq!(core::mem::size_of::<LifeRow>(), 320);
+        assert_eq!(core::mem::size_of::<(Arc<[usize]>, u32)>(), 24);
+        assert_eq!(core::mem::size_of::<(BucketKey, u32)>(), 32);
+        assert_eq!(core::mem::size_of::<(usize, Live)>(), 48);
     }
 }

@@ -55,7 +55,7 @@ fn live_stacks_keep_their_frames_after_200k_short_lived_ones() {
     let p0 = heapsight::profile();
 
     short_lived_stacks(0, SHORT_LIVED);
-    let (stacks, reclaimed, _) = heapsight::site_table_counts();
+    let (stacks, reclaimed, _, _) = heapsight::site_table_counts();
     println!("  ({stacks} stacks in the table, {reclaimed} reclaimed)");
     assert!(stacks <= DEFAULT_MAX_SITES, "{stacks} stacks");
     assert!(
