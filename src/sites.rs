@@ -305,6 +305,9 @@ const PEAK_STEP: f64 = 1.1;
 /// An interned stack (or a free id, `frames == None`).
 struct Stack {
     frames: Option<Arc<[usize]>>,
+    /// [`frames_hash`] of the frames, and the next stack with the same hash (`NONE`-terminated).
+    hash: u64,
+    same_hash: u32,
     /// Samples of this stack counted in and not yet counted out (a free counts out after taking
     /// the sample from its shard, so this is never below the samples in the shards).
     live: u32,
@@ -322,7 +325,9 @@ struct Table {
     free_stacks: Vec<u32>,
     /// Interned stacks, not counting the overflow stack.
     stacks_used: usize,
-    stack_index: HashMap<Arc<[usize]>, u32, FxBuild>,
+    /// Frames hash -> first stack with that hash (then `Stack::same_hash`). Keyed by a hash
+    /// computed before the lock, so the lock is held for one probe and one frame comparison.
+    stack_index: HashMap<u64, u32, FxBuild>,
     /// Least recently sampled stack, and most recently.
     lru_head: u32,
     lru_tail: u32,
@@ -352,6 +357,8 @@ impl Table {
             // Stack 0 is the frame-less pseudo-site.
             stacks: vec![Stack {
                 frames: Some(Arc::from(&[][..])),
+                hash: 0,
+                same_hash: NONE,
                 live: 0,
                 buckets: NONE,
                 row: NONE,
@@ -420,8 +427,21 @@ impl Table {
         MAX_SITES.load(Relaxed).max(1).max(self.live)
     }
 
-    fn intern_stack(&mut self, frames: &[usize]) -> u32 {
-        if let Some(&id) = self.stack_index.get(frames) {
+    /// The stack with these frames (`hash` = [`frames_hash`] of them), if interned.
+    fn find_stack(&self, frames: &[usize], hash: u64) -> Option<u32> {
+        let mut id = *self.stack_index.get(&hash)?;
+        while id != NONE {
+            let s = &self.stacks[id as usize];
+            if s.frames.as_deref() == Some(frames) {
+                return Some(id);
+            }
+            id = s.same_hash;
+        }
+        None
+    }
+
+    fn intern_stack(&mut self, frames: &[usize], hash: u64) -> u32 {
+        if let Some(id) = self.find_stack(frames, hash) {
             self.lru_touch(id);
             return id;
         }
@@ -436,9 +456,10 @@ impl Table {
                 return OVERFLOW_STACK;
             }
         }
-        let arc: Arc<[usize]> = Arc::from(frames);
         let stack = Stack {
-            frames: Some(arc.clone()),
+            frames: Some(Arc::from(frames)),
+            hash,
+            same_hash: NONE,
             live: 0,
             buckets: NONE,
             row: NONE,
@@ -455,7 +476,9 @@ impl Table {
                 (self.stacks.len() - 1) as u32
             }
         };
-        self.stack_index.insert(arc, id);
+        if let Some(next) = self.stack_index.insert(hash, id) {
+            self.stacks[id as usize].same_hash = next;
+        }
         self.stacks_used += 1;
         self.lru_push_back(id);
         id
@@ -539,15 +562,38 @@ impl Table {
         }
         self.lru_unlink(s);
         let st = &mut self.stacks[s as usize];
-        let frames = st.frames.take();
+        drop(st.frames.take());
         st.buckets = NONE;
         st.row = NONE;
-        if let Some(f) = frames {
-            self.stack_index.remove(&f);
-        }
+        let (hash, next) = (st.hash, st.same_hash);
+        self.unindex(s, hash, next);
         self.free_stacks.push(s);
         self.stacks_used -= 1;
         self.reclaimed_stacks += 1;
+    }
+
+    /// Takes stack `s` (hash `hash`, followed by `next` in its chain) out of the index.
+    fn unindex(&mut self, s: u32, hash: u64, next: u32) {
+        let Some(head) = self.stack_index.get_mut(&hash) else {
+            return;
+        };
+        if *head == s {
+            if next == NONE {
+                self.stack_index.remove(&hash);
+            } else {
+                *head = next;
+            }
+            return;
+        }
+        let mut p = *head;
+        while p != NONE {
+            let n = self.stacks[p as usize].same_hash;
+            if n == s {
+                self.stacks[p as usize].same_hash = next;
+                return;
+            }
+            p = n;
+        }
     }
 
     /// Keeps stack `s`'s frames and counts at the last peak in [`Peak::retired`]. Entries of an
@@ -756,6 +802,16 @@ fn filter_lower(ptr: usize) {
 
 static TABLE: SpinLock<Option<Table>> = SpinLock::new(None);
 
+/// The hash a stack is indexed by, computed before the table lock is taken.
+fn frames_hash(frames: &[usize]) -> u64 {
+    let mut h = Fx::default();
+    h.write_usize(frames.len());
+    for &f in frames {
+        h.write_usize(f);
+    }
+    h.finish()
+}
+
 type LiveMap = HashMap<usize, Live, FxBuild>;
 
 /// The live-sample shards (see the module docs).
@@ -812,9 +868,10 @@ pub(crate) fn record_sample(
     born_ns: u64,
 ) {
     SAMPLES.fetch_add(1, Relaxed);
+    let hash = frames_hash(frames);
     let live = with_table(|t| {
         t.samples += 1;
-        let stack = t.intern_stack(frames);
+        let stack = t.intern_stack(frames, hash);
         if stack == OVERFLOW_STACK {
             t.overflow_samples += 1;
         }
@@ -870,7 +927,7 @@ pub(crate) fn restore_sample(ptr: *mut u8, live: Live) {
 #[derive(Default)]
 pub(crate) struct RawTable {
     /// By stack id; `None` for a free id. Id 0 is the frame-less pseudo-site.
-    pub stacks: Vec<Option<Arc<[usize]>>>,
+    pub stacks: StackList,
     pub buckets: Vec<Bucket>,
     pub mixed: MixedSums,
     pub live_samples: usize,
@@ -880,8 +937,11 @@ pub(crate) struct RawTable {
     pub lifetimes: Vec<(u32, LifeRow)>,
 }
 
+/// Stacks by id (`None` for a free id), as a snapshot holds them.
+type StackList = Vec<Option<Arc<[usize]>>>;
+
 /// The stacks by id, and the lifetime rows of those that have one.
-fn stacks_and_rows(t: &Table) -> (Vec<Option<Arc<[usize]>>>, Vec<(u32, LifeRow)>) {
+fn stacks_and_rows(t: &Table) -> (StackList, Vec<(u32, LifeRow)>) {
     let stacks = t.stacks.iter().map(|s| s.frames.clone()).collect();
     let rows = t
         .stacks
@@ -1067,12 +1127,50 @@ mod tests {
     /// The per-item costs docs/reliability.md states and tests/rel_bounded.rs's bound uses.
     #[test]
     fn entry_sizes() {
-        assert_eq!(core::mem::size_of::<Stack>(), 40);
+        assert_eq!(core::mem::size_of::<Stack>(), 56);
         assert_eq!(core::mem::size_of::<Slot>(), 72);
         assert_eq!(core::mem::size_of::<Live>(), 40);
         assert_eq!(core::mem::size_of::<LifeRow>(), 320);
-        assert_eq!(core::mem::size_of::<(Arc<[usize]>, u32)>(), 24);
+        assert_eq!(core::mem::size_of::<(u64, u32)>(), 16);
         assert_eq!(core::mem::size_of::<(BucketKey, u32)>(), 32);
         assert_eq!(core::mem::size_of::<(usize, Live)>(), 48);
+    }
+
+    /// Stacks whose hashes collide share an index entry through `same_hash`; reclaiming any of
+    /// them (head, middle, last) keeps the others found, and ids are reused.
+    #[test]
+    fn same_hash_chain_survives_reclaim() {
+        let mut t = Table::new();
+        let a = t.intern_stack(&[1, 2], 7);
+        let b = t.intern_stack(&[3, 4], 7);
+        let c = t.intern_stack(&[5], 7);
+        let d = t.intern_stack(&[6], 8);
+        assert_eq!([a, b, c, d], [1, 2, 3, 4]);
+        assert_eq!(t.intern_stack(&[1, 2], 7), a);
+        assert_eq!(t.intern_stack(&[3, 4], 7), b);
+        assert_eq!(t.intern_stack(&[5], 7), c);
+        t.reclaim(b);
+        assert_eq!(t.find_stack(&[3, 4], 7), None);
+        assert_eq!(t.find_stack(&[1, 2], 7), Some(a));
+        assert_eq!(t.find_stack(&[5], 7), Some(c));
+        t.reclaim(c);
+        assert_eq!(t.find_stack(&[5], 7), None);
+        assert_eq!(t.find_stack(&[1, 2], 7), Some(a));
+        t.reclaim(a);
+        assert_eq!(t.find_stack(&[1, 2], 7), None);
+        assert!(!t.stack_index.contains_key(&7));
+        assert_eq!(t.find_stack(&[6], 8), Some(d));
+        assert_eq!((t.stacks_used, t.reclaimed_stacks), (1, 3));
+        let e = t.intern_stack(&[7], 7);
+        assert!([a, b, c].contains(&e), "id {e} not reused");
+        assert_eq!(t.find_stack(&[7], 7), Some(e));
+        // The least-recently-sampled list holds exactly the interned stacks.
+        let mut n = 0;
+        let mut s = t.lru_head;
+        while s != NONE {
+            n += 1;
+            s = t.stacks[s as usize].next;
+        }
+        assert_eq!(n, t.stacks_used);
     }
 }

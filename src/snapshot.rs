@@ -384,13 +384,21 @@ pub(crate) fn merge_rows<'a>(
 /// `HeapProfile::symbol_cache_bytes`.
 struct StackCache {
     max_depth: usize,
-    /// Raw frames' address -> (those frames, kept alive; canonical trimmed stack; last profile
-    /// that saw it).
-    by_raw: HashMap<usize, (Arc<[usize]>, Arc<[Frame]>, u64), FxBuild>,
+    /// Raw frames' address -> its entry.
+    by_raw: HashMap<usize, RawEntry, FxBuild>,
     canon: std::collections::HashSet<AddrKey, FxBuild>,
     /// Profiles built with this cache.
     round: u64,
     bytes: usize,
+}
+
+struct RawEntry {
+    /// The raw frames, kept alive so that their address is not reused while the entry exists.
+    _frames: Arc<[usize]>,
+    /// The canonical trimmed stack.
+    canon: Arc<[Frame]>,
+    /// The last profile that saw these frames in the table.
+    round: u64,
 }
 
 /// A trimmed stack compared by the addresses it keeps (a partially trimmed leaf frame is a
@@ -495,8 +503,8 @@ fn trimmed_stacks(
             let Some(e) = cache.by_raw.get_mut(&key(s)) else {
                 return 0;
             };
-            e.2 = round;
-            let c = &e.1;
+            e.round = round;
+            let c = &e.canon;
             *local.entry(c.as_ptr() as usize).or_insert_with(|| {
                 stacks.push(c.clone());
                 stacks.len() - 1
@@ -507,7 +515,7 @@ fn trimmed_stacks(
     // stacks only the cache refers to. (Skipped while the cache holds nothing stale, which is
     // every profile of a table that reclaimed nothing.)
     if cache.by_raw.len() > raw.iter().skip(1).flatten().count() {
-        cache.by_raw.retain(|_, e| e.2 == round);
+        cache.by_raw.retain(|_, e| e.round == round);
         cache.canon.retain(|c| Arc::strong_count(&c.0) > 1);
         cache.bytes = cache.canon.iter().map(canon_bytes).sum::<usize>()
             + cache.by_raw.len() * RAW_ENTRY_BYTES;
@@ -572,9 +580,12 @@ fn add_stacks(cache: &mut StackCache, new: &[Arc<[usize]>], symbolize: bool) {
                 c
             }
         };
-        cache
-            .by_raw
-            .insert(s.as_ptr() as usize, (s.clone(), c, cache.round));
+        let entry = RawEntry {
+            _frames: s.clone(),
+            canon: c,
+            round: cache.round,
+        };
+        cache.by_raw.insert(s.as_ptr() as usize, entry);
         cache.bytes += RAW_ENTRY_BYTES;
     }
 }

@@ -47,9 +47,10 @@ pub(crate) fn delta(later: &HeapProfile, earlier: &HeapProfile) -> HeapProfile {
     let later_stacks: std::collections::HashSet<Vec<usize>, FxBuild> = (0..later.stacks.len())
         .map(|i| stack_addrs(later, i))
         .collect();
+    let mixed = |r: &Record| r.size == 0 && r.rate == 0;
     let mut gone = (0u64, 0u64, 0f64, 0f64);
     for r in &earlier.records {
-        if !(r.size == 0 && r.rate == 0) && !later_keys.contains(&key(earlier, r)) {
+        if !mixed(r) && !later_keys.contains(&key(earlier, r)) {
             gone.0 += r.allocs;
             gone.1 += r.frees;
             gone.2 += r.est.alloc_objects;
@@ -66,7 +67,7 @@ pub(crate) fn delta(later: &HeapProfile, earlier: &HeapProfile) -> HeapProfile {
     }
     let mut records = Vec::new();
     for r in &later.records {
-        let mixed = r.size == 0 && r.rate == 0;
+        let mixed = mixed(r);
         let old = before.get(&key(later, r));
         let (old_allocs, old_frees) = old.map_or((0, 0), |o| (o.allocs, o.frees));
         let (old_allocs, old_frees) = if mixed {
