@@ -30,7 +30,7 @@ const ENTRY_FRAMES: u64 = 24;
 /// * a `Vec` of `n` elements has capacity at most `2n` (doubling), at least 4;
 /// * per stack: its frames `Arc<[usize]>` (16 + 8 × depth; twice, as a stack reclaimed while it
 ///   had samples live at the last peak keeps its frames for the peak profile until the next
-///   capture), a 40-byte entry in `stacks`, an index entry (16-byte key + 4-byte id → 24), a
+///   capture), a 48-byte entry in `stacks`, an index entry (8-byte hash + 4-byte id → 16), a
 ///   free-id slot (4), a lifetime row (320) and a free-row slot (4);
 /// * per bucket: 72 bytes in `buckets`, an index entry (24-byte key + 4-byte id → 32) and at
 ///   most one retired peak entry (56);
@@ -43,8 +43,8 @@ fn profiler_bytes_bound(sites: u64, depth: u64, buckets: u64, live: u64, slots: 
     let table = |n: u64, t: u64| (2 * n * 8).div_ceil(7).max(4) * (t + 1) + 16;
     let vec = |n: u64, t: u64| 2 * n.max(4) * t;
     let stacks = 2 * sites * (16 + 8 * depth)
-        + vec(sites, 40)
-        + table(sites, 24)
+        + vec(sites, 48)
+        + table(sites, 16)
         + vec(sites, 4)
         + vec(sites, 320)
         + vec(sites, 4);
