@@ -1,11 +1,11 @@
 //! Rate 1 on a real program: `syn` parsing the six largest hand-written Rust sources under
-//! `~/.cargo/registry/src`, every AST kept live. At rate 1 every allocation is a sample of
-//! weight 1, so the profile must equal the exact counters and nothing may land in the overflow
-//! site. Prints the distinct stacks, the overflow and frame-less shares, and the profiler's own
-//! memory at rate 1 next to the program's.
+//! `~/.cargo/registry/src`, every AST kept live. At rate 1 every allocation is a sample of weight
+//! 1, so the profile must equal the exact counters and nothing may land in the overflow site.
+//! Prints the distinct stacks, the overflow and frame-less shares, and the profiler's own memory at
+//! rate 1 next to the program's.
 //!
-//! `cargo bench --bench rate1_syn` (`-- --files N` for another count; `HEAPSIGHT_MAX_SITES` as
-//! usual).
+//! `cargo bench -p heapsight-dev --bench rate1_syn` (`-- --files N` for another count;
+//! `HEAPSIGHT_MAX_SITES` as usual).
 use std::path::PathBuf;
 
 use heapsight::HeapSight;

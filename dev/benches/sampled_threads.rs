@@ -1,12 +1,12 @@
 //! Sampled paths on several threads: do sampled allocations and frees of different blocks on
-//! different threads wait for each other? Each thread keeps a ring of live blocks and replaces
-//! one per step (a free and an allocation), at rate 1 (every allocation and every free goes
-//! through the site table) and at 4 KiB. Prints, per rate, the throughput per thread with 2 and
-//! 4 threads relative to one thread, as the median of interleaved rounds with its spread.
+//! different threads wait for each other? Each thread keeps a ring of live blocks and replaces one
+//! per step (a free and an allocation), at rate 1 (every allocation and every free goes through the
+//! site table) and at 4 KiB. Prints, per rate, the throughput per thread with 2 and 4 threads
+//! relative to one thread, as the median of interleaved rounds with its spread.
 //!
-//! `cargo bench --bench sampled_threads` (or the built binary with `--rounds N`). On a machine
-//! with fewer cores than threads the ratio also holds the CPU sharing: compare builds, not
-//! the ratio to 1.
+//! `cargo bench -p heapsight-dev --bench sampled_threads` (or the built binary with `--rounds N`).
+//! On a machine with fewer cores than threads the ratio also holds the CPU sharing: compare builds,
+//! not the ratio to 1.
 use std::hint::black_box;
 use std::time::Instant;
 
