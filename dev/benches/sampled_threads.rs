@@ -49,6 +49,18 @@ fn median_spread(mut v: Vec<f64>) -> (f64, f64, f64) {
 }
 
 fn main() {
+    // `--single N`: N steps on one thread at rate 1 and nothing else, for instruction counts
+    // under callgrind (the slope between two values of N cancels start-up).
+    if let Some(n) = std::env::args()
+        .skip_while(|a| a != "--single")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+    {
+        heapsight::set_sample_rate(1);
+        work(n, 0x9e37_79b9);
+        heapsight::set_sample_rate(0);
+        return;
+    }
     let rounds: usize = std::env::args()
         .skip_while(|a| a != "--rounds")
         .nth(1)
