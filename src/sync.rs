@@ -26,9 +26,10 @@
 //! 3. `symbols::CACHE`, the symbol cache: `profile()` at dump time.
 //! 4. The DWARF unwinder's fork gate (`stack::fork_gate_close`, not a lock: `fork()` waits for
 //!    captures in progress, which hold backtrace's global lock, and new ones return no frames).
-//! 5. `sites::TABLE`, the site table: the only lock taken inside the allocation hook (sampled
-//!    allocations, frees that pass the sampled-block filter) and by `profile()` to copy the
-//!    table. Innermost: its holders take nothing else.
+//! 5. `sites::TABLE`, the site table, then `sites::SHARDS`, the live-sample shards in index
+//!    order: the only locks taken inside the allocation hook (sampled allocations, frees that
+//!    pass the sampled-block filter), one at a time, and by `profile()` to copy the table.
+//!    Innermost: their holders take nothing else.
 //!
 //! # fork()
 //!
