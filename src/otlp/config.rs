@@ -237,7 +237,12 @@ pub(crate) fn from_lookup(
         None => return Ok(None),
         Some((var, v)) if var.contains("PROFILES") => (var, v.trim().to_string()),
         Some((var, v)) => {
-            let base = v.trim().trim_end_matches('/');
+            // One trailing slash is the base URL's own ("http://c:4318/"); "http://" keeps its.
+            let base = v.trim();
+            let base = base
+                .strip_suffix('/')
+                .filter(|b| !b.ends_with('/'))
+                .unwrap_or(base);
             (var, format!("{base}{PROFILES_PATH}"))
         }
     };

@@ -51,8 +51,7 @@ struct Dict {
     /// (name, system name, file) string indices.
     functions: Vec<(i32, i32, i32)>,
     function_ix: HashMap<(i32, i32, i32), i32, FxBuild>,
-    /// (mapping index, address, lines of (function index, line)).
-    locations: Vec<(i32, u64, Vec<(i32, i64)>)>,
+    locations: Vec<Location>,
     location_ix: HashMap<(usize, usize), i32, FxBuild>,
     stacks: Vec<Vec<i32>>,
     stack_ix: HashMap<Vec<i32>, i32, FxBuild>,
@@ -63,6 +62,9 @@ struct Dict {
     mappings_used: Vec<usize>,
     mapping_ix: HashMap<usize, i32, FxBuild>,
 }
+
+/// A location: (mapping index, address, lines of (function index, line)).
+type Location = (i32, u64, Vec<(i32, i64)>);
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum AttrValue {
