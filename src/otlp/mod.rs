@@ -145,10 +145,18 @@ pub fn start(config: Config) -> Result<Exporter, ConfigError> {
         .map_err(|e| ConfigError(format!("could not start the exporter thread: {e}")))?;
     let mut ready = lock(&shared.ready);
     while !*ready {
+        // A thread that died before its baseline (it cannot, short of a bug) must not leave
+        // the caller waiting forever.
+        if thread.is_finished() {
+            return Err(ConfigError(
+                "the exporter thread exited while starting".into(),
+            ));
+        }
         ready = shared
             .ready_cv
-            .wait(ready)
-            .unwrap_or_else(|e| e.into_inner());
+            .wait_timeout(ready, Duration::from_millis(50))
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
     }
     drop(ready);
     Ok(Exporter {
