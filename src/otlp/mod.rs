@@ -21,8 +21,8 @@
 //! * The thread runs inside the profiler guard for its whole life: what it allocates (snapshots,
 //!   the request, the HTTP client) is the profiler's own memory, never the program's, and
 //!   allocation never waits on its network or encoding work: it holds the site lock only while
-//!   copying the table for its snapshot, as any `profile()` call does, and no lock while it
-//!   symbolizes, encodes or sends.
+//!   copying the table for its snapshot, as any `profile()` call does, and none the hook takes
+//!   while it symbolizes, encodes or sends.
 //! * An unreachable or failing endpoint prints one line when the outage starts and one when it
 //!   ends, never one per attempt. Attempts back off (1 s doubling to at most the interval, and
 //!   at most 5 minutes). Profiles taken meanwhile queue up to [`Config::max_pending`]; beyond
