@@ -191,6 +191,9 @@ mod tags;
 pub mod http;
 #[cfg(feature = "metrics")]
 pub mod metrics;
+#[cfg(feature = "otlp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "otlp")))]
+pub mod otlp;
 pub use crate::dump::{dump_to_dir, dump_to_file};
 #[cfg(all(unix, feature = "signal"))]
 pub use crate::dump::{install_dump_signal, DumpSignalError};
