@@ -6,7 +6,14 @@ use std::collections::HashMap;
 #[global_allocator]
 static GLOBAL: heapsight::HeapSight = heapsight::HeapSight::system();
 
-fn main() -> std::io::Result<()> {
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("quickstart: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> std::io::Result<()> {
     let mut index: HashMap<String, Vec<String>> = HashMap::new();
     for i in 0..500_000 {
         index

@@ -204,7 +204,7 @@ pub use crate::stack::Unwinder;
 pub use crate::symbols::{Frame, Symbol};
 pub use crate::tags::{
     tag, tag_stats, try_tag, with_tag, Tag, TagError, TagFutureExt, TagGuard, TagStats, Tagged,
-    MAX_TAG_LEN, MAX_TAG_NAMES, OVERFLOW_TAG,
+    MAX_LABELS, MAX_LABEL_KEY_LEN, MAX_TAG_LEN, MAX_TAG_NAMES, OVERFLOW_TAG, TAG_KEY,
 };
 
 /// Go's default `MemProfileRate`, heapsight's default: one sample per 512 KiB allocated.
