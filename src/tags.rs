@@ -373,6 +373,13 @@ impl Tag {
     }
 }
 
+/// Sets this thread's tag id, returns the previous one: for scopes that cannot hold a
+/// [`TagGuard`] (the `tracing` layer's enter and exit callbacks).
+#[cfg(feature = "tracing")]
+pub(crate) fn swap_current(id: u32) -> u32 {
+    set_current(id)
+}
+
 /// Sets this thread's tag id, returns the previous one.
 fn set_current(id: u32) -> u32 {
     THREAD.with(|t| {

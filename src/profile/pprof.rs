@@ -42,7 +42,19 @@ const SHORT_NAME_DROP: &str = "take_sample";
 /// `::grow_one`. So the name loses its outer `<...>` wrapper (`alloc::raw_vec::RawVec<u8>::grow_one`,
 /// which pprof shows as `alloc::raw_vec::RawVec::grow_one`; `<u64 as core::fmt::Display>::fmt`
 /// becomes `u64 as core::fmt::Display::fmt`); `system_name` keeps the exact demangled name.
+/// A turbofish loses its `::` for the same reason: pprof would show
+/// `std::panic::catch_unwind::<F, R>` as `std::panic::catch_unwind::`, with a dangling `::`, and
+/// shows `std::panic::catch_unwind<F, R>` as `std::panic::catch_unwind`.
 pub(crate) fn display_name(function: &str) -> String {
+    let name = outer_brackets_removed(function);
+    if name.contains("::<") {
+        name.replace("::<", "<")
+    } else {
+        name
+    }
+}
+
+fn outer_brackets_removed(function: &str) -> String {
     if !function.starts_with('<') {
         return function.to_string();
     }
@@ -338,6 +350,16 @@ mod tests {
             "u64 as core::fmt::Display::fmt"
         );
         assert_eq!(display_name("app::build"), "app::build");
+        assert_eq!(
+            display_name(
+                "std::panic::catch_unwind::<std::rt::lang_start_internal::{closure#0}, isize>"
+            ),
+            "std::panic::catch_unwind<std::rt::lang_start_internal::{closure#0}, isize>"
+        );
+        assert_eq!(
+            display_name("<alloc::vec::Vec<u8>>::extend::<core::iter::Once<u8>>"),
+            "alloc::vec::Vec<u8>::extend<core::iter::Once<u8>>"
+        );
         assert_eq!(display_name("<unbalanced"), "<unbalanced");
         assert_eq!(display_name("<T as Tr<U>>"), "<T as Tr<U>>");
     }
