@@ -457,7 +457,7 @@ fn read_env() {
 /// Start-up constructor (Linux `.init_array`): finishes global set-up and warms the DWARF
 /// unwinder up once, outside any allocation, so libgcc's first-call initialisation (which walks
 /// the loaded objects under the loader lock) never first happens inside the hook.
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", not(heapsight_portable)))]
 #[used]
 #[link_section = ".init_array"]
 static START_UP: extern "C" fn() = {
@@ -471,5 +471,5 @@ static START_UP: extern "C" fn() = {
     }
     start_up
 };
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(all(target_os = "linux", not(heapsight_portable))))]
 static START_UP: () = ();

@@ -195,7 +195,7 @@ pub(crate) fn walk_frame_pointers(buf: &mut [usize], hi: usize) -> usize {
 /// Called once per thread from the slow path. For the main thread glibc reads /proc/self/maps
 /// with its own `malloc`, which does not come back into a Rust global allocator.
 pub(crate) fn thread_stack_bounds() -> (usize, usize) {
-    #[cfg(target_os = "linux")]
+    #[cfg(all(target_os = "linux", not(heapsight_portable)))]
     {
         // SAFETY: `attr` is initialised by pthread_getattr_np before use and destroyed after;
         // pthread_attr_getstack writes the two out-pointers, which point to live locals.
@@ -214,7 +214,9 @@ pub(crate) fn thread_stack_bounds() -> (usize, usize) {
             (addr as usize, addr as usize + size)
         }
     }
-    #[cfg(not(target_os = "linux"))]
+    // Elsewhere the bounds are unknown, so the frame-pointer walk stops at once and every
+    // sampled stack comes from the DWARF unwinder.
+    #[cfg(not(all(target_os = "linux", not(heapsight_portable))))]
     {
         (0, 0)
     }
