@@ -35,7 +35,10 @@ fn shape(lines: &[String]) -> Shape {
             // The site is the last column, after two spaces; the test binary's module path is
             // the example's crate name.
             let site = t.rsplit("  ").next().unwrap_or("");
-            rows.push((site.replace("docs_output::quickstart::", "quickstart::"), String::new()));
+            rows.push((
+                site.replace("docs_output::quickstart::", "quickstart::"),
+                String::new(),
+            ));
         }
     }
     Shape {
