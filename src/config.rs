@@ -142,7 +142,7 @@ pub(crate) struct EnvSettings {
 /// Reads and validates `HEAPSIGHT_SAMPLE_RATE`, `HEAPSIGHT_MAX_DEPTH`, `HEAPSIGHT_MAX_SITES` and
 /// `HEAPSIGHT_UNWINDER` without allocating.
 pub(crate) fn env_settings() -> EnvSettings {
-    settings_from(|name| getenv(name))
+    settings_from(getenv)
 }
 
 /// [`env_settings`] over any source of values (tests pass a table).

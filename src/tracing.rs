@@ -23,10 +23,9 @@
 //! req.extensions().get::<MatchedPath>().map(MatchedPath::as_str); info_span!("request",
 //! http.route = route) })`.
 //!
-//! Spans without the field (or, by name, every span) leave the tag as it was; the innermost
-//! tagged span wins. Tags are interned, and the tag table is bounded ([`MAX_TAG_NAMES`]
-//! (crate::MAX_TAG_NAMES)): tag by route or job kind, never by a field that is different for
-//! every request (an id, a full URI). A value recorded later (`span.record("http.route", ..)`)
+//! Spans without the field leave the tag as it was; the innermost tagged span wins. Tags are
+//! interned, and the tag table is bounded ([`MAX_TAG_NAMES`](crate::MAX_TAG_NAMES)): tag by
+//! route or job kind, never by a field that is different for every request (an id, a full URI). A value recorded later (`span.record("http.route", ..)`)
 //! applies from the span's next entry. On each thread at most 64 tagged spans can be entered
 //! at once; deeper ones leave the tag of the 64th in force.
 use core::cell::Cell;

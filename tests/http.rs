@@ -398,6 +398,30 @@ fn idle_connections_do_not_starve_requests() {
     h.shutdown();
 }
 
+/// `HEAPSIGHT_HTTP_ADDR`: Go's `:PORT` serves on every interface; a malformed address or one
+/// that cannot be bound gives no server (and one stderr line), never an error or a panic.
+fn http_addr_from_env() {
+    // Nothing else in this process reads the environment while the checks run.
+    std::env::set_var("HEAPSIGHT_HTTP_ADDR", ":0");
+    let h = heapsight::http::serve_from_env().expect(":0 serves");
+    assert!(h.local_addr().ip().is_unspecified(), "{}", h.local_addr());
+    let local = SocketAddr::from(([127, 0, 0, 1], h.local_addr().port()));
+    assert_eq!(get(local, "GET", "/metrics").0, 200);
+    // The port is taken now: binding it again fails, and the program goes on without a server.
+    std::env::set_var(
+        "HEAPSIGHT_HTTP_ADDR",
+        format!("0.0.0.0:{}", h.local_addr().port()),
+    );
+    assert!(heapsight::http::serve_from_env().is_none());
+    for bad in ["6060", "localhost:", "127.0.0.1:99999", "a b:1"] {
+        std::env::set_var("HEAPSIGHT_HTTP_ADDR", bad);
+        assert!(heapsight::http::serve_from_env().is_none(), "{bad}");
+    }
+    std::env::remove_var("HEAPSIGHT_HTTP_ADDR");
+    assert!(heapsight::http::serve_from_env().is_none());
+    h.shutdown();
+}
+
 fn main() {
     support::run(&[
         (
@@ -417,5 +441,6 @@ fn main() {
             "idle_connections_do_not_starve_requests",
             idle_connections_do_not_starve_requests,
         ),
+        ("http_addr_from_env", http_addr_from_env),
     ]);
 }

@@ -165,7 +165,7 @@ pub fn serve_from_env() -> Option<Handle> {
         Ok(h) => {
             if addr.all_interfaces {
                 eprintln!(
-                    "heapsight: {shown}: serving on every interface ({}), not only loopback",
+                    "heapsight: {shown}: serving on every IPv4 interface ({}), not only loopback",
                     h.local_addr()
                 );
             }
