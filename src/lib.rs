@@ -106,7 +106,7 @@
 //! | 64 KiB | 16,384 | ±2.5% | 8× more stacks |
 //! | 1 | every allocation | exact | every allocation unwinds: tests and debugging only |
 //!
-//! Benchmarks of what these cost are in the README (`benches/compare.py`).
+//! Benchmarks of what these cost are in the README (`dev/benches/compare.py`).
 //!
 //! # Tags
 //!
