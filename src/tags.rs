@@ -182,15 +182,16 @@ fn display_name(pairs: &[(&str, &str)]) -> String {
     }
 }
 
-/// Checks a label set and sorts it by key.
-fn validate<'a>(pairs: &[(&'a str, &'a str)]) -> Result<Vec<(&'a str, &'a str)>, TagError> {
+/// Checks a label set without allocating (but for the error's key, which is the caller's).
+fn check(pairs: &[(&str, &str)]) -> Result<(), TagError> {
+    if pairs.is_empty() {
+        return Err(TagError::Empty);
+    }
     if pairs.len() > MAX_LABELS {
         return Err(TagError::TooManyLabels { count: pairs.len() });
     }
-    let mut sorted: Vec<(&str, &str)> = pairs.to_vec();
-    sorted.sort_by(|a, b| a.0.cmp(b.0));
-    for (i, (k, v)) in sorted.iter().enumerate() {
-        let repeated = i > 0 && sorted[i - 1].0 == *k;
+    for (i, (k, v)) in pairs.iter().enumerate() {
+        let repeated = pairs[..i].iter().any(|(seen, _)| seen == k);
         if k.is_empty() || k.len() > MAX_LABEL_KEY_LEN || RESERVED_KEYS.contains(k) || repeated {
             return Err(TagError::BadLabelKey { key: k.to_string() });
         }
@@ -201,32 +202,36 @@ fn validate<'a>(pairs: &[(&'a str, &'a str)]) -> Result<Vec<(&'a str, &'a str)>,
             return Err(TagError::TooLong { len: v.len() });
         }
     }
-    if sorted.is_empty() {
-        return Err(TagError::Empty);
-    }
-    Ok(sorted)
+    Ok(())
 }
 
+/// Interns a checked label set. Everything it allocates, the sorted copy included, is the
+/// profiler's: entering a tag must not count as an allocation under the tag in force, and an
+/// error (whose key the caller owns and frees) is made before, outside the guard.
 fn intern_set(pairs: &[(&str, &str)]) -> Result<u32, TagError> {
-    let sorted = validate(pairs)?;
-    with_names(|n| {
-        let key = set_key(&sorted);
-        if let Some(&id) = n.ids.get(&key) {
-            return Ok(id);
-        }
-        if n.list.len() >= MAX_TAGS {
-            return Err(TagError::TableFull);
-        }
-        let id = n.list.len() as u32;
-        n.list.push(Arc::from(display_name(&sorted)));
-        n.labels.push(
-            sorted
-                .iter()
-                .map(|(k, v)| (Arc::from(*k), Arc::from(*v)))
-                .collect(),
-        );
-        n.ids.insert(key, id);
-        Ok(id)
+    check(pairs)?;
+    profiler_scope(|| {
+        let mut sorted: Vec<(&str, &str)> = pairs.to_vec();
+        sorted.sort_by(|a, b| a.0.cmp(b.0));
+        with_names(|n| {
+            let key = set_key(&sorted);
+            if let Some(&id) = n.ids.get(&key) {
+                return Ok(id);
+            }
+            if n.list.len() >= MAX_TAGS {
+                return Err(TagError::TableFull);
+            }
+            let id = n.list.len() as u32;
+            n.list.push(Arc::from(display_name(&sorted)));
+            n.labels.push(
+                sorted
+                    .iter()
+                    .map(|(k, v)| (Arc::from(*k), Arc::from(*v)))
+                    .collect(),
+            );
+            n.ids.insert(key, id);
+            Ok(id)
+        })
     })
 }
 
@@ -303,11 +308,15 @@ impl Tag {
     /// let _g = t.enter(); // samples now carry the pprof labels route and tenant
     /// ```
     pub fn with_labels(labels: &[(&str, &str)]) -> Tag {
+        profiler_scope(|| Tag::with_labels_inside(labels))
+    }
+
+    fn with_labels_inside(labels: &[(&str, &str)]) -> Tag {
         let mut kept: Vec<(&str, &str)> = Vec::new();
         for &(k, v) in labels {
             let v = truncate(v);
             if kept.len() < MAX_LABELS
-                && validate(&[(k, v)]).is_ok()
+                && check(&[(k, v)]).is_ok()
                 && !kept.iter().any(|(seen, _)| *seen == k)
             {
                 kept.push((k, v));
