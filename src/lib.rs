@@ -128,7 +128,7 @@
 //!
 //! * Feature `http`: `http::serve("127.0.0.1:6060")` serves Go's `/debug/pprof/heap`
 //!   (`?debug=1`, `?seconds=N`), `/debug/pprof/allocs`, a `/debug/heapsight` page and Prometheus
-//!   `/metrics`; `http::respond` mounts the same endpoints in any framework (`examples/axum.rs`).
+//!   `/metrics`; `http::respond` mounts the same endpoints in any framework (`dev/examples/axum.rs`).
 //!   `go tool pprof http://127.0.0.1:6060/debug/pprof/heap` just works.
 //! * Feature `signal`: `heapsight::install_dump_signal(libc::SIGUSR2)` writes
 //!   `heapsight-<pid>-<seq>.pb.gz` and `.txt` into `HEAPSIGHT_DUMP_DIR` on each signal.

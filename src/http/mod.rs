@@ -3,7 +3,7 @@
 //! Transport only: every body comes from the encoders in `profile/`.
 //!
 //! * [`respond`] maps a path and query to a [`Response`]; mount it in any framework (see
-//!   `examples/axum.rs`).
+//!   `dev/examples/axum.rs`).
 //! * [`serve`] runs a small server on a background thread, bound to loopback unless told
 //!   otherwise; `HEAPSIGHT_HTTP_ADDR` sets the address for [`serve_from_env`].
 //!
