@@ -142,13 +142,24 @@ mod signal {
     static INSTALLED: AtomicBool = AtomicBool::new(false);
     static PIPE_WRITE: AtomicI32 = AtomicI32::new(-1);
 
+    /// This thread's `errno`, where the platform names its location.
+    fn errno_location() -> Option<*mut libc::c_int> {
+        // SAFETY: these functions have no preconditions and return this thread's errno, valid
+        // while the thread lives.
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        return Some(unsafe { libc::__errno_location() });
+        #[cfg(any(target_os = "macos", target_os = "ios", target_os = "freebsd"))]
+        return Some(unsafe { libc::__error() });
+        #[allow(unreachable_code)]
+        None
+    }
+
     extern "C" fn on_signal(_: libc::c_int) {
-        // SAFETY: `__errno_location` returns this thread's errno, valid while the thread lives.
         // The handler may interrupt code between a failing call and its read of errno; a failed
         // write below (a full pipe: dumps already pending) would overwrite it, so it is restored.
-        let errno = unsafe { libc::__errno_location() };
-        // SAFETY: as above.
-        let saved = unsafe { *errno };
+        let errno = errno_location();
+        // SAFETY: a pointer from `errno_location`, this thread's errno.
+        let saved = errno.map(|e| unsafe { *e });
         let fd = PIPE_WRITE.load(Relaxed);
         if fd >= 0 {
             let b = 1u8;
@@ -156,8 +167,10 @@ mod signal {
             // drops the byte, which is fine: a dump is pending anyway.
             unsafe { libc::write(fd, (&b as *const u8).cast(), 1) };
         }
-        // SAFETY: as above.
-        unsafe { *errno = saved };
+        if let (Some(e), Some(v)) = (errno, saved) {
+            // SAFETY: as above.
+            unsafe { *e = v };
+        }
     }
 
     /// Dumps a profile into `HEAPSIGHT_DUMP_DIR` (default: the working directory) each time the
@@ -299,4 +312,5 @@ mod signal {
 }
 
 #[cfg(all(unix, feature = "signal"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "signal")))]
 pub use signal::install_dump_signal;

@@ -105,11 +105,11 @@ pub(crate) fn capture(buf: &mut [usize], bounds: (usize, usize)) -> usize {
         return n;
     }
     let (n, end) = walk_frame_pointers(buf, bounds);
-    if end != End::Broken || n == 0 {
+    if end != End::Broken {
         return n;
     }
-    let last = buf[n - 1];
-    if is_entry(last) {
+    let last = if n > 0 { buf[n - 1] } else { 0 };
+    if n > 0 && is_entry(last) {
         return n;
     }
     let m = capture_dwarf(buf);
@@ -120,7 +120,7 @@ pub(crate) fn capture(buf: &mut [usize], bounds: (usize, usize)) -> usize {
     }
     // Did DWARF find the program's frames above the break, or only the C start-up code?
     // (libgcc ends its trace with a 0 address, not a frame.)
-    if let Some(k) = buf[..m].iter().rposition(|&ip| ip == last) {
+    if let Some(k) = buf[..m].iter().rposition(|&ip| ip == last && n > 0) {
         if buf[k + 1..m].iter().filter(|&&ip| ip != 0).count() <= ENTRY_TAIL {
             learn_entry(last);
         }
@@ -292,7 +292,7 @@ pub(crate) fn walk_frame_pointers(buf: &mut [usize], thread: (usize, usize)) -> 
 
 /// The alternate signal stack `[lo, hi)` if this thread is running a signal handler on it.
 fn alt_stack() -> Option<(usize, usize)> {
-    #[cfg(target_os = "linux")]
+    #[cfg(all(target_os = "linux", not(heapsight_portable)))]
     {
         // SAFETY: `ss` is a live local that sigaltstack fills; a null new stack only queries.
         // sigaltstack is async-signal-safe and does not set errno on success.
@@ -307,7 +307,7 @@ fn alt_stack() -> Option<(usize, usize)> {
         }
         None
     }
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(not(all(target_os = "linux", not(heapsight_portable))))]
     {
         None
     }
@@ -320,7 +320,7 @@ fn alt_stack() -> Option<(usize, usize)> {
 /// (0 = not yet asked; not cached across walks, since a forked child has another pid). The
 /// caller's `errno` is preserved.
 fn read_checked(addr: usize, pid: &mut libc::pid_t) -> Option<(usize, usize)> {
-    #[cfg(target_os = "linux")]
+    #[cfg(all(target_os = "linux", not(heapsight_portable)))]
     {
         let mut out = [0usize; 2];
         let local = libc::iovec {
@@ -346,7 +346,7 @@ fn read_checked(addr: usize, pid: &mut libc::pid_t) -> Option<(usize, usize)> {
             (r == local.iov_len as isize).then_some((out[0], out[1]))
         }
     }
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(not(all(target_os = "linux", not(heapsight_portable))))]
     {
         let _ = (addr, pid);
         None
@@ -358,7 +358,7 @@ fn read_checked(addr: usize, pid: &mut libc::pid_t) -> Option<(usize, usize)> {
 /// Called once per thread from the slow path. For the main thread glibc reads /proc/self/maps
 /// with its own `malloc`, which does not come back into a Rust global allocator.
 pub(crate) fn thread_stack_bounds() -> (usize, usize) {
-    #[cfg(target_os = "linux")]
+    #[cfg(all(target_os = "linux", not(heapsight_portable)))]
     {
         // SAFETY: `attr` is initialised by pthread_getattr_np before use and destroyed after;
         // pthread_attr_getstack writes the two out-pointers, which point to live locals.
@@ -377,7 +377,9 @@ pub(crate) fn thread_stack_bounds() -> (usize, usize) {
             (addr as usize, addr as usize + size)
         }
     }
-    #[cfg(not(target_os = "linux"))]
+    // Elsewhere the bounds are unknown, so the frame-pointer walk stops at once and every
+    // sampled stack comes from the DWARF unwinder.
+    #[cfg(not(all(target_os = "linux", not(heapsight_portable))))]
     {
         (0, 0)
     }
@@ -398,6 +400,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(heapsight_portable, ignore = "process_vm_readv is Linux only")]
     fn checked_read_reads_mapped_words_and_refuses_unmapped_ones() {
         let words = [0x1234usize, 0x5678];
         let mut pid = 0;
@@ -432,6 +435,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(heapsight_portable, ignore = "Linux stack bounds only")]
     fn stack_bounds_contain_a_local() {
         let x = 0u8;
         let (lo, hi) = thread_stack_bounds();
@@ -440,6 +444,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(heapsight_portable, ignore = "Linux stack bounds only")]
     fn frame_pointer_walk_sees_every_nested_frame() {
         if !COMPILED_WITH_FP {
             eprintln!("SKIPPED: built without frame pointers");
@@ -455,6 +460,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(heapsight_portable, ignore = "Linux stack bounds only")]
     fn dwarf_and_frame_pointers_agree_on_return_addresses() {
         if !COMPILED_WITH_FP {
             eprintln!("SKIPPED: built without frame pointers");
@@ -479,5 +485,19 @@ mod tests {
             assert!(found.is_some(), "{ra:#x} missing from DWARF trace");
             pos += found.unwrap() + 1;
         }
+    }
+
+    /// The portable paths in force (`--cfg heapsight_portable`, or a target other than Linux):
+    /// no stack bounds, so every capture is the DWARF unwinder's, and it still finds this frame.
+    #[test]
+    #[cfg(any(heapsight_portable, not(target_os = "linux")))]
+    fn portable_paths_capture_with_dwarf() {
+        assert_eq!(thread_stack_bounds(), (0, 0));
+        let before = DWARF_CAPTURES.load(SeqCst);
+        let mut buf = [0usize; 64];
+        let n = capture(&mut buf, thread_stack_bounds());
+        assert!(n > 3, "{n} frames");
+        assert!(DWARF_CAPTURES.load(SeqCst) > before);
+        assert!(crate::profile::maps::read_self().is_empty());
     }
 }

@@ -146,7 +146,7 @@ impl<T> Drop for LockGuard<'_, T> {
 
 /// Sleeps while `*word == val` (or until woken, or spuriously). Keeps the caller's `errno`: the
 /// site table is locked inside `malloc`, whose callers may not expect it to change.
-#[cfg(any(target_os = "linux", target_os = "android"))]
+#[cfg(all(target_os = "linux", not(heapsight_portable)))]
 fn wait(word: &AtomicU32, val: u32) {
     // SAFETY: `word` is a live, aligned u32 for the duration of the call; FUTEX_WAIT with a null
     // timeout only reads it. `__errno_location` is this thread's errno. Neither allocates.
@@ -165,7 +165,7 @@ fn wait(word: &AtomicU32, val: u32) {
 }
 
 /// Wakes one sleeper of `word`, keeping `errno` (see [`wait`]).
-#[cfg(any(target_os = "linux", target_os = "android"))]
+#[cfg(all(target_os = "linux", not(heapsight_portable)))]
 fn wake_one(word: &AtomicU32) {
     // SAFETY: as in `wait`; FUTEX_WAKE does not access the word's memory.
     unsafe {
@@ -181,14 +181,14 @@ fn wake_one(word: &AtomicU32) {
     }
 }
 
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
+#[cfg(not(all(target_os = "linux", not(heapsight_portable))))]
 fn wait(word: &AtomicU32, val: u32) {
     if word.load(Relaxed) == val {
         std::thread::yield_now();
     }
 }
 
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
+#[cfg(not(all(target_os = "linux", not(heapsight_portable))))]
 fn wake_one(_: &AtomicU32) {}
 
 /// `pthread_atfork` prepare: every lock, in the order of the list above.
