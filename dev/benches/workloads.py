@@ -48,10 +48,10 @@ CONFIGS = [  # (binary, label, inner binary for the ratio)
 ]
 # workload: (callgrind iteration counts (low, high), wall-clock iterations, dhat's wall iterations)
 WORKLOADS = {
-    "json": ((1, 3), 10, 1),
-    "syn": ((1, 3), 6, 1),
+    "json": ((1, 2), 10, 1),
+    "syn": ((1, 2), 6, 1),
     "seed": ((1, 2), 3, 1),
-    "axum": ((200, 1200), 4000, 400),
+    "axum": ((200, 700), 4000, 400),
 }
 UNIT = {"json": "iteration", "syn": "iteration", "seed": "iteration", "axum": "request"}
 
@@ -127,6 +127,15 @@ def wrk_round(exe, port, seconds, script):
         srv.wait(timeout=30)
 
 
+RESULTS = os.path.join(OUT, "results.json")
+
+
+def save(results):
+    """Kept up to date after every measurement, so an interrupted run leaves what it measured."""
+    with open(RESULTS, "w") as f:
+        json.dump(results, f, indent=1)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default=",".join(WORKLOADS), help="comma-separated workloads")
@@ -136,7 +145,10 @@ def main():
     ap.add_argument("--skip-callgrind", action="store_true")
     ap.add_argument("--skip-wall", action="store_true")
     ap.add_argument("--skip-wrk", action="store_true")
+    ap.add_argument("--results", default=RESULTS, help="where the raw numbers go (JSON)")
     args = ap.parse_args()
+    global RESULTS
+    RESULTS = args.results
     workloads = [w for w in args.only.split(",") if w]
     for w in workloads:
         if w not in WORKLOADS:
@@ -161,7 +173,8 @@ def main():
                 per[exe] = ((i_hi - i_lo) / (hi - lo), (d_hi - d_lo) / (hi - lo))
                 print(f"  {w:5} {label:20} {per[exe][0]:>16,.0f} instr/{UNIT[w]}  {per[exe][1]:>12,.0f} D1 misses",
                       flush=True)
-            results["callgrind"][w] = per
+                results["callgrind"][w] = per
+                save(results)
         print()
         head = "| workload (per) | System instr | HeapSight<System> | mimalloc instr | HeapSight<MiMalloc> | stats_alloc | tracking-allocator |"
         print(head)
@@ -194,6 +207,7 @@ def main():
                     n = dhat_iters if exe == "wl_dhat" else iters
                     times[exe].append(elapsed_ns(exes[exe], w, n))
             results["wall"][w] = times
+            save(results)
             print(f"  {w}: " + ", ".join(
                 f"{label} {statistics.median(times[exe]) / 1e6:.2f} ms" for exe, label, _ in CONFIGS), flush=True)
         print()
@@ -228,9 +242,8 @@ def main():
             ratio = fmt_ratio([a / b for a, b in zip(rps[exe], rps[base])]) if base else "-"
             print(f"| {label} | {statistics.median(rps[exe]):,.0f} | {ratio} |")
 
-    with open(os.path.join(OUT, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    print(f"\n(run time {time.time() - start:.0f} s; raw numbers in {os.path.relpath(OUT, ROOT)}/results.json)")
+    save(results)
+    print(f"\n(run time {time.time() - start:.0f} s; raw numbers in {os.path.relpath(RESULTS, ROOT)})")
 
 
 if __name__ == "__main__":
