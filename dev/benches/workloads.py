@@ -137,6 +137,7 @@ def save(results):
 
 
 def main():
+    global RESULTS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default=",".join(WORKLOADS), help="comma-separated workloads")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved wall-clock rounds")
@@ -147,7 +148,6 @@ def main():
     ap.add_argument("--skip-wrk", action="store_true")
     ap.add_argument("--results", default=RESULTS, help="where the raw numbers go (JSON)")
     args = ap.parse_args()
-    global RESULTS
     RESULTS = args.results
     workloads = [w for w in args.only.split(",") if w]
     for w in workloads:
