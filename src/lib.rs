@@ -177,6 +177,7 @@ mod config;
 mod counters;
 mod dump;
 mod guard;
+pub mod history;
 mod measure;
 mod profile;
 mod sampler;
@@ -389,3 +390,10 @@ pub fn peak_profile() -> HeapProfile {
 
 #[doc(hidden)]
 pub use crate::sites::bench_snapshot_lock_hold;
+
+/// The heap over time, as recorded so far by [`history::start`] (the HTTP server starts it):
+/// exact counters and per-site estimates every interval, and [`history::History::growing`], the
+/// sites whose live bytes keep rising. Empty until something records.
+pub fn history() -> history::History {
+    history::snapshot()
+}
