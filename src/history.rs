@@ -172,10 +172,6 @@ impl Keys {
             self.free.push(k);
         }
     }
-
-    fn live(&self) -> usize {
-        self.frames.len() - self.free.len()
-    }
 }
 
 struct Ring {

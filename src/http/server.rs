@@ -47,7 +47,8 @@ impl Handle {
 /// to make explicitly (`HEAPSIGHT_HTTP_ADDR=0.0.0.0:6060`).
 pub const DEFAULT_ADDR: &str = "127.0.0.1:6060";
 
-/// Serves the endpoints on `addr` from [`WORKERS`] background threads. Everything they do runs
+/// Serves the endpoints on `addr` from [`WORKERS`] background threads, and starts the history
+/// recorder ([`crate::history::start`] with its defaults) if nothing started it. Everything they do runs
 /// inside the profiler guard: none of the server's allocations is counted as the program's.
 /// Dropping the [`Handle`] leaves the server running for the life of the process.
 ///
@@ -79,6 +80,11 @@ pub fn serve(addr: impl ToSocketAddrs) -> io::Result<Handle> {
     while shared.ready.load(Acquire) < WORKERS {
         thread::sleep(Duration::from_millis(1));
     }
+    // The page's timeline and growing sites, and `?since=`, read the history.
+    crate::history::start(
+        crate::history::DEFAULT_INTERVAL,
+        crate::history::DEFAULT_WINDOW,
+    )?;
     Ok(Handle {
         addr,
         shared,

@@ -31,6 +31,7 @@ mod text;
 mod top;
 
 pub use dist::Distribution;
+pub(crate) use top::name_site;
 pub use top::Top;
 
 /// Which of the four values of a heap profile to show (pprof's `-sample_index`).
