@@ -98,6 +98,7 @@ pub(super) fn heapsight_page() -> String {
         "<tr><td class=l>peak in use</td><td></td><td>{}</td></tr></table>",
         human(s.peak_inuse_bytes)
     );
+    history_sections(&mut h);
     for (title, id, ty) in [
         (
             "Top sites by live bytes (estimated)",
@@ -116,7 +117,6 @@ pub(super) fn heapsight_page() -> String {
             escape_html(&p.top(10, ty).to_string())
         );
     }
-    history_sections(&mut h);
     let tags = crate::tag_stats();
     if !tags.is_empty() {
         h.push_str("<h2>Tags</h2>\n<table id=tags><tr><th class=l>tag</th><th>alloc objects</th><th>alloc bytes</th><th>live objects (est.)</th><th>live bytes (est.)</th></tr>\n");
