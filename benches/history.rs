@@ -74,12 +74,24 @@ fn run(n: usize, reps: usize, fill: bool) {
         })
         .collect();
     let (med, lo, hi) = median_spread(times);
+    // The same number of plain profiles, interleaved in time with nothing else: how much of a
+    // point is the profile it is built from.
+    let (pmed, _, _) = median_spread(
+        (0..reps)
+            .map(|_| {
+                let t = Instant::now();
+                drop(heapsight::profile());
+                t.elapsed()
+            })
+            .collect(),
+    );
     println!(
-        "{n:>6} sites: first point {:8.2} ms (symbolizes new stacks); then per point {:7.3} ms median ({:.3}-{:.3}, {reps} points)",
+        "{n:>6} sites: first point {:8.2} ms (symbolizes new stacks); then per point {:7.3} ms median ({:.3}-{:.3}, {reps} points); profile() alone {:.3} ms",
         ms(first),
         ms(med),
         ms(lo),
-        ms(hi)
+        ms(hi),
+        ms(pmed)
     );
     if fill {
         let before = heapsight::stats().profiler_bytes;

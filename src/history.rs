@@ -287,8 +287,9 @@ pub fn is_recording() -> bool {
 #[doc(hidden)]
 pub fn record_now() {
     profiler_scope(|| {
-        let p = crate::profile();
+        // The time of the counters, which the profile reads first.
         let at = EPOCH.get_or_init(Instant::now).elapsed();
+        let p = crate::profile();
         // Intern under the lock (a hash lookup per kept site), build the point's entries first.
         let mut kept: Vec<(&Arc<[Frame]>, Values)> = Vec::with_capacity(SITES_PER_POINT);
         let mut other = Values::default();
@@ -619,6 +620,28 @@ pub(crate) fn trend(t: &[f64], y: &[f64], a: &[f64], r: &[f64]) -> Option<Trend>
     if n < MIN_POINTS {
         return None;
     }
+    // The thirds first: linear, and what most steady sites fail.
+    // Each third's median above the previous one's, beyond sampling error.
+    let third = n / 3;
+    let mut m = [0.0; 3];
+    let mut ma = [0.0; 3];
+    let mut rate = [0.0f64; 3];
+    for k in 0..3 {
+        let (lo, hi) = (k * third, if k == 2 { n } else { (k + 1) * third });
+        m[k] = median(&mut y[lo..hi].to_vec());
+        ma[k] = if a[lo..hi].iter().all(|x| x.is_finite()) {
+            median(&mut a[lo..hi].to_vec())
+        } else {
+            f64::NAN
+        };
+        rate[k] = r[lo..hi].iter().copied().fold(0.0, f64::max);
+    }
+    for k in 1..3 {
+        let sd = pair_sd(m[k - 1], m[k], ma[k - 1], ma[k], rate[k - 1].max(rate[k]));
+        if m[k] - m[k - 1] <= THIRD_SD * sd {
+            return None;
+        }
+    }
     // Mann–Kendall over pairs that differ by more than their sampling error.
     let mut s = 0i64;
     let mut slopes = Vec::with_capacity(n * (n - 1) / 2);
@@ -647,27 +670,6 @@ pub(crate) fn trend(t: &[f64], y: &[f64], a: &[f64], r: &[f64]) -> Option<Trend>
     let slope = median(&mut slopes);
     if slope <= 0.0 {
         return None;
-    }
-    // Each third's median above the previous one's, beyond sampling error.
-    let third = n / 3;
-    let mut m = [0.0; 3];
-    let mut ma = [0.0; 3];
-    let mut rate = [0.0f64; 3];
-    for k in 0..3 {
-        let (lo, hi) = (k * third, if k == 2 { n } else { (k + 1) * third });
-        m[k] = median(&mut y[lo..hi].to_vec());
-        ma[k] = if a[lo..hi].iter().all(|x| x.is_finite()) {
-            median(&mut a[lo..hi].to_vec())
-        } else {
-            f64::NAN
-        };
-        rate[k] = r[lo..hi].iter().copied().fold(0.0, f64::max);
-    }
-    for k in 1..3 {
-        let sd = pair_sd(m[k - 1], m[k], ma[k - 1], ma[k], rate[k - 1].max(rate[k]));
-        if m[k] - m[k - 1] <= THIRD_SD * sd {
-            return None;
-        }
     }
     Some(Trend { slope, z })
 }

@@ -227,6 +227,11 @@ fn site_label(frames: &[crate::Frame]) -> String {
     }
 }
 
+/// An axis label: `human`, without a decimal where the value is round in its unit.
+fn round_bytes(v: f64) -> String {
+    human(v as u64).replace(".0 ", " ")
+}
+
 /// `45s`, `10m`, `1.5h`.
 fn duration_text(secs: f64) -> String {
     if secs < 60.0 {
@@ -286,7 +291,7 @@ fn time_step(span: f64) -> f64 {
 /// recorded window; x is time before the latest point. Inline SVG, no script.
 fn timeline_svg(points: &[crate::history::HistoryPoint]) -> String {
     const W: f64 = 960.0;
-    const L: f64 = 78.0; // left margin for the y labels
+    const L: f64 = 100.0; // left margin for the y labels
     const R: f64 = 20.0;
     const TOP: (f64, f64) = (34.0, 200.0); // in-use panel: y from, y to
     const BOT: (f64, f64) = (240.0, 330.0); // allocation-rate panel
@@ -312,16 +317,7 @@ fn timeline_svg(points: &[crate::history::HistoryPoint]) -> String {
     let ystep = nice_step(top_max, 4.0, true);
     let ymax = (top_max / ystep).ceil() * ystep;
     let y1 = |v: f64| TOP.1 - v / ymax * (TOP.1 - TOP.0);
-    axis(
-        &mut s,
-        TOP,
-        ymax,
-        ystep,
-        &|v| human(v as u64),
-        &y1,
-        L,
-        W - R,
-    );
+    axis(&mut s, TOP, ymax, ystep, &|v| round_bytes(v), &y1, L, W - R);
     let _ = write!(
         s,
         "<text x=\"{L}\" y=\"18\" font-weight=\"bold\">Live bytes (exact)</text>\
@@ -387,7 +383,7 @@ fn timeline_svg(points: &[crate::history::HistoryPoint]) -> String {
         BOT,
         rtop,
         rstep,
-        &|v| format!("{}/s", human(v as u64)),
+        &|v| format!("{}/s", round_bytes(v)),
         &y2,
         L,
         W - R,
