@@ -487,7 +487,7 @@ impl History {
         let Some(last) = self.points.last() else {
             return Vec::new();
         };
-        let trends: Vec<(u32, Trend, Vec<(f64, u64)>)> = profiler_scope(|| {
+        let trends: Vec<(u32, Trend, Series)> = profiler_scope(|| {
             let mut out = Vec::new();
             for e in last.sites.iter() {
                 let mut t = Vec::new();
@@ -548,6 +548,9 @@ impl History {
         self.points.iter().min_by_key(|p| p.at.abs_diff(target))
     }
 }
+
+/// `(seconds before the latest point, live bytes)`, oldest first.
+type Series = Vec<(f64, u64)>;
 
 /// A trend verdict: the slope (bytes per second) and the Mann–Kendall z.
 #[derive(Clone, Copy, Debug, PartialEq)]
