@@ -218,6 +218,27 @@ fn capacity(interval: Duration, window: Duration) -> usize {
 /// profiler guard.
 static RING: SpinLock<Option<Ring>> = SpinLock::new(None);
 static STARTED: AtomicBool = AtomicBool::new(false);
+
+/// `pthread_atfork` prepare: takes the ring's lock, so a child never inherits it held by the
+/// recorder (which does not exist there) and can still read and record its history.
+pub(crate) fn lock_for_fork() {
+    RING.raw_lock();
+}
+
+/// `pthread_atfork` parent and child: releases the lock taken by [`lock_for_fork`]. In the child,
+/// whose only thread is the one that forked, the recorder is gone: [`start`] may start one again
+/// (the points recorded before the fork are kept).
+///
+/// # Safety
+/// [`lock_for_fork`] must have been called by this thread (or, in a forked child, by the thread
+/// that forked) with no release since.
+pub(crate) unsafe fn unlock_after_fork(child: bool) {
+    if child {
+        STARTED.store(false, Ordering::SeqCst);
+    }
+    // SAFETY: per this function's contract the lock is held through `raw_lock`, with no guard.
+    unsafe { RING.raw_unlock() }
+}
 static EPOCH: OnceLock<Instant> = OnceLock::new();
 
 /// Starts recording: a background thread records a point now and every `interval` after,
@@ -332,6 +353,16 @@ pub fn record_now() {
         }));
         let cap = ring.cap;
         ring.evict_to(cap);
+    })
+}
+
+/// Runs `f` while the calling thread holds the history's lock (for the fork test: a child forked
+/// meanwhile must not inherit it held). Not part of the stable API.
+#[doc(hidden)]
+pub fn with_lock_held<R>(f: impl FnOnce() -> R) -> R {
+    profiler_scope(|| {
+        let _g = RING.lock();
+        f()
     })
 }
 

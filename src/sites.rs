@@ -573,6 +573,8 @@ pub(crate) fn with_lock_held<R>(f: impl FnOnce() -> R) -> R {
 /// without needing anything the forking thread holds; then the gate (captures in progress finish,
 /// new ones do not wait); the site lock last, held only for the fork itself.
 pub(crate) extern "C" fn atfork_prepare() {
+    // The history's lock is a leaf (its holders take no other lock): any order works.
+    crate::history::lock_for_fork();
     crate::snapshot::lock_for_fork();
     crate::symbols::lock_for_fork();
     crate::stack::fork_gate_close();
@@ -592,5 +594,6 @@ fn atfork_release(child: bool) {
         crate::stack::fork_gate_open(child);
         crate::symbols::unlock_after_fork();
         crate::snapshot::unlock_after_fork();
+        crate::history::unlock_after_fork(child);
     }
 }

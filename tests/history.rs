@@ -421,6 +421,39 @@ fn page_shows_timeline_and_leak() {
     heapsight::set_sample_rate(heapsight::DEFAULT_SAMPLE_RATE);
 }
 
+/// A child forked while another thread holds the history's lock reads and records its history
+/// (the fork handlers hold the lock across `fork()`), and may start its own recorder.
+fn fork_child_reads_history() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let holder = thread::spawn(move || {
+        heapsight::history::with_lock_held(|| {
+            tx.send(()).unwrap();
+            thread::sleep(Duration::from_millis(300));
+        })
+    });
+    rx.recv().unwrap();
+    // SAFETY: the child only calls heapsight, which the fork handlers made safe there, and
+    // leaves with `_exit`.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let before = heapsight::history().len();
+        heapsight::history::record_now();
+        let ok = heapsight::history().len() >= before.min(1)
+            && heapsight::history::start(INTERVAL, Duration::from_secs(60)).unwrap_or(false);
+        // SAFETY: ends the child without running the parent's exit handlers.
+        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child just forked; `status` is a valid out-pointer.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "child failed: status {status}"
+    );
+    holder.join().unwrap();
+}
+
 fn main() {
     support::watchdog(600, "history test");
     support::run(&[
@@ -438,5 +471,6 @@ fn main() {
             since_is_a_diff_go_pprof_reads,
         ),
         ("page_shows_timeline_and_leak", page_shows_timeline_and_leak),
+        ("fork_child_reads_history", fork_child_reads_history),
     ]);
 }
