@@ -15,9 +15,10 @@
 //! A point is [`POINT_BYTES`] plus [`ENTRY_BYTES`] per kept site, so the ring holds at most
 //! `points × (POINT_BYTES + SITES_PER_POINT × ENTRY_BYTES)` plus the key table (one slot per
 //! site kept by some point in the ring, at most `points × SITES_PER_POINT`, [`KEY_BYTES`] each).
-//! Default window: 361 × (176 + 64 × 40) ≈ 0.94 MiB for the points, whatever the heap does; the
-//! key table is a few KiB unless the top sites change at every interval. All of it is allocated
-//! inside the profiler guard, so it is in [`crate::Stats::profiler_bytes`]. [`History::bytes`]
+//! Default window, 64-bit: 361 × (200 + 64 × 40) B = 973 KiB for the points, whatever the heap
+//! does; the key table adds 52 B per distinct site the ring names: a few KiB while the top sites
+//! are stable, at most 361 × 64 × 52 B = 1.15 MiB if they all changed at every interval. All of it
+//! is allocated inside the profiler guard, so it is in [`crate::Stats::profiler_bytes`]. [`History::bytes`]
 //! reports what the ring holds now.
 //!
 //! # Cost
@@ -103,6 +104,8 @@ struct Point {
     truncated: bool,
     /// Sorted by key.
     sites: Box<[Entry]>,
+    /// Read by the `?since=` comparison (feature `http`).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     other: Values,
 }
 
@@ -242,8 +245,8 @@ pub(crate) unsafe fn unlock_after_fork(child: bool) {
 static EPOCH: OnceLock<Instant> = OnceLock::new();
 
 /// Starts recording: a background thread records a point now and every `interval` after,
-/// keeping `window` of history (at most [`MAX_POINTS`] points). The HTTP server
-/// ([`crate::http::serve`]) calls it with the defaults. Only the first call starts a thread; a
+/// keeping `window` of history (at most [`MAX_POINTS`] points). The HTTP server (`http::serve`,
+/// feature `http`) calls it with the defaults. Only the first call starts a thread; a
 /// later one returns `Ok(false)` and changes nothing.
 ///
 /// Returns once the thread runs inside the profiler guard, so what std allocates to start it is
@@ -573,7 +576,8 @@ impl History {
         out
     }
 
-    /// The point nearest `age` before the latest one, if any point was recorded.
+    /// The point nearest `age` before `now` (both since the first point), if any was recorded.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     fn point_at(&self, now: Duration, age: Duration) -> Option<&Arc<Point>> {
         let target = now.saturating_sub(age);
         self.points.iter().min_by_key(|p| p.at.abs_diff(target))
@@ -712,6 +716,7 @@ pub(crate) fn trend(t: &[f64], y: &[f64], a: &[f64], r: &[f64]) -> Option<Trend>
 /// that point a record of its values then, negated. Sites summed into that point's "other" entry
 /// are one negative record on a pseudo-frame, so the totals are exactly the differences. `None`
 /// if nothing was recorded.
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
 pub(crate) fn since(age: Duration) -> Option<HeapProfile> {
     let h = snapshot();
     profiler_scope(|| {

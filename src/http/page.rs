@@ -21,7 +21,8 @@ pub(super) fn index_page() -> String {
          <br><p>Profile Descriptions:<ul>\n\
          <li><div class=profile-name>allocs: </div> A sampling of all past memory allocations</li>\n\
          <li><div class=profile-name>heap: </div> A sampling of memory allocations of live objects. \
-         Add ?seconds=N for the allocations of the next N seconds.</li>\n\
+         Add ?seconds=N for the allocations of the next N seconds, ?since=10m for what changed since \
+         the history's point nearest 10 minutes ago.</li>\n\
          </ul></p>\n</body></html>\n",
     );
     s

@@ -31,6 +31,7 @@ mod text;
 mod top;
 
 pub use dist::Distribution;
+#[cfg(feature = "http")]
 pub(crate) use top::name_site;
 pub use top::Top;
 
