@@ -8,7 +8,7 @@
 //! allocated, objects and bytes); every other site is summed into one "other" entry, so the totals
 //! of a point are whole. Sites are interned once (a key of 4 bytes per entry; the stack itself is
 //! the profile's, shared with the stack cache), and only sites with something live are kept by
-//! name. The ring holds `window / interval` points (default one hour of 10 s points: 361).
+//! name. The ring holds `window / interval + 1` points (default one hour of 10 s points: 361).
 //!
 //! # Memory bound
 //!
@@ -18,8 +18,8 @@
 //! Default window, 64-bit: 361 × (200 + 64 × 40) B = 973 KiB for the points, whatever the heap
 //! does; the key table adds 52 B per distinct site the ring names: a few KiB while the top sites
 //! are stable, at most 361 × 64 × 52 B = 1.15 MiB if they all changed at every interval. All of it
-//! is allocated inside the profiler guard, so it is in [`crate::Stats::profiler_bytes`]. [`History::bytes`]
-//! reports what the ring holds now.
+//! is allocated inside the profiler guard, so it is in [`crate::Stats::profiler_bytes`].
+//! [`History::bytes`] reports what the ring holds now.
 //!
 //! # Cost
 //!
@@ -267,16 +267,17 @@ pub fn start(interval: Duration, window: Duration) -> io::Result<bool> {
             None => *g = Some(Ring::new(interval, window)),
         }
     });
-    let ready = Arc::new(AtomicBool::new(false));
-    let r2 = ready.clone();
+    // A static, not an `Arc` shared with the thread: the program allocates here, and a block it
+    // allocated must not be freed inside the guard (the free would go uncounted).
+    static READY: AtomicBool = AtomicBool::new(false);
+    READY.store(false, Ordering::SeqCst);
     // Spawned outside the guard, like the HTTP workers (see `http`): std's per-thread bookkeeping
     // is then the program's, allocated and (never, the thread does not exit) freed as such.
     let spawned = thread::Builder::new()
         .name("heapsight-history".into())
         .spawn(move || {
             profiler_scope(|| {
-                r2.store(true, Ordering::Release);
-                drop(r2);
+                READY.store(true, Ordering::Release);
                 let mut next = Instant::now();
                 loop {
                     record_now();
@@ -295,7 +296,7 @@ pub fn start(interval: Duration, window: Duration) -> io::Result<bool> {
         STARTED.store(false, Ordering::SeqCst);
         return Err(e);
     }
-    while !ready.load(Ordering::Acquire) {
+    while !READY.load(Ordering::Acquire) {
         thread::sleep(Duration::from_millis(1));
     }
     Ok(true)
@@ -848,12 +849,17 @@ mod tests {
         for rate in [512.0 * KIB, 64.0 * KIB] {
             let per = (2.0 * rate / (4.0 * KIB)) as u64; // blocks per interval: 2 × rate bytes
             let mut detected_by = Vec::new();
+            // Theil–Sen slope over the 30 points, relative to the truth.
+            let mut slopes = Vec::new();
             for seed in 1..=200u64 {
                 let mut rng = Rng(seed * 0x9E3779B97F4A7C15);
                 let n = 30;
                 let leak = simulate(&mut rng, rate, 4.0 * KIB, n, |i| 0..per * (i as u64 + 1));
                 let first = (MIN_POINTS..=n).find(|&k| verdict(&leak, k, rate).is_some());
                 detected_by.push(first.unwrap_or(usize::MAX));
+                if let Some(tr) = verdict(&leak, n, rate) {
+                    slopes.push(tr.slope * 10.0 / (per as f64 * 4.0 * KIB));
+                }
                 // Steady pool of 4 MiB replaced at a quarter per interval.
                 let pool = (4.0 * 1024.0 * KIB / (4.0 * KIB)) as u64;
                 let churn = simulate(&mut rng, rate, 4.0 * KIB, n, |i| {
@@ -887,6 +893,14 @@ mod tests {
                     }
                 }
             }
+            let mean = slopes.iter().sum::<f64>() / slopes.len() as f64;
+            let sd = (slopes.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / slopes.len() as f64)
+                .sqrt();
+            println!(
+                "rate {rate}: slope / truth = {mean:.3} ± {sd:.3} over {} runs",
+                slopes.len()
+            );
+            assert!((mean - 1.0).abs() < 0.05, "slope biased: {mean}");
             detected_by.sort_unstable();
             let (median, worst) = (
                 detected_by[detected_by.len() / 2],
