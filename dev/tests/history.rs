@@ -18,6 +18,7 @@ use heapsight::HeapSight;
 #[global_allocator]
 static GLOBAL: HeapSight = HeapSight::system();
 
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 const KIB: usize = 1024;

@@ -1,8 +1,8 @@
 //! What the history costs: time per recorded point with N live sites, the ring's memory when
 //! full (the default hour of 10 s points), and the time of `growing()` over a full ring.
 //!
-//!     cargo bench --all-features --bench history            # N = 100, 1000, 10000
-//!     cargo bench --all-features --bench history -- 1000 5  # one N, 5 timed points (callgrind)
+//!     cargo bench -p heapsight-dev --bench history            # N = 100, 1000, 10000
+//!     cargo bench -p heapsight-dev --bench history -- 1000 5  # one N, 5 timed points (callgrind)
 //!
 //! Wall clock is the median of the timed points with its min-max, on whatever machine runs it;
 //! for a deterministic figure run the second form under `valgrind --tool=callgrind` with two
