@@ -382,7 +382,7 @@ pub fn reset(interval: Duration, window: Duration) {
     })
 }
 
-/// A copy of the recorded history, from [`crate::history`]. The points are shared with the ring
+/// A copy of the recorded history, from [`crate::history()`]. The points are shared with the ring
 /// (a copy costs a few pointers per point), so keeping one does not stop the recorder.
 pub struct History {
     interval: Duration,
