@@ -192,6 +192,9 @@ mod tags;
 pub mod http;
 #[cfg(feature = "metrics")]
 pub mod metrics;
+#[cfg(feature = "otlp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "otlp")))]
+pub mod otlp;
 #[cfg(all(unix, feature = "signal"))]
 pub use crate::dump::install_dump_signal;
 pub use crate::dump::{dump_to_dir, dump_to_file};
