@@ -1098,6 +1098,8 @@ pub(crate) unsafe fn unlock_after_fork() {
 /// (captures in progress finish, new ones do not wait); the site locks last, held only for the
 /// fork itself.
 pub(crate) extern "C" fn atfork_prepare() {
+    // The history's lock is a leaf (its holders take no other lock): any order works.
+    crate::history::lock_for_fork();
     crate::snapshot::lock_for_fork();
     crate::symbols::lock_for_fork();
     crate::stack::fork_gate_close();
@@ -1117,6 +1119,7 @@ fn atfork_release(child: bool) {
         crate::stack::fork_gate_open(child);
         crate::symbols::unlock_after_fork();
         crate::snapshot::unlock_after_fork();
+        crate::history::unlock_after_fork(child);
     }
 }
 
