@@ -5,8 +5,10 @@
 //! * **alloc**: subtract `size` from the countdown; still positive? count into this thread's
 //!   slot, done. Otherwise the `#[cold]` [`alloc_slow`]: a new thread, the profiler guard, an
 //!   exited thread, or a sample.
-//! * **free**: the sampled-block filter byte zero (masked with `free_mask`, which also sends
-//!   threads without a slot to the slow path)? count, done. Otherwise [`free_slow`].
+//! * **free**: subtract `size` from the free countdown (`free_left`, 0 for threads without a
+//!   slot); still positive and the sampled-block filter byte zero? count, done. Otherwise
+//!   [`free_slow`]: a flush (every [`counters::FREE_FLUSH`] bytes), a thread without a slot, or a
+//!   block that may be sampled.
 //!
 //! No lock, no shared read-modify-write, no allocation, no hashing but the filter's shift-and-mask.
 //! Blocks carry no header: the inner allocator sees exactly the caller's layout.
@@ -16,7 +18,7 @@ use std::alloc::System;
 
 use crate::counters::{self, Slot};
 use crate::guard::{InProfiler, ThreadState, LIFE_ACTIVE, LIFE_EXITED, LIFE_NEW, THREAD};
-use crate::{config, sampler, sites, stack};
+use crate::{config, filter, sampler, sites, stack};
 
 /// A `#[global_allocator]` that profiles the heap of the program it serves.
 ///
@@ -97,7 +99,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for HeapSight<A> {
             "realloc to a size that overflows when rounded to the alignment"
         );
         // The old block may be a live sample: take it out before `A` may free it (see dealloc).
-        let taken = if sites::maybe_sampled(ptr) {
+        let taken = if filter::maybe_sampled(ptr) {
             take_sample_for_realloc(ptr)
         } else {
             None
@@ -142,14 +144,17 @@ fn on_alloc(ptr: *mut u8, size: usize) {
 #[inline(always)]
 fn on_free(ptr: *mut u8, size: usize) {
     THREAD.with(|t| {
-        // One test for both rare cases: maybe sampled, or no slot (new thread, guard, exiting;
-        // their `free_mask` of 0 points every address at the always-set filter byte 0).
-        if sites::free_needs_slow_path(ptr, t.free_mask.get()) {
-            free_slow(t, ptr, size, true)
-        } else {
-            // SAFETY: a nonzero `free_mask` means `slot` is installed (they are set together), and
-            // a non-null slot is this thread's owned, never-freed slot.
+        // As on alloc: subtract first, test after. `free_left` is 0 without a slot (new thread,
+        // guard, exiting), so this one test also catches those; the slow path adds `size` back.
+        let (c, borrow) = t.free_left.get().overflowing_sub(size as u64);
+        t.free_left.set(c);
+        if !borrow & (c != 0) & !filter::maybe_sampled(ptr) {
+            // SAFETY: `free_left > 0` only while this thread's slot is installed in `t.slot`
+            // (`set_slot` and the guard zero it whenever the slot is cleared), and slots are
+            // never freed.
             unsafe { (*t.slot.get()).add_free(size) }
+        } else {
+            free_slow(t, ptr, size, true)
         }
     })
 }
@@ -158,12 +163,13 @@ fn on_free(ptr: *mut u8, size: usize) {
 #[inline(always)]
 fn on_free_counted(ptr: *mut u8, size: usize) {
     THREAD.with(|t| {
-        let slot = t.slot.get();
-        if slot.is_null() {
-            free_slow(t, ptr, size, false)
-        } else {
+        let (c, borrow) = t.free_left.get().overflowing_sub(size as u64);
+        t.free_left.set(c);
+        if !borrow & (c != 0) {
             // SAFETY: as in `on_free`.
-            unsafe { (*slot).add_free(size) }
+            unsafe { (*t.slot.get()).add_free(size) }
+        } else {
+            free_slow(t, ptr, size, false)
         }
     })
 }
@@ -193,7 +199,6 @@ impl Drop for ExitHook {
             let slot = t.own_slot();
             t.life.set(LIFE_EXITED);
             t.set_slot(core::ptr::null());
-            t.set_countdown(0);
             if !slot.is_null() {
                 // SAFETY: slots are never freed.
                 counters::release_slot(unsafe { &*slot });
@@ -236,6 +241,7 @@ fn alloc_slow(t: &ThreadState, ptr: *mut u8, size: usize) {
     // countdown was drawn with.
     let rate = t.drawn_rate.get();
     rearm(t);
+    // Constant time whatever the thread count (one shared `fetch_add`; see `counters`).
     counters::resync(slot);
     if rate != 0 {
         take_sample(t, ptr, size as u64, rate);
@@ -245,12 +251,14 @@ fn alloc_slow(t: &ThreadState, ptr: *mut u8, size: usize) {
 #[cold]
 #[inline(never)]
 fn free_slow(t: &ThreadState, ptr: *mut u8, size: usize, check_sample: bool) {
+    // Undo the fast path's subtraction (see `alloc_slow`): 0 stays 0 for threads without a slot.
+    t.free_left.set(t.free_left.get().wrapping_add(size as u64));
     if t.in_profiler.get() {
         // The profiler's own memory; never sampled, so no table look-up (we may hold its lock).
         counters::profiler_free(size);
         return;
     }
-    if check_sample && sites::maybe_sampled(ptr) {
+    if check_sample && filter::maybe_sampled(ptr) {
         if let Some(_g) = InProfiler::enter(t) {
             sites::remove_sample(ptr);
         }
@@ -261,9 +269,18 @@ fn free_slow(t: &ThreadState, ptr: *mut u8, size: usize, check_sample: bool) {
     let slot = t.slot.get();
     if slot.is_null() {
         counters::orphan_free(size);
+        return;
+    }
+    // SAFETY: this thread's owned, never-freed slot.
+    let slot: &Slot = unsafe { &*slot };
+    slot.add_free(size);
+    let c = t.free_left.get();
+    if c > size as u64 {
+        t.free_left.set(c - size as u64);
     } else {
-        // SAFETY: this thread's owned, never-freed slot.
-        unsafe { (*slot).add_free(size) }
+        // The free countdown expired: flush this thread's net change (constant time).
+        counters::resync(slot);
+        t.free_left.set(counters::FREE_FLUSH);
     }
 }
 
@@ -349,6 +366,7 @@ fn init_thread(t: &ThreadState) {
         seed().wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
     ));
     t.set_slot(slot);
+    t.set_free_left(counters::FREE_FLUSH);
     t.life.set(LIFE_ACTIVE);
     counters::resync(slot);
     rearm(t);
@@ -410,9 +428,6 @@ pub(crate) fn init_global() {
     if GLOBAL_STATE.load(Acquire) == 2 {
         return;
     }
-    // Before anything else (and before a concurrent initialiser publishes state 2): threads
-    // without a slot rely on this byte (see `sites::free_needs_slow_path`).
-    sites::arm_inactive_byte();
     if GLOBAL_STATE
         .compare_exchange(0, 1, Acquire, Relaxed)
         .is_err()

@@ -176,6 +176,7 @@ mod alloc;
 mod config;
 mod counters;
 mod dump;
+mod filter;
 mod guard;
 mod measure;
 mod profile;

@@ -9,10 +9,8 @@
 //!   so a site whose blocks are all freed shows exactly 0 in use, never a rounding residue.
 //! * **Live samples**: `address -> bucket` for sampled blocks not yet freed, so a free can take its
 //!   block's contribution out at once: in-use is live, not as of some earlier collection.
-//! * **The filter**: a 256 KiB table of saturating 8-bit counters indexed by address bits, raised
-//!   for every live sample. A free reads one byte of it without a lock; only a nonzero byte sends it
-//!   to the table. With `L` live samples the false-positive rate is at most `L / 2^18`
-//!   (about 0.8% at 2,000 live samples, a 1 GiB heap at the default rate).
+//! * **The filter** ([`crate::filter`]) is raised for every live sample and lowered when it is
+//!   taken out, under the lock; a free consults it without the lock before coming here.
 //!
 //! * **Lifetimes**: each stack has a fixed row of [`LIFE_BINS`] half-octave counters; freeing a
 //!   sampled block adds one to the bin of its age (allocation to free, from `Live::born_ns`).
@@ -30,7 +28,7 @@
 //! is never sampled, and is counted as the profiler's own in `Stats::profiler_bytes`.
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 use crate::sampler;
@@ -45,57 +43,6 @@ pub const DEFAULT_MAX_SITES: usize = 16_384;
 const BUCKETS_PER_SITE: usize = 8;
 
 pub(crate) static MAX_SITES: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_SITES);
-
-const FILTER_BITS: u32 = 18;
-const FILTER_LEN: usize = 1 << FILTER_BITS;
-static FILTER: [AtomicU8; FILTER_LEN] = [const { AtomicU8::new(0) }; FILTER_LEN];
-
-#[inline(always)]
-fn filter_index(ptr: usize) -> usize {
-    // Blocks are at least 16-byte aligned; bits 4..22 differ between neighbouring blocks.
-    let i = (ptr >> 4) & (FILTER_LEN - 1);
-    // Byte 0 belongs to the "no slot" signal of the free fast path (see `free_needs_slow_path`)
-    // and is always set: samples at addresses that map there are counted in byte 1 instead, so
-    // the slow path's second look at such a free finds the real answer (usually "not sampled")
-    // and does not take the site lock.
-    i | (i == 0) as usize
-}
-
-/// May `ptr` be a live sampled block? `false` is certain; `true` must be checked in the table.
-#[inline(always)]
-pub(crate) fn maybe_sampled(ptr: *mut u8) -> bool {
-    FILTER[filter_index(ptr as usize)].load(Relaxed) != 0
-}
-
-/// The mask a thread's free path uses while it has a counter slot installed.
-pub(crate) const FREE_MASK: usize = FILTER_LEN - 1;
-
-/// The free fast path's one test: `true` when the free must go to the slow path, because the
-/// block may be sampled *or* the thread has no slot to count into. `mask` is the thread's
-/// `free_mask`: [`FREE_MASK`] while a slot is installed, 0 while not (new thread, profiler guard,
-/// exited). With mask 0 every address reads filter byte 0, which [`arm_inactive_byte`] keeps at
-/// 255 (sticky: samples never lower it), so "no slot" costs the fast path no test of its own.
-/// Real blocks whose address maps to byte 0 (1 in 2^18) always take the slow path, which looks
-/// again with [`maybe_sampled`] (samples never use byte 0) and takes no lock unless that says so.
-#[inline(always)]
-pub(crate) fn free_needs_slow_path(ptr: *mut u8, mask: usize) -> bool {
-    debug_assert!(mask == 0 || mask == FREE_MASK);
-    let i = ((ptr as usize) >> 4) & mask;
-    // SAFETY: `mask` is a thread's `free_mask`, only ever 0 or `FREE_MASK = FILTER_LEN - 1`, so
-    // `i < FILTER_LEN`. (Unchecked because the compiler cannot see that, and a bounds check
-    // would add two instructions to every free.)
-    unsafe { FILTER.get_unchecked(i) }.load(Relaxed) != 0
-}
-
-/// Sets filter byte 0 for good (see [`free_needs_slow_path`]). Called by global set-up and on
-/// every guard entry, before any thread can run the free path with mask 0: a block reaches a
-/// slot-less free only after some thread allocated it, and every allocating thread passed here
-/// first (thread set-up or guard), so the store happens-before the free that reads it.
-pub(crate) fn arm_inactive_byte() {
-    if FILTER[0].load(Relaxed) != u8::MAX {
-        FILTER[0].store(u8::MAX, Relaxed);
-    }
-}
 
 /// FxHash: keys here are addresses and small integers, hashed under a lock on the sampled path.
 #[derive(Default, Clone, Copy)]
@@ -315,7 +262,7 @@ impl Table {
     /// when a stale entry is retired, whose death time is unknown).
     fn take_live(&mut self, ptr: usize, now_ns: Option<u64>) -> Option<Live> {
         let mut live = self.live.remove(&ptr)?;
-        filter_lower(ptr);
+        crate::filter::lower(ptr);
         let (o, b) = MixedSums::fixed(live.size, live.rate);
         self.inuse_fx -= b;
         if live.bucket == MIXED {
@@ -393,28 +340,10 @@ impl Table {
             self.take_live(ptr, None);
         }
         self.live.insert(ptr, live);
-        filter_raise(ptr);
+        crate::filter::raise(ptr);
         if new_sample {
             self.maybe_capture_peak();
         }
-    }
-}
-
-fn filter_raise(ptr: usize) {
-    let cell = &FILTER[filter_index(ptr)];
-    let v = cell.load(Relaxed);
-    // 255 is sticky: a cell that saturated can no longer count its samples out, so it stays set
-    // (frees through it then always check the table, which stays correct).
-    if v < u8::MAX {
-        cell.store(v + 1, Relaxed);
-    }
-}
-
-fn filter_lower(ptr: usize) {
-    let cell = &FILTER[filter_index(ptr)];
-    let v = cell.load(Relaxed);
-    if v > 0 && v < u8::MAX {
-        cell.store(v - 1, Relaxed);
     }
 }
 
