@@ -99,7 +99,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for HeapSight<A> {
             "realloc to a size that overflows when rounded to the alignment"
         );
         // The old block may be a live sample: take it out before `A` may free it (see dealloc).
-        let taken = if filter::maybe_sampled(ptr) {
+        let taken = if filter::maybe_sampled(ptr) && filter::is_sampled(ptr) {
             take_sample_for_realloc(ptr)
         } else {
             None
@@ -258,7 +258,8 @@ fn free_slow(t: &ThreadState, ptr: *mut u8, size: usize, check_sample: bool) {
         counters::profiler_free(size);
         return;
     }
-    if check_sample && filter::maybe_sampled(ptr) {
+    // Known to be sampled (exact, lock-free) before the clock is read or the lock taken.
+    if check_sample && filter::maybe_sampled(ptr) && filter::is_sampled(ptr) {
         if let Some(_g) = InProfiler::enter(t) {
             sites::remove_sample(ptr);
         }

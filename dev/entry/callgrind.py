@@ -31,7 +31,7 @@ BINS = [
     ("heapsight_mimalloc_rate0", "mimalloc"),
     ("heapsight_mimalloc_default", "mimalloc"),
 ]
-KERNELS = ["pair", "zeroed", "realloc", "churn"]
+KERNELS = ["pair", "zeroed", "realloc", "churn"]  # pair4k: threads.py
 
 
 def counts(exe, kernel, n, tmp):

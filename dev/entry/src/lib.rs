@@ -25,6 +25,43 @@ pub fn kernel_pair(n: u64) {
     }
 }
 
+/// `n` × (alloc 4 KiB, free it): with 4 KiB per pair the countdown expires often (every ~128
+/// pairs at the default rate, 256 at rate 0), so the flush's cost is in the slope.
+#[inline(never)]
+pub fn kernel_pair4k(n: u64) {
+    let l = layout(4096);
+    for _ in 0..n {
+        // SAFETY: non-zero size; freed with its layout.
+        unsafe {
+            let p = alloc(l);
+            black_box(p);
+            dealloc(p, l);
+        }
+    }
+}
+
+/// Starts `k` threads that allocate once (so each owns a counter slot) and then sleep until the
+/// process exits: the idle threads of a thread-per-connection server or a blocking pool.
+pub fn idle_threads(k: usize) {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    for _ in 0..k {
+        let tx = tx.clone();
+        std::thread::Builder::new()
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                black_box(Box::new(1u64));
+                tx.send(()).unwrap();
+                loop {
+                    std::thread::park();
+                }
+            })
+            .unwrap();
+    }
+    for _ in 0..k {
+        rx.recv().unwrap();
+    }
+}
+
 /// `n` × (alloc_zeroed 32 B, free it).
 #[inline(never)]
 pub fn kernel_zeroed(n: u64) {
@@ -96,12 +133,22 @@ pub fn churn_ring() -> Vec<(usize, usize)> {
 }
 
 /// `main` of every binary: `BIN KERNEL N` runs kernel KERNEL N times (after one warm-up step,
-/// which initialises the thread and the allocator outside the count).
+/// which initialises the thread and the allocator outside the count), after starting
+/// `ENTRY_IDLE_THREADS` idle threads (default 0).
 pub fn run() {
     let args: Vec<String> = std::env::args().collect();
     let kernel = args.get(1).map(String::as_str).unwrap_or("pair");
     let n: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+    let idle: usize = std::env::var("ENTRY_IDLE_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    idle_threads(idle);
     match kernel {
+        "pair4k" => {
+            kernel_pair4k(1);
+            kernel_pair4k(n)
+        }
         "pair" => {
             kernel_pair(1);
             kernel_pair(n)
