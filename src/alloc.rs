@@ -85,10 +85,15 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for HeapSight<A> {
         debug_assert!(!ptr.is_null(), "dealloc of a null pointer");
         // Count (and retire a sample) before the block can be handed out again by `A`: another
         // thread could otherwise be given and sample this address before we remove ours.
-        on_free(ptr, layout.size());
-        // SAFETY: the caller guarantees `ptr` was allocated by this allocator with `layout`,
-        // hence by `A` with `layout`.
-        unsafe { self.inner.dealloc(ptr, layout) }
+        // Both branches end in a tail call, so the fast path needs no stack frame of its own.
+        if on_free(ptr, layout.size()) {
+            // SAFETY: the caller guarantees `ptr` was allocated by this allocator with `layout`,
+            // hence by `A` with `layout`.
+            unsafe { self.inner.dealloc(ptr, layout) }
+        } else {
+            // SAFETY: as above.
+            unsafe { dealloc_slow(&self.inner, ptr, layout) }
+        }
     }
 
     #[inline]
@@ -141,8 +146,10 @@ fn on_alloc(ptr: *mut u8, size: usize) {
     })
 }
 
+/// The free fast path: counts the free and returns `true`, or returns `false` (having changed
+/// nothing) when it needs [`dealloc_slow`].
 #[inline(always)]
-fn on_free(ptr: *mut u8, size: usize) {
+fn on_free(ptr: *mut u8, size: usize) -> bool {
     THREAD.with(|t| {
         // As on alloc: subtract first, test after. `free_left` is 0 without a slot (new thread,
         // guard, exiting), so this one test also catches those; the slow path adds `size` back.
@@ -152,11 +159,27 @@ fn on_free(ptr: *mut u8, size: usize) {
             // SAFETY: `free_left > 0` only while this thread's slot is installed in `t.slot`
             // (`set_slot` and the guard zero it whenever the slot is cleared), and slots are
             // never freed.
-            unsafe { (*t.slot.get()).add_free(size) }
+            unsafe { (*t.slot.get()).add_free(size) };
+            true
         } else {
-            free_slow(t, ptr, size, true)
+            // `dealloc_slow` adds `size` back (not here: the compiler would then keep the old
+            // value in a register instead of subtracting in memory).
+            false
         }
     })
+}
+
+/// The rare free: new thread, guard, exiting thread, flush due, or a block that may be sampled.
+///
+/// # Safety
+/// As `GlobalAlloc::dealloc`: `ptr` was allocated by `inner` with `layout` and is not used
+/// after this call.
+#[cold]
+#[inline(never)]
+unsafe fn dealloc_slow<A: GlobalAlloc>(inner: &A, ptr: *mut u8, layout: Layout) {
+    THREAD.with(|t| undo_and_free_slow(t, ptr, layout.size(), true));
+    // SAFETY: the caller's guarantees, passed on unchanged.
+    unsafe { inner.dealloc(ptr, layout) }
 }
 
 /// Counts a free whose sample, if any, was already taken out (realloc).
@@ -169,7 +192,7 @@ fn on_free_counted(ptr: *mut u8, size: usize) {
             // SAFETY: as in `on_free`.
             unsafe { (*t.slot.get()).add_free(size) }
         } else {
-            free_slow(t, ptr, size, false)
+            undo_and_free_slow(t, ptr, size, false)
         }
     })
 }
@@ -248,11 +271,18 @@ fn alloc_slow(t: &ThreadState, ptr: *mut u8, size: usize) {
     }
 }
 
+/// The free slow path, entered right after the fast path subtracted `size` from `free_left`:
+/// adds it back first, so the countdown is as before this free (0 for threads without a slot)
+/// and no reader of it sees a wrapped value.
 #[cold]
 #[inline(never)]
-fn free_slow(t: &ThreadState, ptr: *mut u8, size: usize, check_sample: bool) {
-    // Undo the fast path's subtraction (see `alloc_slow`): 0 stays 0 for threads without a slot.
+fn undo_and_free_slow(t: &ThreadState, ptr: *mut u8, size: usize, check_sample: bool) {
     t.free_left.set(t.free_left.get().wrapping_add(size as u64));
+    free_slow(t, ptr, size, check_sample)
+}
+
+#[inline(always)]
+fn free_slow(t: &ThreadState, ptr: *mut u8, size: usize, check_sample: bool) {
     if t.in_profiler.get() {
         // The profiler's own memory; never sampled, so no table look-up (we may hold its lock).
         counters::profiler_free(size);

@@ -25,12 +25,13 @@
 //! does not depend on the number of threads, and no allocation or free walks the slot list (only
 //! [`totals`], the reader behind `stats()`, does: linear in the number of slots ever created).
 //!
-//! Bound: at any moment the true in-use count is `INUSE` plus every thread's unflushed change,
-//! and a thread's unflushed change lies between `-FREE_FLUSH` (frees since its flush) and its
-//! current allocation countdown (allocations since its flush). So a candidate is off from the
-//! process's in-use at the time by at most what the *other* threads allocated or freed since the
-//! owner's flush plus, for each other thread, one countdown (allocations) or 1 MiB (frees). With
-//! one thread allocating at a time the peak is exact.
+//! Bound: `INUSE` lags the true in-use count by every thread's unflushed change, which lies
+//! between `-FREE_FLUSH` (frees since its flush) and its allocation countdown (allocations since
+//! its flush: about `rate`, at most ~18 × rate, 1 MiB at rate 0). A candidate takes the others as
+//! of its owner's last flush: it is too high by what they freed since, but by no more than what
+//! the owner allocated before its next flush (one countdown), and too low by what they allocated
+//! since. So the global peak is exact for a single-threaded program, and otherwise off by at
+//! most about one countdown per thread (`tests/threads.rs` checks a thread that only frees).
 //!
 //! The slot stores `high_water` as `headroom = high_water - net`: how far the own net count can
 //! still grow before it makes a new high. An allocation subtracts its size; if that borrows, the
