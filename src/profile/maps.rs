@@ -9,17 +9,12 @@
 //!
 //! # Where a mapping starts
 //!
-//! `/proc/self/maps` gives page-aligned ranges: the executable mapping of a PIE Rust binary may
-//! start at file offset `0x2b000` while the code segment itself starts at file offset `0x2b900`,
-//! loaded at virtual address `0x2c900`. Symbolizers must find the segment to get the load bias
-//! right. Upstream pprof does (`elfexec.GetBase` with the segment's `Off`/`Vaddr`), but the
-//! `go tool pprof` shipped with Go uses the Go toolchain's object reader, which assumes the
-//! mapping starts where the first executable segment does (`bias = start - p_vaddr`) and so
-//! resolves every Rust address about a page off (wrong functions, measured with Go 1.19). We
-//! therefore report each executable mapping from the first byte of its segment: `memory_start`
-//! moved up by `p_offset - offset` and `file_offset = p_offset`. Both computations then give
-//! the same, correct bias; the bytes skipped are the page's head before the segment, which hold
-//! no code.
+//! Each mapping is reported exactly as `/proc/self/maps` gives it (page-aligned start and file
+//! offset), as Go's `runtime/pprof` does. `go tool pprof` finds the executable segment inside the
+//! page itself (the code of a PIE Rust binary may start at file offset `0x2b900` of a mapping
+//! that starts at offset `0x2b000`) and computes the load bias from it: checked against Go 1.26's
+//! `go tool pprof` by `tests/profiles_go.rs`, which symbolizes an unsymbolized profile and a text
+//! profile offline.
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
@@ -34,7 +29,7 @@ pub(crate) struct Mapping {
     pub build_id: String,
 }
 
-/// The executable mappings of this process, with build IDs, each starting at its code segment.
+/// The executable mappings of this process, with build IDs.
 /// Empty on systems without procfs.
 pub(crate) fn read_self() -> Vec<Mapping> {
     let text = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
@@ -47,22 +42,8 @@ pub(crate) fn read_self() -> Vec<Mapping> {
             continue;
         };
         m.build_id = elf.build_id.unwrap_or_default();
-        align_to_segment(m, &elf.exec_segments);
     }
     maps
-}
-
-/// Moves the start of `m` to the first byte of the executable segment it maps, if that segment
-/// starts inside the mapping's first page (see the module docs).
-pub(crate) fn align_to_segment(m: &mut Mapping, exec_segments: &[(u64, u64)]) {
-    let len = m.limit - m.start;
-    for &(p_offset, _p_vaddr) in exec_segments {
-        if p_offset > m.offset && p_offset < m.offset + len && p_offset - m.offset < 4096 {
-            m.start += p_offset - m.offset;
-            m.offset = p_offset;
-            return;
-        }
-    }
 }
 
 /// Writes mappings as `/proc/<pid>/maps` lines (the form pprof's legacy parser reads).
@@ -128,8 +109,6 @@ const NT_GNU_BUILD_ID: u32 = 3;
 /// What we read from an ELF file's program headers.
 pub(crate) struct ElfInfo {
     pub build_id: Option<String>,
-    /// `(p_offset, p_vaddr)` of each executable `PT_LOAD` segment.
-    pub exec_segments: Vec<(u64, u64)>,
 }
 
 /// The GNU build ID of an ELF file, from the `NT_GNU_BUILD_ID` note in a `PT_NOTE` segment.
@@ -138,10 +117,7 @@ pub(crate) fn elf_build_id(path: &str) -> Option<String> {
     read_elf(path)?.build_id
 }
 
-const PT_LOAD: u32 = 1;
-const PF_X: u32 = 1;
-
-/// Reads the build ID and the executable segments of an ELF file.
+/// Reads the build ID of an ELF file.
 pub(crate) fn read_elf(path: &str) -> Option<ElfInfo> {
     let f = File::open(path).ok()?;
     let mut h = [0u8; 64];
@@ -199,27 +175,10 @@ pub(crate) fn read_elf(path: &str) -> Option<ElfInfo> {
     let mut ph = vec![0u8; phentsize as usize];
     let mut info = ElfInfo {
         build_id: None,
-        exec_segments: Vec::new(),
     };
     for i in 0..phnum {
         f.read_exact_at(&mut ph, phoff + i * phentsize).ok()?;
         let kind = u32_at(&ph, 0);
-        if kind == PT_LOAD {
-            // p_flags, p_offset, p_vaddr (ELF64: flags at 4; ELF32: flags at 24).
-            let (flags, off, vaddr) = if wide {
-                (u32_at(&ph, 4), u64_at(&ph, 8), u64_at(&ph, 16))
-            } else {
-                (
-                    u32_at(&ph, 24),
-                    u32_at(&ph, 4) as u64,
-                    u32_at(&ph, 8) as u64,
-                )
-            };
-            if flags & PF_X != 0 {
-                info.exec_segments.push((off, vaddr));
-            }
-            continue;
-        }
         if kind != PT_NOTE || info.build_id.is_some() {
             continue;
         }
@@ -317,40 +276,18 @@ mod tests {
     }
 
     #[test]
-    fn mappings_start_at_their_code_segment() {
-        // A PIE's text: mapped from the page at 0x2b000, segment at file offset 0x2b900.
-        let mut m = Mapping {
+    fn proc_maps_lines_round_trip() {
+        let m = Mapping {
             start: 0x5000_0000,
             limit: 0x5010_0000,
             offset: 0x2b000,
             file: "/x".into(),
             build_id: String::new(),
         };
-        align_to_segment(&mut m, &[(0x2b900, 0x2c900)]);
-        assert_eq!((m.start, m.offset), (0x5000_0900, 0x2b900));
-        // The bias both pprof flavours compute is the loader's: start - offset + p_offset - p_vaddr.
-        let loader_bias = 0x5000_0000u64 - 0x2b000 + 0x2b900 - 0x2c900;
-        assert_eq!(
-            m.start - 0x2c900,
-            loader_bias,
-            "Go toolchain reader: start - p_vaddr"
-        );
-        assert_eq!(
-            m.start - m.offset + 0x2b900 - 0x2c900,
-            loader_bias,
-            "upstream pprof GetBase"
-        );
-        // Already aligned, or a segment elsewhere: unchanged.
-        let mut n = Mapping {
-            offset: 0x1000,
-            ..m.clone()
-        };
-        let before = n.clone();
-        align_to_segment(&mut n, &[(0x1000, 0x1000), (0x90000, 0x91000)]);
-        assert_eq!(n, before);
         let mut out = String::new();
-        write_proc_maps(&[m], &mut out);
-        assert_eq!(out, "50000900-50100000 r-xp 0002b900 00:00 0 /x\n");
+        write_proc_maps(std::slice::from_ref(&m), &mut out);
+        assert_eq!(out, "50000000-50100000 r-xp 0002b000 00:00 0 /x\n");
+        assert_eq!(parse(&out), vec![m]);
     }
 
     #[test]
