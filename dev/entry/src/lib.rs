@@ -127,7 +127,10 @@ pub fn churn_ring() -> Vec<(usize, usize)> {
         .map(|k| {
             let size = 16 + (k * 7919) % 1009;
             // SAFETY: non-zero size.
-            (unsafe { alloc(Layout::from_size_align(size, 8).unwrap()) } as usize, size)
+            (
+                unsafe { alloc(Layout::from_size_align(size, 8).unwrap()) } as usize,
+                size,
+            )
         })
         .collect()
 }
@@ -138,7 +141,10 @@ pub fn churn_ring() -> Vec<(usize, usize)> {
 pub fn run() {
     let args: Vec<String> = std::env::args().collect();
     let kernel = args.get(1).map(String::as_str).unwrap_or("pair");
-    let n: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+    let n: u64 = args
+        .get(2)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
     let idle: usize = std::env::var("ENTRY_IDLE_THREADS")
         .ok()
         .and_then(|s| s.parse().ok())
