@@ -103,27 +103,55 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for HeapSight<A> {
             Layout::from_size_align(new_size, layout.align()).is_ok(),
             "realloc to a size that overflows when rounded to the alignment"
         );
-        // The old block may be a live sample: take it out before `A` may free it (see dealloc).
-        let taken = if filter::maybe_sampled(ptr) && filter::is_sampled(ptr) {
-            take_sample_for_realloc(ptr)
-        } else {
-            None
-        };
+        // The old block may be a live sample: that case (and the filter's false positives) goes
+        // out of line, so the common path keeps no sample on its stack.
+        if filter::maybe_sampled(ptr) {
+            // SAFETY: the caller's guarantees, passed on unchanged.
+            return unsafe { realloc_maybe_sampled(&self.inner, ptr, layout, new_size) };
+        }
         // SAFETY: forwarded unchanged; the caller's guarantees about `ptr`, `layout` and
         // `new_size` are the ones `A::realloc` requires.
         let new = unsafe { self.inner.realloc(ptr, layout, new_size) };
-        if new.is_null() {
-            // The old block is untouched and still the caller's: put its sample back.
-            if let Some(live) = taken {
-                crate::guard::profiler_scope(|| sites::restore_sample(ptr, live));
-            }
-            return new;
+        if !new.is_null() {
+            // One free of the old block and one allocation of the new one, as Go's growslice does.
+            on_free_counted(ptr, layout.size());
+            on_alloc(new, new_size);
         }
-        // One free of the old block and one allocation of the new one, as Go's growslice does.
-        on_free_counted(ptr, layout.size());
-        on_alloc(new, new_size);
         new
     }
+}
+
+/// `realloc` of a block whose filter byte is set: takes its sample out (if it is one) before `A`
+/// may free the block (see `dealloc`), and puts it back if `A` fails.
+///
+/// # Safety
+/// As `GlobalAlloc::realloc`: `ptr` was allocated by `inner` with `layout`, and `new_size`
+/// rounded up to `layout.align()` does not overflow `isize`.
+#[cold]
+#[inline(never)]
+unsafe fn realloc_maybe_sampled<A: GlobalAlloc>(
+    inner: &A,
+    ptr: *mut u8,
+    layout: Layout,
+    new_size: usize,
+) -> *mut u8 {
+    let taken = if filter::is_sampled(ptr) {
+        take_sample_for_realloc(ptr)
+    } else {
+        None
+    };
+    // SAFETY: the caller's guarantees, passed on unchanged.
+    let new = unsafe { inner.realloc(ptr, layout, new_size) };
+    if new.is_null() {
+        // The old block is untouched and still the caller's: put its sample back.
+        if let Some(live) = taken {
+            crate::guard::profiler_scope(|| sites::restore_sample(ptr, live));
+        }
+        return new;
+    }
+    on_free_counted(ptr, layout.size());
+    on_alloc(new, new_size);
+    new
 }
 
 #[inline(always)]

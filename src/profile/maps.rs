@@ -173,9 +173,7 @@ pub(crate) fn read_elf(path: &str) -> Option<ElfInfo> {
         return None;
     }
     let mut ph = vec![0u8; phentsize as usize];
-    let mut info = ElfInfo {
-        build_id: None,
-    };
+    let mut info = ElfInfo { build_id: None };
     for i in 0..phnum {
         f.read_exact_at(&mut ph, phoff + i * phentsize).ok()?;
         let kind = u32_at(&ph, 0);
