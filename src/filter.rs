@@ -4,8 +4,9 @@
 //! that depends on more than one byte. The filter is a table of saturating 8-bit counters indexed
 //! by address bits, raised for every live sample ([`raise`]) and lowered when it is freed
 //! ([`lower`]); a zero byte proves the block is not sampled ([`maybe_sampled`]), a nonzero one
-//! sends the free to the site table. Writers are serialised by the site lock; readers are the free
-//! paths of every thread, lock-free.
+//! sends the free to the exact level and then the site table. Every address whose free reads a
+//! given byte belongs to one shard ([`shard_of`]), and a byte and its shard are written only under
+//! that shard's lock in the site table; readers are the free paths of every thread, lock-free.
 //!
 //! # Cost and precision
 //!
@@ -24,14 +25,15 @@
 //! A nonzero byte is only "maybe". Before a free reads the clock or takes the site lock it asks
 //! [`is_sampled`], an exact, lock-free set of the live sampled addresses (open addressing, linear
 //! probing, tombstones): a false positive of the byte filter costs one short probe sequence, not
-//! the lock. Writers (under the site lock) insert and delete in place; when tombstones or growth
+//! a lock. It is split into [`SHARDS`] independent sets, one per shard. Writers (under the shard
+//! lock) insert and delete in place; when tombstones or growth
 //! call for it they rebuild into a second table and publish it. Tables are never freed (a
 //! reader may still probe an old one): a retired table is reused as the next rebuild target when
 //! it has the right capacity, and capacities only grow, so all tables together take at most
 //! four times the largest. A rebuild sizes the table to 2–4 slots (8 bytes each) per live
 //! sample: at 200,000 live samples 2^19 slots, 4 MiB. A reader that
 //! may have probed a table while it was rebuilt sees the rebuild's sequence number and probes
-//! again (a seqlock whose only writer holds the site lock).
+//! again (a seqlock whose only writer holds the shard lock).
 use core::sync::atomic::{fence, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering::*};
 
 const FILTER_BITS: u32 = 18;
@@ -57,8 +59,9 @@ pub(crate) fn maybe_sampled(ptr: *mut u8) -> bool {
     FILTER[index(ptr as usize)].load(Relaxed) != 0
 }
 
-/// Counts a new live sample at `ptr`. Call with the site lock held (the only writer), inside the
-/// profiler guard (a rebuild of the exact set allocates).
+/// Counts a new live sample at `ptr`. Call with the lock of `ptr`'s shard ([`shard_of`]) held
+/// (the only writer of its filter byte and its exact shard), inside the profiler guard (a
+/// rebuild of the exact set allocates).
 pub(crate) fn raise(ptr: usize) {
     set_insert(ptr);
     let cell = &FILTER[index(ptr)];
@@ -70,7 +73,7 @@ pub(crate) fn raise(ptr: usize) {
     }
 }
 
-/// Takes a live sample at `ptr` out. Call with the site lock held.
+/// Takes a live sample at `ptr` out. Call with the lock of `ptr`'s shard held.
 pub(crate) fn lower(ptr: usize) {
     set_remove(ptr);
     let cell = &FILTER[index(ptr)];
@@ -121,37 +124,67 @@ impl Set {
     }
 }
 
-/// The table readers probe (null before the first sample).
-static CURRENT: AtomicPtr<Set> = AtomicPtr::new(core::ptr::null_mut());
-/// Bumped around every rebuild (see the module docs).
-static SEQ: AtomicU64 = AtomicU64::new(0);
-// Writer-only state, under the site lock (atomics only to be `static`; all `Relaxed`).
-/// A retired table, the next rebuild target when its capacity fits (null if none).
-static SPARE: AtomicPtr<Set> = AtomicPtr::new(core::ptr::null_mut());
-/// Addresses in `CURRENT`, and slots that are not `EMPTY` (addresses plus tombstones).
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static USED: AtomicUsize = AtomicUsize::new(0);
+/// Shards of the exact level, one per live-sample shard of the site table: shard `i` is written
+/// only under that shard's lock (its only writer), so shards never need a lock of their own.
+pub(crate) const SHARDS: usize = 32;
+
+/// The shard of an address: a hash of its filter byte, so that every address whose free reads a
+/// given filter byte is in one shard, and that byte is only written under that shard's lock.
+/// (Hashed rather than masked: page-aligned blocks share their low address bits.)
+pub(crate) fn shard_of(ptr: usize) -> usize {
+    let i = index(ptr) as u64;
+    (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - SHARDS.trailing_zeros())) as usize
+}
+
+/// One shard of the exact level.
+struct Level2 {
+    /// The table readers probe (null before the shard's first sample).
+    current: AtomicPtr<Set>,
+    /// Bumped around every rebuild (see the module docs).
+    seq: AtomicU64,
+    // Writer-only state, under the shard lock (atomics only to be `static`; all `Relaxed`).
+    /// A retired table, the next rebuild target when its capacity fits (null if none).
+    spare: AtomicPtr<Set>,
+    /// Addresses in `current`, and slots that are not `EMPTY` (addresses plus tombstones).
+    live: AtomicUsize,
+    used: AtomicUsize,
+}
+
+static LEVEL2: [Level2; SHARDS] = [const {
+    Level2 {
+        current: AtomicPtr::new(core::ptr::null_mut()),
+        seq: AtomicU64::new(0),
+        spare: AtomicPtr::new(core::ptr::null_mut()),
+        live: AtomicUsize::new(0),
+        used: AtomicUsize::new(0),
+    }
+}; SHARDS];
+
+fn level2(ptr: usize) -> &'static Level2 {
+    &LEVEL2[shard_of(ptr)]
+}
 
 /// Is `ptr` a live sampled block? Exact, lock-free, allocation-free, no clock: the second look of
 /// a free whose filter byte is nonzero. Returns `true` (the conservative answer, checked under
 /// the lock) only if rebuilds keep overlapping its probes.
 pub(crate) fn is_sampled(ptr: *mut u8) -> bool {
     let ptr = ptr as usize;
+    let l2 = level2(ptr);
     for _ in 0..16 {
-        // Acquire: pairs with the writer's Release store of the even `SEQ` after a rebuild, so
+        // Acquire: pairs with the writer's Release store of the even `seq` after a rebuild, so
         // the table published before it is seen whole.
-        let s1 = SEQ.load(Acquire);
-        let t = CURRENT.load(Acquire);
+        let s1 = l2.seq.load(Acquire);
+        let t = l2.current.load(Acquire);
         if t.is_null() {
             return false;
         }
         // SAFETY: tables are leaked, never freed (see the module docs), so `t` is valid; a
         // concurrent rebuild of it only changes values, caught by the sequence check below.
         let found = unsafe { &*t }.contains(ptr);
-        // Pairs with the writer's `fence(Release)` after its odd `SEQ` store: if the probe read
+        // Pairs with the writer's `fence(Release)` after its odd `seq` store: if the probe read
         // any value the rebuild wrote, the load below sees the bumped sequence.
         fence(Acquire);
-        if SEQ.load(Relaxed) == s1 && s1 & 1 == 0 {
+        if l2.seq.load(Relaxed) == s1 && s1 & 1 == 0 {
             return found;
         }
         core::hint::spin_loop();
@@ -160,17 +193,18 @@ pub(crate) fn is_sampled(ptr: *mut u8) -> bool {
 }
 
 fn set_insert(ptr: usize) {
-    let live = LIVE.load(Relaxed);
-    let mut t = CURRENT.load(Relaxed);
-    // SAFETY (both derefs): tables are leaked and only written under the site lock, held here.
+    let l2 = level2(ptr);
+    let live = l2.live.load(Relaxed);
+    let mut t = l2.current.load(Relaxed);
+    // SAFETY (both derefs): tables are leaked and only written under the shard lock, held here.
     let cap = if t.is_null() {
         0
     } else {
         unsafe { &*t }.slots.len()
     };
     // Keep at least a quarter of the slots empty (short probes, and `contains` terminates).
-    if (USED.load(Relaxed) + 1) * 4 > cap * 3 {
-        t = rebuild((live + 1) * 2);
+    if (l2.used.load(Relaxed) + 1) * 4 > cap * 3 {
+        t = rebuild(l2, (live + 1) * 2);
     }
     // SAFETY: as above.
     let set = unsafe { &*t };
@@ -191,18 +225,19 @@ fn set_insert(ptr: usize) {
     let at = match free {
         Some(f) => f,
         None => {
-            USED.fetch_add(1, Relaxed);
+            l2.used.fetch_add(1, Relaxed);
             i
         }
     };
     // Relaxed: the block is handed to the program only after the allocation returns, and its
     // free happens after that (see `maybe_sampled`).
     set.slots[at].store(ptr, Relaxed);
-    LIVE.store(live + 1, Relaxed);
+    l2.live.store(live + 1, Relaxed);
 }
 
 fn set_remove(ptr: usize) {
-    let t = CURRENT.load(Relaxed);
+    let l2 = level2(ptr);
+    let t = l2.current.load(Relaxed);
     if t.is_null() {
         return;
     }
@@ -216,7 +251,7 @@ fn set_remove(ptr: usize) {
             v if v == ptr => {
                 // A tombstone, never EMPTY: probes for other addresses must go on past it.
                 set.slots[i].store(TOMB, Relaxed);
-                LIVE.fetch_sub(1, Relaxed);
+                l2.live.fetch_sub(1, Relaxed);
                 return;
             }
             _ => i = (i + 1) & mask,
@@ -225,19 +260,19 @@ fn set_remove(ptr: usize) {
 }
 
 /// Copies the live addresses into a table of at least `min_cap` slots (the spare if it fits,
-/// else a new one), publishes it and keeps the old one as the spare. Site lock held.
-fn rebuild(min_cap: usize) -> *mut Set {
-    let cap = min_cap.next_power_of_two().max(1024);
-    let old = CURRENT.load(Relaxed);
-    let spare = SPARE.load(Relaxed);
-    // SAFETY: leaked tables, written only under the site lock (held).
+/// else a new one), publishes it and keeps the old one as the spare. Shard lock held.
+fn rebuild(l2: &Level2, min_cap: usize) -> *mut Set {
+    let cap = min_cap.next_power_of_two().max(64);
+    let old = l2.current.load(Relaxed);
+    let spare = l2.spare.load(Relaxed);
+    // SAFETY: leaked tables, written only under the shard lock (held).
     let target: *mut Set = if !spare.is_null() && unsafe { &*spare }.slots.len() == cap {
         spare
     } else {
         Box::into_raw(Box::new(Set::new(cap)))
     };
-    let seq = SEQ.load(Relaxed);
-    SEQ.store(seq + 1, Relaxed);
+    let seq = l2.seq.load(Relaxed);
+    l2.seq.store(seq + 1, Relaxed);
     // Pairs with the readers' `fence(Acquire)`: a reader that reads any slot written below (the
     // target may be a table it loaded before the last swap) then sees the odd sequence number.
     fence(Release);
@@ -262,13 +297,14 @@ fn rebuild(min_cap: usize) -> *mut Set {
             }
         }
     }
-    USED.store(used, Relaxed);
-    LIVE.store(used, Relaxed);
-    CURRENT.store(target, Release);
-    SEQ.store(seq + 2, Release);
+    l2.used.store(used, Relaxed);
+    l2.live.store(used, Relaxed);
+    l2.current.store(target, Release);
+    l2.seq.store(seq + 2, Release);
     // The old table becomes the spare; a smaller spare it replaces is left as it is (leaked and
     // never read again once no reader holds it; capacities only grow, so that is bounded).
-    SPARE.store(if old.is_null() { spare } else { old }, Relaxed);
+    l2.spare
+        .store(if old.is_null() { spare } else { old }, Relaxed);
     target
 }
 
@@ -344,7 +380,10 @@ mod tests {
              (then one lock-free probe, no clock, no lock); exact set {} slots",
             100.0 * maybe as f64 / unsampled as f64,
             // SAFETY: tables are never freed.
-            unsafe { &*CURRENT.load(Relaxed) }.slots.len()
+            LEVEL2
+                .iter()
+                .map(|l| unsafe { &*l.current.load(Relaxed) }.slots.len())
+                .sum::<usize>()
         );
         for (&p, &s) in blocks.iter().zip(&sampled) {
             if s {
@@ -354,6 +393,6 @@ mod tests {
         for &p in blocks.iter().step_by(97) {
             assert!(!is_sampled(p as *mut u8) && !maybe_sampled(p as *mut u8));
         }
-        assert_eq!(LIVE.load(Relaxed), 0);
+        assert!(LEVEL2.iter().all(|l| l.live.load(Relaxed) == 0));
     }
 }
