@@ -224,6 +224,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(heapsight_portable, ignore = "uses the frame-pointer walk")]
     fn resolves_a_return_address_to_its_call_line() {
         if !crate::stack::COMPILED_WITH_FP {
             eprintln!("SKIPPED: built without frame pointers");

@@ -141,6 +141,7 @@ pub(crate) fn delta(later: &HeapProfile, earlier: &HeapProfile) -> HeapProfile {
             .saturating_sub(earlier.overflow_samples),
         symbol_cache_bytes: later.symbol_cache_bytes,
         tag_names: later.tag_names.clone(),
+        tag_labels: later.tag_labels.clone(),
         lifetimes,
         sites_by_tag: Vec::new(),
     };

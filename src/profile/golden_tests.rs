@@ -145,6 +145,7 @@ pub(crate) fn synthetic() -> HeapProfile {
         overflow_samples: 5,
         symbol_cache_bytes: 4096,
         tag_names: vec![String::new(), "cache".to_string()],
+        tag_labels: Vec::new(),
         lifetimes,
         sites_by_tag: Vec::new(),
     };
