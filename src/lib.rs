@@ -228,6 +228,7 @@ mod alloc;
 mod config;
 mod counters;
 mod dump;
+mod filter;
 mod guard;
 pub mod history;
 mod measure;
