@@ -204,9 +204,9 @@
 //!
 //! # Platforms
 //!
-//! Supported and tested: Linux on x86-64 and aarch64. There, sampled stacks use a bounds-checked
-//! frame-pointer walk (DWARF as the fallback), start-up runs from an `.init_array` constructor and
-//! profiles carry the mappings of `/proc/self/maps` with build IDs.
+//! Supported and tested: Linux on x86-64 and aarch64. There, sampled stacks use a frame-pointer
+//! walk that reads no memory it has not proven mapped (DWARF as the fallback), and profiles carry
+//! the mappings of `/proc/self/maps` with build IDs.
 //!
 //! Other Unix targets (macOS, the BSDs) build with the portable paths: exact counters,
 //! tags, every profile format and the server all work the same; every sampled stack comes from
@@ -228,7 +228,9 @@ mod alloc;
 mod config;
 mod counters;
 mod dump;
+mod filter;
 mod guard;
+pub mod history;
 mod measure;
 mod profile;
 mod sampler;
@@ -468,3 +470,10 @@ pub fn peak_profile() -> HeapProfile {
 pub use crate::sites::bench_snapshot_lock_hold;
 #[doc(hidden)]
 pub use crate::sites::table_counts as site_table_counts;
+
+/// The heap over time, as recorded so far by [`history::start`] (the HTTP server starts it):
+/// exact counters and per-site estimates every interval, and [`history::History::growing`], the
+/// sites whose live bytes keep rising. Empty until something records.
+pub fn history() -> history::History {
+    history::snapshot()
+}

@@ -20,7 +20,8 @@
 //! is inside the profiler guard (`guard::InProfiler`), so an allocation made while holding one
 //! goes straight to the inner allocator and never takes a lock.
 //!
-//! 1. `tags::NAMES`, the tag-name table: `Tag::new` and readers; takes no other lock.
+//! 1. `tags::NAMES`, the tag-name table: `Tag::new` and readers; takes no other lock. Then
+//!    `history::RING`, the history's ring: the recorder and readers; takes no other lock.
 //! 2. `snapshot::STACK_CACHES[0..2]`, the trimmed-stack caches: `profile()` after the site table
 //!    was copied; takes the symbol cache inside.
 //! 3. `symbols::CACHE`, the symbol cache: `profile()` at dump time.
@@ -194,6 +195,7 @@ fn wake_one(_: &AtomicU32) {}
 /// `pthread_atfork` prepare: every lock, in the order of the list above.
 pub(crate) extern "C" fn atfork_prepare() {
     crate::tags::lock_for_fork();
+    crate::history::lock_for_fork();
     crate::snapshot::lock_for_fork();
     crate::symbols::lock_for_fork();
     crate::stack::fork_gate_close();
@@ -223,6 +225,7 @@ unsafe fn release_after_fork(child: bool) {
         crate::stack::fork_gate_open(child);
         crate::symbols::unlock_after_fork();
         crate::snapshot::unlock_after_fork();
+        crate::history::unlock_after_fork(child);
         crate::tags::unlock_after_fork();
     }
 }
