@@ -176,6 +176,7 @@ mod alloc;
 mod config;
 mod counters;
 mod dump;
+mod elf;
 mod guard;
 mod measure;
 mod profile;
@@ -201,7 +202,7 @@ pub use crate::measure::{measure, Usage};
 pub use crate::profile::{Distribution, SampleType, Top, UnknownSampleType};
 pub use crate::snapshot::{HeapProfile, Site};
 pub use crate::stack::Unwinder;
-pub use crate::symbols::{Frame, Symbol};
+pub use crate::symbols::{Frame, Symbol, Symbols};
 pub use crate::tags::{
     tag, tag_stats, try_tag, with_tag, Tag, TagError, TagFutureExt, TagGuard, TagStats, Tagged,
     MAX_TAG_LEN, MAX_TAG_NAMES, OVERFLOW_TAG,

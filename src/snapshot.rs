@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crate::guard::profiler_scope;
 use crate::sampler;
 use crate::sites::{self, FxBuild, OVERFLOW_STACK};
-use crate::symbols::{self, Frame, Symbol};
+use crate::symbols::{self, Frame, Symbol, Symbols};
 use crate::sync::SpinLock;
 use crate::Stats;
 
@@ -436,25 +436,47 @@ pub(crate) unsafe fn unlock_after_fork() {
 }
 
 /// Profile stacks (index 0 = overflow) for the raw stacks of a snapshot, the map from raw stack
-/// id to profile stack index, and the stack cache's size. Must run inside the profiler guard;
-/// takes the stack-cache lock (never the site lock).
+/// id to profile stack index, and the stack cache's size. Must run inside the profiler guard.
+/// The stack-cache lock is taken to see what is new and to add it, never while symbolizing (a
+/// `fork()` waits on it); two dumps racing may both symbolize the same new stacks, and the
+/// second one's work is dropped.
 fn trimmed_stacks(raw: &[Arc<[usize]>], symbolize: bool) -> (Vec<Arc<[Frame]>>, Vec<usize>, usize) {
     let max_depth = crate::alloc::MAX_DEPTH.load(std::sync::atomic::Ordering::Relaxed);
-    let mut guard = STACK_CACHES[symbolize as usize].lock();
-    if guard.as_ref().is_some_and(|c| c.max_depth != max_depth) {
-        *guard = None;
+    let lock = &STACK_CACHES[symbolize as usize];
+    let mut resolved: HashMap<usize, Resolved, FxBuild> = HashMap::default();
+    loop {
+        let mut guard = lock.lock();
+        if guard.as_ref().is_some_and(|c| c.max_depth != max_depth) {
+            *guard = None;
+        }
+        let cache = guard.get_or_insert_with(|| StackCache {
+            max_depth,
+            by_raw: Vec::new(),
+            canon: Vec::new(),
+            index: HashMap::default(),
+            bytes: 0,
+        });
+        let done = cache.by_raw.len().min(raw.len());
+        let new = &raw[done..];
+        let unresolved = symbolize
+            && new
+                .iter()
+                .flat_map(|s| s.iter())
+                .any(|a| !resolved.contains_key(a));
+        if !unresolved {
+            if !new.is_empty() {
+                add_stacks(cache, new, &resolved);
+            }
+            return stacks_of(cache, raw);
+        }
+        let new: Vec<Arc<[usize]>> = new.to_vec();
+        drop(guard);
+        resolve_addresses(&new, &mut resolved);
     }
-    let cache = guard.get_or_insert_with(|| StackCache {
-        max_depth,
-        by_raw: Vec::new(),
-        canon: Vec::new(),
-        index: HashMap::default(),
-        bytes: 0,
-    });
-    if cache.by_raw.len() < raw.len() {
-        let done = cache.by_raw.len();
-        add_stacks(cache, &raw[done..], symbolize);
-    }
+}
+
+/// The profile's stacks and raw-id remap from a cache that covers every stack of `raw`.
+fn stacks_of(cache: &StackCache, raw: &[Arc<[usize]>]) -> (Vec<Arc<[Frame]>>, Vec<usize>, usize) {
     let mut stacks: Vec<Arc<[Frame]>> = vec![Arc::from(Vec::new())];
     let mut local = vec![u32::MAX; cache.canon.len()];
     let remap = (0..raw.len())
@@ -474,31 +496,35 @@ fn trimmed_stacks(raw: &[Arc<[usize]>], symbolize: bool) -> (Vec<Arc<[Frame]>>, 
 }
 
 /// An address's symbols and the index of its last allocator symbol.
-type Resolved = (Arc<[Symbol]>, Option<usize>);
+type Resolved = (Symbols, Option<usize>);
 
-/// Symbolizes (through the symbol cache), trims and canonicalizes `new` raw stacks, which
-/// follow the ones already in `cache`.
-fn add_stacks(cache: &mut StackCache, new: &[Arc<[usize]>], symbolize: bool) {
-    // Resolve every distinct address once, and note for each where its allocator symbols end
-    // (`last_allocator_symbol`), so trimming a stack is a scan of integers.
-    let mut symbols_of: HashMap<usize, Resolved, FxBuild> = HashMap::default();
-    if symbolize {
-        let mut seen: std::collections::HashSet<usize, FxBuild> = Default::default();
-        let addrs: Vec<usize> = new
-            .iter()
-            .flat_map(|s| s.iter().copied())
-            .filter(|a| seen.insert(*a))
-            .collect();
-        drop(seen);
-        let resolved = symbols::resolve_all(&addrs);
-        symbols_of.extend(addrs.into_iter().zip(resolved).map(|(a, syms)| {
-            let cut = last_allocator_symbol(&syms);
-            (a, (syms, cut))
-        }));
-    }
-    // Symbol lists come from the process-wide symbol cache, which keeps a reference to every list
-    // a profile hands out (see `symbols::Cache` for why: a program's clone must never be the last).
-    let empty: Arc<[Symbol]> = symbols::empty();
+/// Symbolizes every distinct address of `stacks` not yet in `resolved`, noting for each where its
+/// allocator symbols end (`last_allocator_symbol`), so trimming a stack is a scan of integers.
+/// Takes no stack-cache lock.
+fn resolve_addresses(stacks: &[Arc<[usize]>], resolved: &mut HashMap<usize, Resolved, FxBuild>) {
+    let mut seen: std::collections::HashSet<usize, FxBuild> = Default::default();
+    let addrs: Vec<usize> = stacks
+        .iter()
+        .flat_map(|s| s.iter().copied())
+        .filter(|a| !resolved.contains_key(a) && seen.insert(*a))
+        .collect();
+    drop(seen);
+    let syms = symbols::resolve_all(&addrs);
+    resolved.extend(addrs.into_iter().zip(syms).map(|(a, syms)| {
+        let cut = last_allocator_symbol(&syms);
+        (a, (syms, cut))
+    }));
+}
+
+/// Trims and canonicalizes `new` raw stacks, which follow the ones already in `cache`; the
+/// symbols of their addresses are in `symbols_of` (empty for an unsymbolized cache).
+fn add_stacks(
+    cache: &mut StackCache,
+    new: &[Arc<[usize]>],
+    symbols_of: &HashMap<usize, Resolved, FxBuild>,
+) {
+    let symbolize = !symbols_of.is_empty();
+    let empty = Symbols::default();
     for s in new {
         if cache.by_raw.is_empty() {
             // Raw id 0 is the overflow pseudo-site: no frames, never looked up.
@@ -519,11 +545,11 @@ fn add_stacks(cache: &mut StackCache, new: &[Arc<[usize]>], symbolize: bool) {
                 address: a,
                 symbols: symbols_of
                     .get(&a)
-                    .map_or_else(|| empty.clone(), |x| x.0.clone()),
+                    .map_or_else(|| empty.share(), |x| x.0.share()),
             })
             .collect();
         if let (Some(j), Some(f)) = (partial, frames.first_mut()) {
-            f.symbols = symbols::trimmed(f.address, &f.symbols[j + 1..]);
+            f.symbols = Symbols::new(f.symbols[j + 1..].to_vec());
         }
         let key = AddrKey(frames.into());
         let next = cache.canon.len() as u32;
@@ -579,7 +605,7 @@ fn trim_allocator_frames(frames: &mut Vec<Frame>) {
     });
     frames.drain(..start);
     if let Some(j) = partial {
-        frames[0].symbols = frames[0].symbols[j + 1..].to_vec().into();
+        frames[0].symbols = Symbols::new(frames[0].symbols[j + 1..].to_vec());
     }
 }
 
@@ -596,15 +622,16 @@ mod tests {
     fn frame(addr: usize, names: &[&str]) -> Frame {
         Frame {
             address: addr,
-            symbols: names
-                .iter()
-                .map(|n| Symbol {
-                    function: n.to_string(),
-                    file: None,
-                    line: None,
-                })
-                .collect::<Vec<_>>()
-                .into(),
+            symbols: Symbols::new(
+                names
+                    .iter()
+                    .map(|n| Symbol {
+                        function: n.to_string(),
+                        file: None,
+                        line: None,
+                    })
+                    .collect(),
+            ),
         }
     }
 

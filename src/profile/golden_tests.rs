@@ -8,7 +8,7 @@ use super::maps::Mapping;
 use super::*;
 use crate::sites::LIFE_BINS;
 use crate::snapshot::{estimates, Estimates, Record};
-use crate::symbols::{Frame, Symbol};
+use crate::symbols::{Frame, Symbol, Symbols};
 use crate::Stats;
 
 fn sym(f: &str, file: Option<&str>, line: u32) -> Symbol {
@@ -22,7 +22,7 @@ fn sym(f: &str, file: Option<&str>, line: u32) -> Symbol {
 fn frame(address: usize, syms: Vec<Symbol>) -> Frame {
     Frame {
         address,
-        symbols: syms.into(),
+        symbols: Symbols::new(syms),
     }
 }
 

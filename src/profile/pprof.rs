@@ -27,7 +27,7 @@ use super::proto::Encoder;
 use super::SampleType;
 use crate::sites::FxBuild;
 use crate::snapshot::HeapProfile;
-use crate::symbols::{Frame, Symbol, DROP_FRAMES_REGEX};
+use crate::symbols::{Frame, Symbol, Symbols, DROP_FRAMES_REGEX};
 
 /// `drop_frames` for the symbolizer of the `go tool pprof` that ships with Go: it names Rust
 /// functions by their DWARF short name (`take_sample`, not `heapsight::alloc::take_sample`), which
@@ -144,12 +144,11 @@ pub(crate) fn encode(
     // one pseudo-location (address 0, no mapping) whose function names it.
     let overflow: [Frame; 1] = [Frame {
         address: 0,
-        symbols: vec![Symbol {
+        symbols: Symbols::new(vec![Symbol {
             function: OVERFLOW_NAME.to_string(),
             file: None,
             line: None,
-        }]
-        .into(),
+        }]),
     }];
     for r in &p.records {
         ids.clear();
