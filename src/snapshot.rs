@@ -63,6 +63,9 @@ pub struct HeapProfile {
     pub(crate) live_samples: usize,
     pub(crate) overflow_samples: u64,
     pub(crate) symbol_cache_bytes: usize,
+    /// What symbolization lacked (e.g. a stripped binary), one line per file; written as pprof
+    /// comments and in the text trailer.
+    pub(crate) symbol_notes: Vec<String>,
     /// Tag names by tag id (0 = untagged); filled by the tagging API, empty until then.
     pub(crate) tag_names: Vec<String>,
     /// Lifetime bins of freed samples, one row per entry of `stacks` (see `sites::LIFE_BINS`).
@@ -184,6 +187,7 @@ impl Drop for HeapProfile {
             drop(core::mem::take(&mut self.records));
             drop(core::mem::take(&mut self.sites));
             drop(core::mem::take(&mut self.tag_names));
+            drop(core::mem::take(&mut self.symbol_notes));
             drop(core::mem::take(&mut self.lifetimes));
             drop(core::mem::take(&mut self.sites_by_tag));
         })
@@ -275,6 +279,11 @@ fn build(raw: sites::RawTable, symbolize: bool, stats: Stats, time_nanos: i64) -
         live_samples: raw.live_samples,
         overflow_samples: raw.overflow_samples,
         symbol_cache_bytes: if symbolize { symbols::cache_bytes() } else { 0 } + cache_bytes,
+        symbol_notes: if symbolize {
+            symbols::notes()
+        } else {
+            Vec::new()
+        },
         tag_names: crate::tags::names().iter().map(|n| n.to_string()).collect(),
         lifetimes,
         sites_by_tag: Vec::new(),

@@ -115,7 +115,7 @@ fn handle_connection(mut stream: TcpStream) -> io::Result<()> {
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
-    let (method, target) = loop {
+    let (method, target, head_len, body_len) = loop {
         let n = stream.read(&mut chunk)?;
         if n == 0 {
             return Ok(());
@@ -124,10 +124,12 @@ fn handle_connection(mut stream: TcpStream) -> io::Result<()> {
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&buf) {
-            Ok(httparse::Status::Complete(_)) => {
+            Ok(httparse::Status::Complete(head_len)) => {
                 break (
                     req.method.unwrap_or("").to_string(),
                     req.path.unwrap_or("").to_string(),
+                    head_len,
+                    content_length(req.headers),
                 );
             }
             Ok(httparse::Status::Partial) if buf.len() < MAX_REQUEST_BYTES => continue,
@@ -150,6 +152,11 @@ fn handle_connection(mut stream: TcpStream) -> io::Result<()> {
     let head_only = method == "HEAD";
     let response = if method == "GET" || head_only {
         respond(&target)
+    } else if method == "POST" {
+        match read_body(&mut stream, &buf[head_len..], body_len) {
+            Ok(body) => super::respond_post(&target, &body),
+            Err(refusal) => refusal,
+        }
     } else {
         Response::text(
             405,
@@ -159,12 +166,58 @@ fn handle_connection(mut stream: TcpStream) -> io::Result<()> {
     write_response(&mut stream, &response, !head_only)
 }
 
+/// Largest `POST` body read (a symbol request for 10,000 locations is about 150 KB).
+const MAX_BODY_BYTES: usize = 4 << 20;
+
+/// The request's `Content-Length`, if given and numeric.
+fn content_length(headers: &[httparse::Header<'_>]) -> Option<usize> {
+    headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .and_then(|h| core::str::from_utf8(h.value).ok()?.trim().parse().ok())
+}
+
+/// Reads a `POST` body of `len` bytes, of which `already` came with the head; a refusal to send
+/// back instead when the length is missing or too large.
+fn read_body(
+    stream: &mut TcpStream,
+    already: &[u8],
+    len: Option<usize>,
+) -> Result<Vec<u8>, Response> {
+    let Some(len) = len else {
+        return Err(Response::text(411, "POST needs a Content-Length".into()));
+    };
+    if len > MAX_BODY_BYTES {
+        return Err(Response::text(
+            413,
+            format!("body larger than {MAX_BODY_BYTES} bytes"),
+        ));
+    }
+    let mut body = Vec::with_capacity(len);
+    body.extend_from_slice(&already[..already.len().min(len)]);
+    let mut chunk = [0u8; 4096];
+    while body.len() < len {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => {
+                return Err(Response::text(
+                    400,
+                    "body shorter than its Content-Length".into(),
+                ))
+            }
+            Ok(n) => body.extend_from_slice(&chunk[..n.min(len - body.len())]),
+        }
+    }
+    Ok(body)
+}
+
 fn write_response(stream: &mut TcpStream, r: &Response, with_body: bool) -> io::Result<()> {
     let reason = match r.status {
         200 => "OK",
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        411 => "Length Required",
+        413 => "Payload Too Large",
         431 => "Request Header Fields Too Large",
         _ => "Internal Server Error",
     };

@@ -100,6 +100,7 @@ pub(crate) fn delta(later: &HeapProfile, earlier: &HeapProfile) -> HeapProfile {
             .overflow_samples
             .saturating_sub(earlier.overflow_samples),
         symbol_cache_bytes: later.symbol_cache_bytes,
+        symbol_notes: later.symbol_notes.clone(),
         tag_names: later.tag_names.clone(),
         lifetimes,
         sites_by_tag: Vec::new(),

@@ -144,6 +144,7 @@ pub(crate) fn synthetic() -> HeapProfile {
         live_samples: 753,
         overflow_samples: 5,
         symbol_cache_bytes: 4096,
+        symbol_notes: Vec::new(),
         tag_names: vec![String::new(), "cache".to_string()],
         lifetimes,
         sites_by_tag: Vec::new(),

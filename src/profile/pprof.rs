@@ -291,6 +291,7 @@ pub(crate) fn encode(
     };
     let (space, bytes) = (st.intern("space"), st.intern("bytes"));
     let default_type = default_type.map_or(0, |t| st.intern(t.name()));
+    let comments: Vec<i64> = p.symbol_notes.iter().map(|n| st.intern(n)).collect();
 
     // Profile.string_table = 6.
     for s in &st.list {
@@ -305,6 +306,9 @@ pub(crate) fn encode(
         e.i64_opt(2, bytes);
     });
     e.i64_opt(12, p.rate as i64); // period
+    for c in comments {
+        e.i64_opt(13, c); // comment: what symbolization lacked
+    }
     e.i64_opt(14, default_type); // default_sample_type
     e.buf
 }
