@@ -217,7 +217,7 @@ mod tests {
     fn a_code_address_maps_back_to_its_link_time_address() {
         // This function's run-time address, through /proc/self/maps and the ELF segments, must
         // land on the symbol table's address for it (an independent route to the same number).
-        let here = a_code_address_maps_back_to_its_link_time_address as usize as u64;
+        let here = a_code_address_maps_back_to_its_link_time_address as *const () as usize as u64;
         let m = self_mappings()
             .into_iter()
             .find(|m| (m.start..m.limit).contains(&here))

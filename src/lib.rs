@@ -176,6 +176,7 @@ mod alloc;
 mod config;
 mod counters;
 mod dump;
+mod dwarf;
 mod elf;
 mod guard;
 mod measure;

@@ -2,13 +2,12 @@
 //! Never called from the allocation hook.
 //!
 //! For each address not already in the cache, [`resolve_all`] finds its mapping in
-//! `/proc/self/maps`, maps that ELF file read-only, and asks `addr2line` (over `gimli`) for the
-//! chain of (possibly inlined) functions with file and line. `addr2line` reads the unit ranges
-//! up front and parses a compilation unit's line program and functions only when an address falls
-//! in it. Addresses without DWARF get the symbol table's name. Once the batch is resolved the
-//! parsed units and the mapping are dropped: memory after a dump is the answers only, a bounded
-//! cache of resolved frames ([`MAX_CACHE_BYTES`]), and the file's pages leave resident memory with
-//! the mapping. docs/symbols.md has the measurements behind this choice. No lock is held while
+//! `/proc/self/maps`, maps that ELF file read-only, and reads the chain of (possibly inlined)
+//! functions with file and line from the DWARF of only the compilation units that hold the
+//! addresses (`dwarf::resolve`, over `gimli`). Addresses without DWARF get the symbol table's
+//! name. Once the batch is resolved the mapping is dropped: memory after a dump is the answers
+//! only, a bounded cache of resolved frames ([`MAX_CACHE_BYTES`]), and the file's pages leave
+//! resident memory with the mapping. docs/symbols.md has the measurements behind this choice. No lock is held while
 //! resolving: the cache lock covers look-ups and inserts only, and `backtrace`'s global lock (which
 //! a forked child could inherit held) is not used.
 use std::collections::HashMap;
@@ -260,9 +259,8 @@ fn resolve_in_file(m: &elf::Mapping, probes: &[u64]) -> Vec<Vec<Symbol>> {
         note(format!("{}: not an object file; addresses only", m.file));
         return out;
     };
-    let dwarf = load_dwarf(&file, &m.file);
-    let ctx = dwarf.and_then(|d| addr2line::Context::from_dwarf(d).ok());
-    if ctx.is_none() {
+    let has_dwarf = load_dwarf(&file, &m.file).is_some();
+    if !has_dwarf {
         let what = if file.symbol_table().is_some() {
             "no debug info: function names from the symbol table, no inlined frames, no file:line"
         } else if file.dynamic_symbol_table().is_some() {
@@ -272,17 +270,29 @@ fn resolve_in_file(m: &elf::Mapping, probes: &[u64]) -> Vec<Vec<Symbol>> {
         };
         note(format!("{}: {what}", m.file));
     }
+    // A return address points after the call, possibly at the next line or function.
+    let vaddrs: Vec<Option<u64>> = probes
+        .iter()
+        .map(|&addr| elf::file_offset_to_vaddr(&file, addr - 1 - m.start + m.offset))
+        .collect();
+    if let Some(d) = load_dwarf(&file, &m.file) {
+        let known: Vec<(usize, u64)> = vaddrs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| v.map(|v| (i, v)))
+            .collect();
+        let only: Vec<u64> = known.iter().map(|k| k.1).collect();
+        let found = crate::dwarf::resolve(&d, &only);
+        for ((i, _), f) in known.into_iter().zip(found) {
+            if let Some(frames) = f {
+                out[i] = frames;
+            }
+        }
+    }
     // Built only if some address has no DWARF function.
     let mut symtab: Option<object::SymbolMap<object::SymbolMapName<'_>>> = None;
-    for (slot, &addr) in out.iter_mut().zip(probes) {
-        // A return address points after the call, possibly at the next line or function.
-        let file_offset = addr - 1 - m.start + m.offset;
-        let Some(vaddr) = elf::file_offset_to_vaddr(&file, file_offset) else {
-            continue;
-        };
-        if let Some(ctx) = &ctx {
-            dwarf_frames(ctx, vaddr, slot);
-        }
+    for (slot, vaddr) in out.iter_mut().zip(vaddrs) {
+        let Some(vaddr) = vaddr else { continue };
         let named = slot.last().is_some_and(|s| s.function != "??");
         if !named {
             let map = symtab.get_or_insert_with(|| file.symbol_map());
@@ -302,14 +312,11 @@ fn resolve_in_file(m: &elf::Mapping, probes: &[u64]) -> Vec<Vec<Symbol>> {
     out
 }
 
-type Reader<'a> = addr2line::gimli::EndianSlice<'a, addr2line::gimli::RunTimeEndian>;
+use crate::dwarf::Reader;
 
 /// The file's DWARF sections, borrowed from the mapping; `None` without `.debug_info`, or when it
 /// is compressed (decompressing would allocate the whole section: reported as missing instead).
-fn load_dwarf<'a>(
-    file: &object::File<'a>,
-    path: &str,
-) -> Option<addr2line::gimli::Dwarf<Reader<'a>>> {
+fn load_dwarf<'a>(file: &object::File<'a>, path: &str) -> Option<gimli::Dwarf<Reader<'a>>> {
     use addr2line::gimli;
     let info = file.section_by_name(".debug_info")?;
     let compressed = |s: &object::Section<'_, '_>| {
@@ -337,31 +344,9 @@ fn load_dwarf<'a>(
     gimli::Dwarf::load(load).ok()
 }
 
-/// Appends the DWARF frames at `vaddr` (innermost first) to `out`.
-fn dwarf_frames(ctx: &addr2line::Context<Reader<'_>>, vaddr: u64, out: &mut Vec<Symbol>) {
-    let Ok(mut frames) = ctx.find_frames(vaddr).skip_all_loads() else {
-        return;
-    };
-    while let Ok(Some(f)) = frames.next() {
-        let function = f
-            .function
-            .as_ref()
-            .and_then(|n| n.raw_name().ok())
-            .map_or_else(|| String::from("??"), |n| demangle(&n));
-        let (file, line) = f
-            .location
-            .map_or((None, None), |l| (l.file.map(str::to_string), l.line));
-        out.push(Symbol {
-            function,
-            file,
-            line,
-        });
-    }
-}
-
 /// A symbol name as people read it: Rust names demangled without their `::h0123...` hash, others
 /// as they are.
-fn demangle(name: &str) -> String {
+pub(crate) fn demangle(name: &str) -> String {
     match rustc_demangle::try_demangle(name) {
         Ok(d) => format!("{d:#}"),
         Err(_) => name.to_string(),
