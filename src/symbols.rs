@@ -317,7 +317,6 @@ use crate::dwarf::Reader;
 /// The file's DWARF sections, borrowed from the mapping; `None` without `.debug_info`, or when it
 /// is compressed (decompressing would allocate the whole section: reported as missing instead).
 fn load_dwarf<'a>(file: &object::File<'a>, path: &str) -> Option<gimli::Dwarf<Reader<'a>>> {
-    use addr2line::gimli;
     let info = file.section_by_name(".debug_info")?;
     let compressed = |s: &object::Section<'_, '_>| {
         s.compressed_file_range()

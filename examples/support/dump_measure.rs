@@ -225,7 +225,18 @@ pub fn symbolize_offsets(data: &[u8], offs: &[u64], frames: bool) -> Vec<String>
         Ok(gimli::EndianSlice::new(d, endian))
     })
     .unwrap();
+    let t = Instant::now();
     let ctx = addr2line::Context::from_dwarf(dwarf).unwrap();
+    if std::env::var_os("DUMP_COST_STATUS").is_some() {
+        let st = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        eprintln!("after from_dwarf {:?}", t.elapsed());
+        for l in st
+            .lines()
+            .filter(|l| l.starts_with("Rss") || l.starts_with("VmHWM"))
+        {
+            eprintln!("ctx {l}");
+        }
+    }
     let symtab = (!frames).then(|| file.symbol_map());
     let vaddr = |off: u64| {
         file.segments().find_map(|s| {
