@@ -35,8 +35,11 @@ pub(crate) fn resolve(dwarf: &gimli::Dwarf<Reader<'_>>, addrs: &[u64]) -> Vec<Op
     let mut sorted: Vec<(u64, usize)> = addrs.iter().copied().zip(0..).collect();
     sorted.sort_unstable();
     let mut unit_of: Vec<Option<gimli::DebugInfoOffset>> = vec![None; addrs.len()];
+    // Units with aranges, sorted: `.debug_aranges` describes them fully.
+    let mut described: Vec<usize> = Vec::new();
     let mut headers = dwarf.debug_aranges.headers();
     while let Ok(Some(h)) = headers.next() {
+        described.push(h.debug_info_offset().0);
         let mut entries = h.entries();
         while let Ok(Some(e)) = entries.next() {
             let r = e.range();
@@ -46,7 +49,8 @@ pub(crate) fn resolve(dwarf: &gimli::Dwarf<Reader<'_>>, addrs: &[u64]) -> Vec<Op
         }
     }
     if unit_of.iter().any(Option::is_none) {
-        by_root_ranges(dwarf, &sorted, &mut unit_of);
+        described.sort_unstable();
+        by_root_ranges(dwarf, &described, &sorted, &mut unit_of);
     }
     let mut units: Vec<gimli::DebugInfoOffset> = unit_of.iter().flatten().copied().collect();
     units.sort_unstable_by_key(|u| u.0);
@@ -71,11 +75,13 @@ pub(crate) fn resolve(dwarf: &gimli::Dwarf<Reader<'_>>, addrs: &[u64]) -> Vec<Op
     out
 }
 
-/// For the addresses `.debug_aranges` does not cover (units without an entry there, or code
-/// without DWARF such as the C `main` shim): the unit whose root DIE's ranges hold them. Reads
-/// each unit's header and first entry only.
+/// For the addresses `.debug_aranges` does not cover (code in units without an entry there, or
+/// without DWARF such as the C `main` shim): the unit whose root DIE's ranges hold them, among
+/// the units not in `described` (sorted `.debug_info` offsets of the units aranges cover).
+/// Reads those units' headers and first entries only.
 fn by_root_ranges(
     dwarf: &gimli::Dwarf<Reader<'_>>,
+    described: &[usize],
     sorted: &[(u64, usize)],
     unit_of: &mut [Option<gimli::DebugInfoOffset>],
 ) {
@@ -83,6 +89,21 @@ fn by_root_ranges(
     while let Ok(Some(h)) = headers.next() {
         // `units()` walks `.debug_info`, so the section offset is a `.debug_info` offset.
         let off = gimli::DebugInfoOffset(h.offset().0);
+        if described.binary_search(&off.0).is_ok() {
+            continue;
+        }
+        // Most such units hold no code (types, or generic code inlined elsewhere): their root
+        // has neither `DW_AT_high_pc` nor `DW_AT_ranges`, and is skipped before the full unit (line program header,
+        // strings) is read.
+        let has_code = h.abbreviations(&dwarf.debug_abbrev).is_ok_and(|abbrevs| {
+            let mut entries = h.entries(&abbrevs);
+            matches!(entries.next_dfs(), Ok(Some(root))
+                if root.attr_value(gimli::DW_AT_high_pc).is_some()
+                    || root.attr_value(gimli::DW_AT_ranges).is_some())
+        });
+        if !has_code {
+            continue;
+        }
         let Ok(unit) = dwarf.unit(h) else {
             continue;
         };

@@ -6,7 +6,6 @@
 use std::ffi::c_void;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::sync::Arc;
 
 use heapsight::HeapSight;
 

@@ -25,6 +25,13 @@ pub fn rss_kib() -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+fn trim() {
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 fn reset_peak() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
@@ -59,6 +66,8 @@ pub enum Symbolizer {
     SymtabLines,
     /// A child process (`/proc/self/exe --helper`) symbolizes file offsets read from its stdin.
     Helper,
+    /// `addr2line::Context` (lazy per unit) in process, dropped after each dump.
+    Addr2line,
 }
 
 impl Symbolizer {
@@ -72,6 +81,7 @@ impl Symbolizer {
             Some("backtrace") => Symbolizer::Backtrace,
             Some("symtab-lines") => Symbolizer::SymtabLines,
             Some("helper") => Symbolizer::Helper,
+            Some("addr2line") => Symbolizer::Addr2line,
             Some(o) => panic!("unknown symbolizer {o}"),
         }
     }
@@ -80,6 +90,10 @@ impl Symbolizer {
 /// Runs ten dumps and prints one line each; returns nothing, the lines are the result.
 pub fn measure(label: &str, addr: SocketAddr, how: Symbolizer) {
     let mut bt_cache: HashMap<usize, Vec<(String, Option<String>, Option<u32>)>> = HashMap::new();
+    // The program's own freed memory goes back first, so that "after" shows only what the dumps
+    // keep (heapsight's symbolizer trims glibc's arenas after parsing, which would otherwise
+    // count the program's free memory as the dump's saving).
+    trim();
     let (rss0, _) = rss_kib();
     let pb0 = heapsight::stats().profiler_bytes;
     println!(
@@ -111,6 +125,7 @@ pub fn measure(label: &str, addr: SocketAddr, how: Symbolizer) {
             }
             Symbolizer::SymtabLines => symtab_lines(&profile_addresses()),
             Symbolizer::Helper => helper(&profile_addresses()),
+            Symbolizer::Addr2line => addr2line_in_process(&profile_addresses()),
         };
         let ms = t.elapsed().as_secs_f64() * 1e3;
         let (rss, hwm) = rss_kib();
@@ -166,6 +181,14 @@ fn file_offsets(addrs: &[usize]) -> (String, Vec<u64>) {
         }
     }
     (path, offs)
+}
+
+/// addr2line's `Context` on the whole file (what the helper process runs), in process and
+/// dropped after the dump.
+fn addr2line_in_process(addrs: &[usize]) -> usize {
+    let (path, offs) = file_offsets(addrs);
+    let data = map_file(&path);
+    symbolize_offsets(&data, &offs, true).len()
 }
 
 /// Symbol-table names plus lazily parsed line tables, everything dropped at the end.

@@ -205,12 +205,16 @@ const SYMBOL_PATH: &str = "/debug/pprof/symbol";
 /// addresses (what `go tool pprof` sends) gets one `0x… function` line per known address; any
 /// other path is 405. Mount it next to [`respond`] to serve remote symbolization.
 pub fn respond_post(path_and_query: &str, body: &[u8]) -> Response {
-    let path = path_and_query.split('?').next().unwrap_or("");
-    if path == SYMBOL_PATH {
+    if takes_post(path_and_query) {
         symbol::answer(body)
     } else {
         Response::text(405, format!("POST is only for {SYMBOL_PATH}"))
     }
+}
+
+/// Whether `path_and_query` answers `POST`s (so the server reads the body).
+pub(crate) fn takes_post(path_and_query: &str) -> bool {
+    path_and_query.split('?').next() == Some(SYMBOL_PATH)
 }
 
 /// `symbolize=0` asks for an unsymbolized profile; absent or 1, symbolized.

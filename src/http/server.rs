@@ -152,11 +152,13 @@ fn handle_connection(mut stream: TcpStream) -> io::Result<()> {
     let head_only = method == "HEAD";
     let response = if method == "GET" || head_only {
         respond(&target)
-    } else if method == "POST" {
+    } else if method == "POST" && super::takes_post(&target) {
         match read_body(&mut stream, &buf[head_len..], body_len) {
             Ok(body) => super::respond_post(&target, &body),
             Err(refusal) => refusal,
         }
+    } else if method == "POST" {
+        super::respond_post(&target, &[])
     } else {
         Response::text(
             405,
