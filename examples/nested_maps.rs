@@ -21,7 +21,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-#[path = "../benches/kernels/nested.rs"]
+#[path = "../dev/benches/kernels/nested.rs"]
 mod nested;
 
 #[global_allocator]

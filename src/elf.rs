@@ -126,15 +126,12 @@ impl Drop for MappedFile {
     }
 }
 
-/// What the pprof mappings need from an ELF file: its build ID and executable segments.
+/// What the pprof mappings need from an ELF file: its build ID.
 pub(crate) struct ElfInfo {
     pub build_id: Option<String>,
-    /// `(p_offset, p_vaddr)` of each executable `PT_LOAD` segment.
-    pub exec_segments: Vec<(u64, u64)>,
 }
 
-/// Reads the build ID and the executable segments of an ELF file (program headers and notes
-/// only, which stripped binaries keep).
+/// Reads the build ID of an ELF file (from its notes, which stripped binaries keep).
 pub(crate) fn read_elf_info(path: &str) -> Option<ElfInfo> {
     let map = MappedFile::open(path)?;
     let file = object::File::parse(map.bytes()).ok()?;
@@ -146,38 +143,7 @@ pub(crate) fn read_elf_info(path: &str) -> Option<ElfInfo> {
         .ok()
         .flatten()
         .map(|id| id.iter().map(|b| format!("{b:02x}")).collect());
-    let exec_segments = exec_segments(&file);
-    Some(ElfInfo {
-        build_id,
-        exec_segments,
-    })
-}
-
-/// `(p_offset, p_vaddr)` of each executable `PT_LOAD` segment.
-pub(crate) fn exec_segments(file: &object::File<'_>) -> Vec<(u64, u64)> {
-    use object::read::elf::ProgramHeader as _;
-    let segs = |out: &mut Vec<(u64, u64)>| match file {
-        object::File::Elf64(f) => {
-            for s in f.segments() {
-                let h = s.elf_program_header();
-                if h.p_flags(f.endian()).0 & object::elf::PF_X.0 != 0 {
-                    out.push((s.file_range().0, s.address()));
-                }
-            }
-        }
-        object::File::Elf32(f) => {
-            for s in f.segments() {
-                let h = s.elf_program_header();
-                if h.p_flags(f.endian()).0 & object::elf::PF_X.0 != 0 {
-                    out.push((s.file_range().0, s.address()));
-                }
-            }
-        }
-        _ => {}
-    };
-    let mut out = Vec::new();
-    segs(&mut out);
-    out
+    Some(ElfInfo { build_id })
 }
 
 /// The link-time virtual address of the byte at `file_offset`, through the `PT_LOAD` segment

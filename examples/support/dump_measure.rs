@@ -1,5 +1,5 @@
 //! The measuring half of the dump-cost benchmarks (`examples/dump_cost.rs`,
-//! `examples/dump_cost_axum.rs`): resident memory, its peak and `profiler_bytes` around ten dumps
+//! `dev/examples/dump_cost_axum.rs`): resident memory, its peak and `profiler_bytes` around ten dumps
 //! of a program that has reached its steady state, and each dump's latency.
 //!
 //! Peak resident memory is the kernel's high-water mark (`VmHWM`), reset before each dump by
@@ -87,9 +87,12 @@ impl Symbolizer {
     }
 }
 
+/// One frame as `backtrace::resolve` gives it: name, file, line.
+type BtFrame = (String, Option<String>, Option<u32>);
+
 /// Runs ten dumps and prints one line each; returns nothing, the lines are the result.
 pub fn measure(label: &str, addr: SocketAddr, how: Symbolizer) {
-    let mut bt_cache: HashMap<usize, Vec<(String, Option<String>, Option<u32>)>> = HashMap::new();
+    let mut bt_cache: HashMap<usize, Vec<BtFrame>> = HashMap::new();
     // The program's own freed memory goes back first, so that "after" shows only what the dumps
     // keep (heapsight's symbolizer trims glibc's arenas after parsing, which would otherwise
     // count the program's free memory as the dump's saving).

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Deterministic instruction counts of heapsight's hot path, with valgrind's callgrind.
 
-    python3 benches/callgrind.py [N] [SAMPLED]
+    python3 dev/benches/callgrind.py [N] [SAMPLED]
 
 Builds `examples/hotpath.rs` (release, frame pointers), runs it under
 `valgrind --tool=callgrind` once per case, collecting only inside that case's `case_*` function
@@ -16,7 +16,8 @@ import subprocess
 import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The workspace root (this file is dev/benches/X.py): cargo runs there, target/ is there.
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 CASES = [
@@ -60,7 +61,7 @@ def main():
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
     sampled = int(sys.argv[2]) if len(sys.argv) > 2 else 10_000
     counts = {"n": n, "s": sampled, "d": max(1, sampled // 10)}
-    subprocess.run(["cargo", "build", "--release", "--example", "hotpath", "--quiet"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "build", "-p", "heapsight-dev", "--release", "--example", "hotpath", "--quiet"], cwd=ROOT, check=True)
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
     exe = os.path.join(target, "release", "examples", "hotpath")
     per = {}

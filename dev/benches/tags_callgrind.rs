@@ -2,7 +2,7 @@
 //! `tags` gives times; on a shared machine they are noisy).
 //!
 //! ```text
-//! cargo bench --bench tags_callgrind --no-run
+//! cargo bench -p heapsight-dev --bench tags_callgrind --no-run
 //! B=$(ls -t target/release/deps/tags_callgrind-* | grep -v '\.d$' | head -1)
 //! for m in system untagged tagged switch; do for n in 100000 200000; do
 //!   valgrind --tool=callgrind --callgrind-out-file=/dev/null $B $m $n 2>&1 | grep refs

@@ -1,6 +1,6 @@
 //! A per-request tag in a small async service: which route allocates, and which holds memory.
 //!
-//!     cargo run --release --example tags
+//!     cargo run --release -p heapsight-dev --example tags
 //!
 //! A fake request stream is served by a multi-threaded tokio runtime; each request's future is
 //! wrapped in `.tagged(route)`, so everything it allocates, on whichever worker polls it and

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Runs every allocator benchmark binary in one go and prints the ratio table.
 
-    python3 benches/compare.py                       # ~12-15 min on 2 cores
-    python3 benches/compare.py --quick               # shorter warm-up/measurement, for a smoke test
-    python3 benches/compare.py --report-only         # re-print the table from target/criterion
-    python3 benches/compare.py --rounds 3            # then the goal kernels again, interleaved
-    python3 benches/compare.py --skip-full --rounds 3   # only the interleaved goal kernels
+    python3 dev/benches/compare.py                       # ~12-15 min on 2 cores
+    python3 dev/benches/compare.py --quick               # shorter warm-up/measurement, for a smoke test
+    python3 dev/benches/compare.py --report-only         # re-print the table from target/criterion
+    python3 dev/benches/compare.py --rounds 3            # then the goal kernels again, interleaved
+    python3 dev/benches/compare.py --skip-full --rounds 3   # only the interleaved goal kernels
 
 On a shared machine, load that comes and goes while the binaries run one after another moves
 whole columns of the table. `--rounds N` reruns the kernels the goals are about
@@ -13,8 +13,8 @@ whole columns of the table. `--rounds N` reruns the kernels the goals are about
 binaries each round, and judges the goals on the fastest of the N+1 measurements of each
 configuration (interference only ever adds time).
 
-Each `benches/alloc_*.rs` binary has its own `#[global_allocator]` and runs the same kernels
-(`benches/kernels/mod.rs`); criterion writes `target/criterion/<kernel>/<config>/new/estimates.json`.
+Each `dev/benches/alloc_*.rs` binary has its own `#[global_allocator]` and runs the same kernels
+(`dev/benches/kernels/mod.rs`); criterion writes `target/criterion/<kernel>/<config>/new/estimates.json`.
 Times are criterion's slope estimate (time per iteration from the linear fit over samples of
 1, 2, 3... x iterations; fixed per-sample costs such as spawning threads drop out), or the mean
 for the slow kernels that use flat sampling. Ratios are taken between configurations measured in
@@ -26,8 +26,11 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The workspace root (this file is dev/benches/X.py): cargo runs there, target/ is there.
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CRIT = os.environ.get("CRITERION_HOME", os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "criterion"))
+# cargo runs bench binaries in dev/; criterion and the kernels write here, where this script reads.
+os.environ["CRITERION_HOME"] = CRIT
 
 BINARIES = [
     "alloc_system",
@@ -102,7 +105,7 @@ def best(k, cfg, stat="slope"):
 
 def run(args):
     warm, meas = ("0.3", "0.6") if "--quick" in args else ("1", "2")
-    subprocess.run(["cargo", "bench", "--no-run", "--quiet"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "bench", "-p", "heapsight-dev", "--no-run", "--quiet"], cwd=ROOT, check=True)
     os.makedirs(CRIT, exist_ok=True)
     log = open(os.path.join(CRIT, "compare.log"), "w")
     t0 = time.time()
@@ -110,7 +113,7 @@ def run(args):
         t = time.time()
         print(f"running {b} ...", end=" ", flush=True)
         subprocess.run(
-            ["cargo", "bench", "--quiet", "--bench", b, "--", "--warm-up-time", warm, "--measurement-time", meas, "--noplot"],
+            ["cargo", "bench", "-p", "heapsight-dev", "--quiet", "--bench", b, "--", "--warm-up-time", warm, "--measurement-time", meas, "--noplot"],
             cwd=ROOT, check=True, stdout=log, stderr=subprocess.STDOUT,
         )
         print(f"{time.time() - t:.0f} s", flush=True)
@@ -123,7 +126,7 @@ def run(args):
         t = time.time()
         for b in BINARIES:
             subprocess.run(
-                ["cargo", "bench", "--quiet", "--bench", b, "--", "--warm-up-time", warm, "--measurement-time", meas, "--noplot", pattern],
+                ["cargo", "bench", "-p", "heapsight-dev", "--quiet", "--bench", b, "--", "--warm-up-time", warm, "--measurement-time", meas, "--noplot", pattern],
                 cwd=ROOT, check=True, stdout=log, stderr=subprocess.STDOUT,
             )
             remember()

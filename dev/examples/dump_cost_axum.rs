@@ -1,10 +1,10 @@
 //! Benchmark: the dump cost of `examples/dump_cost.rs` on a real workload, an axum service.
 //!
-//!     cargo run --release --features http --example dump_cost_axum [-- --symbolizer S]
+//!     cargo run --release -p heapsight-dev --example dump_cost_axum [-- --symbolizer S]
 //!
 //! An axum router on a multi-threaded tokio runtime answers 2,000 requests that each build a
 //! JSON-like body from a shared map and keep the newest 500 bodies; then the ten dumps are
-//! measured as in `dump_cost` (see `support/dump_measure.rs`). The binary carries axum, hyper
+//! measured as in `examples/dump_cost.rs` (see `examples/support/dump_measure.rs`). The binary carries axum, hyper
 //! and tokio's debug info, which is what made the first dump expensive.
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{Read, Write};
@@ -14,7 +14,7 @@ use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::Router;
 
-#[path = "support/dump_measure.rs"]
+#[path = "../../examples/support/dump_measure.rs"]
 mod dump_measure;
 
 #[global_allocator]

@@ -1,6 +1,6 @@
 //! Mounting heapsight's endpoints in an axum service with `heapsight::http::respond`:
 //!
-//!     cargo run --release --example axum --features http
+//!     cargo run --release -p heapsight-dev --example axum
 //!     go tool pprof -top http://127.0.0.1:3000/debug/pprof/heap
 //!
 //! `respond` is blocking (profiling, symbolizing, and `?seconds=N` waits), so it runs on the

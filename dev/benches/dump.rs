@@ -1,7 +1,7 @@
 //! The cost of a dump with 10,000 sampled sites: how long `profile()` holds the site lock (the
 //! copy), and the whole pprof dump with symbols cached.
 //!
-//!     cargo bench --bench dump
+//!     cargo bench -p heapsight-dev --bench dump
 //!
 //! 10,000 distinct stacks come from real calls: `step` walks 14 levels, going through `left` or
 //! `right` by the bits of a path number, and allocates at the bottom; at rate 1 every allocation

@@ -13,6 +13,7 @@ use heapsight::HeapSight;
 #[global_allocator]
 static GLOBAL: HeapSight = HeapSight::system();
 
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 /// A bare HTTP/1.1 client: returns (status, headers, body).

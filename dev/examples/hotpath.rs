@@ -3,7 +3,7 @@
 //! sampled pairs at rate 1 (frame pointers and DWARF). Each case is its own `#[inline(never)]`
 //! function, so callgrind's inclusive count per function is the cost of the case:
 //!
-//!     python3 benches/callgrind.py          # builds this, runs valgrind, prints the table
+//!     python3 dev/benches/callgrind.py          # builds this, runs valgrind, prints the table
 //!
 //! The allocators are called directly (`GlobalAlloc::alloc(&ALLOC, ..)`) rather than through
 //! `__rust_alloc`, so that one binary holds every configuration side by side; the global allocator

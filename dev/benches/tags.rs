@@ -1,4 +1,4 @@
-//! What tags cost. Run: `cargo bench --bench tags`.
+//! What tags cost. Run: `cargo bench -p heapsight-dev --bench tags`.
 //!
 //! * `pair32/untagged` vs `pair32/tagged`: a 32-byte alloc+free pair through heapsight, with and
 //!   without a tag in force, side by side in one run. Tags add nothing to the allocation path by
