@@ -99,7 +99,7 @@ struct Cache {
 
 /// Bound on [`Cache`]: a few thousand frames, the addresses of a busy service's profile, so
 /// later dumps do not re-read debug info.
-pub const MAX_CACHE_BYTES: usize = 1 << 20;
+pub(crate) const MAX_CACHE_BYTES: usize = 1 << 20;
 
 /// A spin lock, not a `parking_lot::Mutex`, so that `fork()` can hold it across the fork and the
 /// child can release it (see `sync`): a parking_lot mutex with parked waiters unlocks through
