@@ -193,6 +193,9 @@ mod tags;
 pub mod http;
 #[cfg(feature = "metrics")]
 pub mod metrics;
+#[cfg(feature = "otlp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "otlp")))]
+pub mod otlp;
 #[cfg(all(unix, feature = "signal"))]
 pub use crate::dump::install_dump_signal;
 pub use crate::dump::{dump_to_dir, dump_to_file};
@@ -316,8 +319,10 @@ pub fn set_max_depth(frames: usize) {
     );
 }
 
-/// Sets the cap on distinct sampled stacks (default 16,384); samples with a new stack beyond it go
-/// to one overflow site. Also `HEAPSIGHT_MAX_SITES`.
+/// Sets the cap on distinct sampled stacks (default 16,384). At the cap a new stack takes the
+/// place of the least recently sampled stack with no live sample (whose totals stay in the
+/// profile's frame-less site); only when none can be reclaimed, and the table already holds as
+/// many stacks as live samples, does a sample go to the overflow site. Also `HEAPSIGHT_MAX_SITES`.
 pub fn set_max_sites(sites: usize) {
     sites::MAX_SITES.store(sites.max(1), std::sync::atomic::Ordering::Relaxed);
 }
@@ -381,8 +386,8 @@ pub fn profile_unsymbolized() -> HeapProfile {
 /// passed.
 ///
 /// A new peak is captured in the sampled slow path, under the site lock, when a sample lifts the
-/// sampled in-use estimate past 1.1 × the previous capture: the copy is O(sites) and captures are
-/// geometric in the peak, so rare; the unsampled path never sees it. So the captured peak is
+/// sampled in-use estimate past 1.1 × the previous capture: in O(1) (each bucket keeps its counts
+/// as of the capture the first time it changes after it); the unsampled path never sees it. So the captured peak is
 /// within about 10% (plus sampling noise) of the highest estimate reached. Size distributions are
 /// as of the peak; lifetimes are all those recorded so far. Empty if nothing was sampled yet.
 pub fn peak_profile() -> HeapProfile {
@@ -391,3 +396,5 @@ pub fn peak_profile() -> HeapProfile {
 
 #[doc(hidden)]
 pub use crate::sites::bench_snapshot_lock_hold;
+#[doc(hidden)]
+pub use crate::sites::table_counts as site_table_counts;

@@ -1,30 +1,48 @@
-//! The site table: the only shared mutable state of the profiler, behind the only hook lock.
+//! The site table: the profiler's shared mutable state, behind the only locks the hook takes.
 //!
-//! * **Stacks** are interned: `stack id -> return addresses`, at most `max_sites` of them; past the
-//!   cap a sample's stack becomes [`OVERFLOW_STACK`], one counted pseudo-site.
+//! Two kinds of lock, never held together by the hook (so no order between them matters there):
+//!
+//! * **The table lock** ([`TABLE`]) guards stacks, buckets, lifetime rows, the overflow sums and
+//!   the peak. A sampled allocation takes it once (intern the stack and bucket, count the sample),
+//!   a free of a sampled block once (count the free and its lifetime). Each holds it for O(1) work:
+//!   hash look-ups and counter updates; an index grows (rehash) only when a new stack or bucket
+//!   needs room, geometrically, so amortised O(1) and never on a free.
+//! * **Live-sample shards** ([`SHARDS`], 32 locks): `address -> Live` for sampled blocks not yet
+//!   freed, each shard a hash map of the addresses whose filter byte hashes to it. Frees and
+//!   allocations of different blocks on different threads meet here only when their addresses
+//!   share a shard; a shard's rehash moves only its own 1/32 of the live samples. A filter byte is
+//!   written only under the shard lock of the addresses that map to it, so its plain
+//!   load-and-store updates stay exact.
+//!
+//! * **Stacks** are interned: `stack id -> return addresses`. Ids are reused: when
+//!   `max_sites` stacks exist, a new stack first *reclaims* one with no live sample (least
+//!   recently sampled first, among the [`RECLAIM_SCAN`] oldest); the reclaimed stack's counts
+//!   (raw samples, weighted totals, lifetimes) move into the frame-less pseudo-site, so
+//!   `alloc_objects`/`alloc_space` totals still add up. Only when no stack can be reclaimed does
+//!   the cap bend to the live samples: a stack past the cap is interned while the table holds
+//!   no more stacks than live samples (so memory past the cap is paid for by live samples, which
+//!   exist in proportion to the heap over the rate — at rate 1 every live stack keeps its
+//!   frames), and beyond that a sample goes to [`OVERFLOW_STACK`], counted in `overflow_samples`.
 //! * **Buckets** are keyed by `(stack, tag, size, rate)` and count raw samples taken and freed.
 //!   Keying by size and rate is what makes unbiasing exact: every sample in a bucket has the same
 //!   weight `1/p(size, rate)`, so `count × weight` is the sum of per-sample weights (Go keys its
 //!   buckets by stack and size for the same reason). Estimates are derived from integer counts,
-//!   so a site whose blocks are all freed shows exactly 0 in use, never a rounding residue.
-//! * **Live samples**: `address -> bucket` for sampled blocks not yet freed, so a free can take its
-//!   block's contribution out at once: in-use is live, not as of some earlier collection.
+//!   so a site whose blocks are all freed shows exactly 0 in use, never a rounding residue. A
+//!   stack's buckets are chained from it, so reclaiming a stack frees its buckets too.
 //! * **The filter**: a 256 KiB table of saturating 8-bit counters indexed by address bits, raised
 //!   for every live sample. A free reads one byte of it without a lock; only a nonzero byte sends it
-//!   to the table. With `L` live samples the false-positive rate is at most `L / 2^18`
+//!   to its shard. With `L` live samples the false-positive rate is at most `L / 2^18`
 //!   (about 0.8% at 2,000 live samples, a 1 GiB heap at the default rate).
-//!
-//! * **Lifetimes**: each stack has a fixed row of [`LIFE_BINS`] half-octave counters; freeing a
-//!   sampled block adds one to the bin of its age (allocation to free, from `Live::born_ns`).
-//!   The row is allocated when the stack is interned, so the free path only increments a counter
-//!   under the lock it already holds: no allocation, no unbounded log, nothing lost between two
-//!   dumps (a ring buffer would drop lifetimes when nobody dumps for a while). Cost: 320 bytes per
-//!   stack, bounded by the site cap. `profile()` copies the rows and turns them into histograms.
-//! * **Peak**: the table keeps the sampled in-use byte estimate (fixed point, like the overflow
-//!   sums) and, when a new sample lifts it past 1.1 × the last captured peak, copies the bucket
-//!   counts into a reused buffer: O(buckets) per capture, and captures are geometric in the peak
-//!   (about 25 per 10× growth), so rare. Only sampled allocations can trigger one; the unsampled
-//!   path never sees it. `heapsight::peak_profile()` builds a profile from that copy.
+//! * **Lifetimes**: a stack gets a row of [`LIFE_BINS`] half-octave counters at its first sampled
+//!   free; freeing a sampled block adds one to the bin of its age (allocation to free, from
+//!   `Live::born_ns`). A free only increments a counter: no unbounded log, nothing lost between
+//!   two dumps. Cost: 320 bytes per stack that had a sampled free, bounded by the stacks.
+//! * **Peak**: the table keeps the sampled in-use byte estimate (fixed point) and, when a new
+//!   sample lifts it past 1.1 × the last captured peak, captures a peak in O(1): it starts a new
+//!   *epoch*. A bucket keeps its counts as of the last epoch start, copied the first time the
+//!   bucket changes after it (copy on write), so the counts at the peak are known for every
+//!   bucket without copying any at the capture. A stack with samples live at the peak is not
+//!   reclaimed until the next capture, so the peak keeps its frames.
 //!
 //! All memory here is allocated inside the profiler guard, so it comes from the inner allocator,
 //! is never sampled, and is counted as the profiler's own in `Stats::profiler_bytes`.
@@ -36,13 +54,21 @@ use std::sync::Arc;
 use crate::sampler;
 use crate::sync::SpinLock;
 
-/// Stack id of the pseudo-site that receives samples once `max_sites` stacks exist.
+/// Stack id of the pseudo-site that receives samples once `max_sites` stacks exist and none can be
+/// reclaimed, and the totals of reclaimed stacks.
 pub(crate) const OVERFLOW_STACK: u32 = 0;
-/// Default cap on distinct stacks. Each costs about its depth × 8 bytes plus ~100 bytes of index.
+/// Default cap on distinct stacks (see the module docs for when a table holds more).
 pub const DEFAULT_MAX_SITES: usize = 16_384;
 /// Buckets (stack × size × rate × tag) allowed per site on average before samples go to the
 /// overflow bucket.
 const BUCKETS_PER_SITE: usize = 8;
+/// Stacks looked at, from the least recently sampled, to find one with no live sample.
+/// Bounds the work under the table lock when the oldest stacks all hold live memory.
+pub(crate) const RECLAIM_SCAN: usize = 64;
+/// Live-sample shards (a power of two).
+const SHARD_COUNT: usize = 32;
+/// "No such id" in the intrusive lists.
+const NONE: u32 = u32::MAX;
 
 pub(crate) static MAX_SITES: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_SITES);
 
@@ -131,6 +157,7 @@ pub(crate) struct BucketKey {
     pub rate: u64,
 }
 
+/// A bucket's counts, as copied out of the table.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Bucket {
     pub key: BucketKey,
@@ -140,11 +167,47 @@ pub(crate) struct Bucket {
     pub frees: u64,
 }
 
+/// A bucket in the table.
+struct Slot {
+    key: BucketKey,
+    allocs: u64,
+    frees: u64,
+    /// Counts at the start of epoch `epoch` (valid when `epoch` is the table's: see [`Peak`]).
+    peak_allocs: u64,
+    peak_frees: u64,
+    epoch: u32,
+    /// Bumped when the slot is freed, so a `Live` of an earlier occupant is recognised.
+    gen: u32,
+    /// Next bucket of the same stack, or next free slot.
+    next: u32,
+    used: bool,
+}
+
+impl Slot {
+    /// Counts at the last peak capture of epoch `epoch`.
+    fn at_peak(&self, epoch: u32) -> (u64, u64) {
+        if self.epoch == epoch {
+            (self.peak_allocs, self.peak_frees)
+        } else {
+            (self.allocs, self.frees)
+        }
+    }
+    /// Keeps the counts at the last peak before the first change after it.
+    fn touch(&mut self, epoch: u32) {
+        if self.epoch != epoch {
+            self.peak_allocs = self.allocs;
+            self.peak_frees = self.frees;
+            self.epoch = epoch;
+        }
+    }
+}
+
 /// Bucket index meaning "the overflow bucket", whose samples have mixed sizes and rates.
 const MIXED: u32 = u32::MAX;
 
-/// Weighted sums for the overflow bucket. In-use sums are fixed point (2^-16 objects and bytes)
-/// so that adding and later subtracting the same sample's weight returns exactly to 0.
+/// Weighted sums for the frame-less pseudo-site: samples past the caps, and the totals of
+/// reclaimed stacks. In-use sums are fixed point (2^-16 objects and bytes) so that adding and
+/// later subtracting the same sample's weight returns exactly to 0.
 #[derive(Clone, Copy, Default, Debug)]
 pub(crate) struct MixedSums {
     pub samples: u64,
@@ -168,11 +231,22 @@ impl MixedSums {
     pub fn inuse_bytes(&self) -> f64 {
         self.inuse_bytes_fx as f64 / FX_ONE
     }
+    /// Adds a reclaimed bucket's `allocs` samples (of which `frees` freed, all of them when the
+    /// bucket's stack had no live sample) of one size and rate.
+    fn absorb(&mut self, size: u64, rate: u64, allocs: u64, frees: u64) {
+        let w = sampler::weight(size, rate);
+        self.samples += allocs;
+        self.frees += frees;
+        self.alloc_objects += allocs as f64 * w;
+        self.alloc_bytes += allocs as f64 * w * size as f64;
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Live {
     bucket: u32,
+    /// The bucket slot's generation when the sample was counted in it.
+    gen: u32,
     size: u64,
     rate: u64,
     /// Monotonic nanoseconds at sampling, for lifetimes.
@@ -205,198 +279,506 @@ pub(crate) fn life_bin_low(bin: usize) -> u64 {
     (1u64 << l) + ((bin as u64 & 1) << (l - 1))
 }
 
-/// The peak capture: bucket counts at the sampled-heap high-water mark.
+/// The peak capture: what the table looked like at the sampled-heap high-water mark. Bucket
+/// counts at the peak live in the buckets themselves (`Slot::at_peak`); here the rest.
 #[derive(Default)]
 pub(crate) struct Peak {
-    pub buckets: Vec<Bucket>,
     pub mixed: MixedSums,
     /// Sampled in-use byte estimate at the capture.
     pub inuse_bytes: f64,
-    pub stacks: usize,
     pub overflow_samples: u64,
     pub live_samples: usize,
     /// Monotonic nanoseconds of the capture.
     pub at_ns: u64,
     pub captured: bool,
+    /// Buckets at the peak of stacks reclaimed since, that had samples live at the peak: their
+    /// frames and counts at the peak, so the peak profile still attributes them. Emptied at
+    /// the first reclamation after the next capture (see [`Table::retire_for_peak`]).
+    retired: Vec<(Arc<[usize]>, BucketKey, u64, u64)>,
+    /// The epoch `retired` belongs to.
+    retired_epoch: u32,
 }
 
 /// Capture a new peak when the sampled in-use estimate passes this multiple of the last one.
 const PEAK_STEP: f64 = 1.1;
 
+/// An interned stack (or a free id, `frames == None`).
+struct Stack {
+    frames: Option<Arc<[usize]>>,
+    /// [`frames_hash`] of the frames, and the next stack with the same hash (`NONE`-terminated).
+    hash: u64,
+    same_hash: u32,
+    /// Samples of this stack counted in and not yet counted out (a free counts out after taking
+    /// the sample from its shard, so this is never below the samples in the shards).
+    live: u32,
+    /// First bucket of this stack (chained through `Slot::next`).
+    buckets: u32,
+    /// Lifetime row, or `NONE` before the first sampled free.
+    row: u32,
+    /// Least-recently-sampled list (`NONE`-terminated); the overflow stack is not in it.
+    prev: u32,
+    next: u32,
+}
+
 struct Table {
-    stacks: Vec<Arc<[usize]>>,
-    stack_index: HashMap<Arc<[usize]>, u32, FxBuild>,
-    buckets: Vec<Bucket>,
+    stacks: Vec<Stack>,
+    free_stacks: Vec<u32>,
+    /// Interned stacks, not counting the overflow stack.
+    stacks_used: usize,
+    /// Frames hash -> first stack with that hash (then `Stack::same_hash`). Keyed by a hash
+    /// computed before the lock, so the lock is held for one probe and one frame comparison.
+    stack_index: HashMap<u64, u32, FxBuild>,
+    /// Least recently sampled stack, and most recently.
+    lru_head: u32,
+    lru_tail: u32,
+    buckets: Vec<Slot>,
+    free_buckets: u32,
+    buckets_used: usize,
     bucket_index: HashMap<BucketKey, u32, FxBuild>,
     mixed: MixedSums,
-    live: HashMap<usize, Live, FxBuild>,
+    rows: Vec<LifeRow>,
+    free_rows: Vec<u32>,
+    /// Samples counted in and not yet out, and the most there ever were.
+    live: usize,
+    live_high: usize,
     samples: u64,
     overflow_samples: u64,
-    /// Lifetime bins, one row per stack id.
-    lifetimes: Vec<LifeRow>,
-    /// Stack ids whose row has ever been written, so a snapshot copies only those rows, and the
-    /// per-stack flag that keeps each id in that list once.
-    life_used: Vec<u32>,
-    life_flag: Vec<bool>,
+    reclaimed_stacks: u64,
     /// Sampled in-use bytes estimate, fixed point (2^-16 bytes), so it returns exactly to 0.
     inuse_fx: i128,
+    /// Peak captures so far: bucket counts as of the last one are kept under this epoch.
+    epoch: u32,
     peak: Peak,
 }
 
 impl Table {
     fn new() -> Self {
         Table {
-            // Stack 0 is the overflow pseudo-site; it has no frames.
-            stacks: vec![Arc::from(&[][..])],
+            // Stack 0 is the frame-less pseudo-site.
+            stacks: vec![Stack {
+                frames: Some(Arc::from(&[][..])),
+                hash: 0,
+                same_hash: NONE,
+                live: 0,
+                buckets: NONE,
+                row: NONE,
+                prev: NONE,
+                next: NONE,
+            }],
+            free_stacks: Vec::new(),
+            stacks_used: 0,
             stack_index: HashMap::default(),
+            lru_head: NONE,
+            lru_tail: NONE,
             buckets: Vec::new(),
+            free_buckets: NONE,
+            buckets_used: 0,
             bucket_index: HashMap::default(),
             mixed: MixedSums::default(),
-            live: HashMap::default(),
+            rows: Vec::new(),
+            free_rows: Vec::new(),
+            live: 0,
+            live_high: 0,
             samples: 0,
             overflow_samples: 0,
-            lifetimes: vec![[0; LIFE_BINS]],
-            life_used: Vec::new(),
-            life_flag: vec![false],
+            reclaimed_stacks: 0,
             inuse_fx: 0,
+            epoch: 0,
             peak: Peak::default(),
         }
     }
 
-    fn intern_stack(&mut self, frames: &[usize]) -> u32 {
-        if let Some(&id) = self.stack_index.get(frames) {
+    fn lru_unlink(&mut self, s: u32) {
+        let (p, n) = (self.stacks[s as usize].prev, self.stacks[s as usize].next);
+        if p == NONE {
+            self.lru_head = n;
+        } else {
+            self.stacks[p as usize].next = n;
+        }
+        if n == NONE {
+            self.lru_tail = p;
+        } else {
+            self.stacks[n as usize].prev = p;
+        }
+    }
+
+    fn lru_push_back(&mut self, s: u32) {
+        let t = self.lru_tail;
+        self.stacks[s as usize].prev = t;
+        self.stacks[s as usize].next = NONE;
+        if t == NONE {
+            self.lru_head = s;
+        } else {
+            self.stacks[t as usize].next = s;
+        }
+        self.lru_tail = s;
+    }
+
+    fn lru_touch(&mut self, s: u32) {
+        if self.lru_tail != s {
+            self.lru_unlink(s);
+            self.lru_push_back(s);
+        }
+    }
+
+    /// Most stacks the table may hold now: the cap, or more while every stack past the cap is
+    /// matched by a live sample (see the module docs).
+    fn stack_room(&self) -> usize {
+        MAX_SITES.load(Relaxed).max(1).max(self.live)
+    }
+
+    /// The stack with these frames (`hash` = [`frames_hash`] of them), if interned.
+    fn find_stack(&self, frames: &[usize], hash: u64) -> Option<u32> {
+        let mut id = *self.stack_index.get(&hash)?;
+        while id != NONE {
+            let s = &self.stacks[id as usize];
+            if s.frames.as_deref() == Some(frames) {
+                return Some(id);
+            }
+            id = s.same_hash;
+        }
+        None
+    }
+
+    fn intern_stack(&mut self, frames: &[usize], hash: u64) -> u32 {
+        if let Some(id) = self.find_stack(frames, hash) {
+            self.lru_touch(id);
             return id;
         }
-        // `stacks` holds the overflow entry too, hence `<=`.
-        if self.stacks.len() > MAX_SITES.load(Relaxed).max(1) {
-            return OVERFLOW_STACK;
+        let cap = MAX_SITES.load(Relaxed).max(1);
+        if self.stacks_used >= cap {
+            let freed = self.reclaim_one(NONE);
+            if freed && self.stacks_used >= cap {
+                // Above the cap (it was lowered): one more, so the table shrinks back to it.
+                self.reclaim_one(NONE);
+            }
+            if !freed && self.stacks_used >= self.stack_room() {
+                return OVERFLOW_STACK;
+            }
         }
-        let id = self.stacks.len() as u32;
-        let arc: Arc<[usize]> = Arc::from(frames);
-        self.stacks.push(arc.clone());
-        self.stack_index.insert(arc, id);
-        self.lifetimes.push([0; LIFE_BINS]);
-        self.life_flag.push(false);
+        let stack = Stack {
+            frames: Some(Arc::from(frames)),
+            hash,
+            same_hash: NONE,
+            live: 0,
+            buckets: NONE,
+            row: NONE,
+            prev: NONE,
+            next: NONE,
+        };
+        let id = match self.free_stacks.pop() {
+            Some(id) => {
+                self.stacks[id as usize] = stack;
+                id
+            }
+            None => {
+                self.stacks.push(stack);
+                (self.stacks.len() - 1) as u32
+            }
+        };
+        if let Some(next) = self.stack_index.insert(hash, id) {
+            self.stacks[id as usize].same_hash = next;
+        }
+        self.stacks_used += 1;
+        self.lru_push_back(id);
         id
+    }
+
+    /// Did any sample of stack `s` live at the last peak capture?
+    fn live_at_peak(&self, s: u32) -> bool {
+        if !self.peak.captured {
+            return false;
+        }
+        let mut b = self.stacks[s as usize].buckets;
+        while b != NONE {
+            let slot = &self.buckets[b as usize];
+            let (a, f) = slot.at_peak(self.epoch);
+            if a > f {
+                return true;
+            }
+            b = slot.next;
+        }
+        false
+    }
+
+    /// Reclaims the least recently sampled stack with no live sample among the first
+    /// [`RECLAIM_SCAN`] of the list, other than `keep`. Stacks passed over go to the back of the
+    /// list, so the next scan looks at others.
+    fn reclaim_one(&mut self, keep: u32) -> bool {
+        let mut s = self.lru_head;
+        for _ in 0..RECLAIM_SCAN {
+            if s == NONE {
+                break;
+            }
+            let next = self.stacks[s as usize].next;
+            if s != keep && self.stacks[s as usize].live == 0 {
+                self.reclaim(s);
+                return true;
+            }
+            if s == self.lru_tail {
+                break;
+            }
+            self.lru_touch(s);
+            s = next;
+        }
+        false
+    }
+
+    /// Frees stack `s` (no live sample) and its buckets; its counts move to the frame-less site.
+    /// Its counts at the last peak move there too, unless some of its samples were live at the
+    /// peak: then they keep their frames in [`Peak::retired`].
+    fn reclaim(&mut self, s: u32) {
+        let keep_for_peak = self.live_at_peak(s);
+        if keep_for_peak {
+            self.retire_for_peak(s);
+        }
+        let mut b = self.stacks[s as usize].buckets;
+        while b != NONE {
+            let slot = &mut self.buckets[b as usize];
+            let key = slot.key;
+            self.mixed
+                .absorb(key.size, key.rate, slot.allocs, slot.frees);
+            if self.peak.captured && !keep_for_peak {
+                let (a, f) = slot.at_peak(self.epoch);
+                self.peak.mixed.absorb(key.size, key.rate, a, f);
+            }
+            let next = slot.next;
+            slot.used = false;
+            slot.gen = slot.gen.wrapping_add(1);
+            slot.next = self.free_buckets;
+            self.free_buckets = b;
+            self.buckets_used -= 1;
+            self.bucket_index.remove(&key);
+            b = next;
+        }
+        let row = self.stacks[s as usize].row;
+        if row != NONE {
+            let old = core::mem::replace(&mut self.rows[row as usize], [0; LIFE_BINS]);
+            let into = self.row_of(OVERFLOW_STACK);
+            for (i, o) in into.iter_mut().zip(old) {
+                *i = i.saturating_add(o);
+            }
+            self.free_rows.push(row);
+        }
+        self.lru_unlink(s);
+        let st = &mut self.stacks[s as usize];
+        drop(st.frames.take());
+        st.buckets = NONE;
+        st.row = NONE;
+        let (hash, next) = (st.hash, st.same_hash);
+        self.unindex(s, hash, next);
+        self.free_stacks.push(s);
+        self.stacks_used -= 1;
+        self.reclaimed_stacks += 1;
+    }
+
+    /// Takes stack `s` (hash `hash`, followed by `next` in its chain) out of the index.
+    fn unindex(&mut self, s: u32, hash: u64, next: u32) {
+        let Some(head) = self.stack_index.get_mut(&hash) else {
+            return;
+        };
+        if *head == s {
+            if next == NONE {
+                self.stack_index.remove(&hash);
+            } else {
+                *head = next;
+            }
+            return;
+        }
+        let mut p = *head;
+        while p != NONE {
+            let n = self.stacks[p as usize].same_hash;
+            if n == s {
+                self.stacks[p as usize].same_hash = next;
+                return;
+            }
+            p = n;
+        }
+    }
+
+    /// Keeps stack `s`'s frames and counts at the last peak in [`Peak::retired`]. Entries of an
+    /// earlier epoch are dropped first: the list holds only stacks retired since the last capture,
+    /// at most the buckets that existed at it (each pushed once, so clearing is amortised O(1)).
+    fn retire_for_peak(&mut self, s: u32) {
+        if self.peak.retired_epoch != self.epoch {
+            self.peak.retired.clear();
+            self.peak.retired_epoch = self.epoch;
+        }
+        let Some(frames) = self.stacks[s as usize].frames.clone() else {
+            return;
+        };
+        let mut b = self.stacks[s as usize].buckets;
+        while b != NONE {
+            let slot = &self.buckets[b as usize];
+            let (a, f) = slot.at_peak(self.epoch);
+            if a > 0 {
+                self.peak.retired.push((frames.clone(), slot.key, a, f));
+            }
+            b = slot.next;
+        }
+    }
+
+    /// The lifetime row of stack `s`, created on first use.
+    fn row_of(&mut self, s: u32) -> &mut LifeRow {
+        if self.stacks[s as usize].row == NONE {
+            let r = match self.free_rows.pop() {
+                Some(r) => r,
+                None => {
+                    self.rows.push([0; LIFE_BINS]);
+                    (self.rows.len() - 1) as u32
+                }
+            };
+            self.stacks[s as usize].row = r;
+        }
+        &mut self.rows[self.stacks[s as usize].row as usize]
     }
 
     fn bucket_for(&mut self, key: BucketKey) -> u32 {
         if let Some(&b) = self.bucket_index.get(&key) {
             return b;
         }
-        if self.buckets.len()
-            >= MAX_SITES
-                .load(Relaxed)
-                .max(1)
-                .saturating_mul(BUCKETS_PER_SITE)
+        let cap = |t: &Table| t.stack_room().saturating_mul(BUCKETS_PER_SITE);
+        if self.buckets_used >= cap(self)
+            && !(self.reclaim_one(key.stack) && self.buckets_used < cap(self))
         {
             return MIXED;
         }
-        let b = self.buckets.len() as u32;
-        self.buckets.push(Bucket {
+        let slot = |gen| Slot {
             key,
             allocs: 0,
             frees: 0,
-        });
+            peak_allocs: 0,
+            peak_frees: 0,
+            epoch: self.epoch,
+            gen,
+            next: self.stacks[key.stack as usize].buckets,
+            used: true,
+        };
+        let b = if self.free_buckets != NONE {
+            let b = self.free_buckets;
+            self.free_buckets = self.buckets[b as usize].next;
+            let gen = self.buckets[b as usize].gen;
+            self.buckets[b as usize] = slot(gen);
+            b
+        } else {
+            self.buckets.push(slot(0));
+            (self.buckets.len() - 1) as u32
+        };
+        self.stacks[key.stack as usize].buckets = b;
+        self.buckets_used += 1;
         self.bucket_index.insert(key, b);
         b
     }
 
-    /// The stack a live sample belongs to (overflow-bucket samples count as the overflow site).
-    fn stack_of(&self, live: &Live) -> usize {
-        if live.bucket == MIXED {
-            OVERFLOW_STACK as usize
-        } else {
-            self.buckets[live.bucket as usize].key.stack as usize
-        }
+    /// Is `live` still counted in the bucket it names (not reclaimed since)?
+    fn counted_in_bucket(&self, live: &Live) -> bool {
+        live.bucket != MIXED
+            && self
+                .buckets
+                .get(live.bucket as usize)
+                .is_some_and(|s| s.used && s.gen == live.gen)
     }
 
-    /// Takes a live sample out. `now_ns`: the time of the free, to count its lifetime (`None`
-    /// when a stale entry is retired, whose death time is unknown).
-    fn take_live(&mut self, ptr: usize, now_ns: Option<u64>) -> Option<Live> {
-        let mut live = self.live.remove(&ptr)?;
-        filter_lower(ptr);
-        let (o, b) = MixedSums::fixed(live.size, live.rate);
-        self.inuse_fx -= b;
-        if live.bucket == MIXED {
-            self.mixed.frees += 1;
-            self.mixed.inuse_objects_fx -= o;
-            self.mixed.inuse_bytes_fx -= b;
-        } else {
-            self.buckets[live.bucket as usize].frees += 1;
-        }
-        if let Some(now) = now_ns {
-            let bin = life_bin(now.saturating_sub(live.born_ns));
-            let stack = self.stack_of(&live);
-            if !self.life_flag[stack] {
-                // First lifetime of this stack: remember the row (once per stack, so bounded by
-                // the site cap like the rows themselves).
-                self.life_flag[stack] = true;
-                self.life_used.push(stack as u32);
-            }
-            let cell = &mut self.lifetimes[stack][bin];
-            *cell = cell.saturating_add(1);
-            live.died_bin = Some(bin as u8);
-        }
-        Some(live)
-    }
-
-    /// Copies the bucket counts as the new peak if the sampled in-use estimate passed
-    /// `PEAK_STEP` × the last captured one. `clone_from` reuses the buffer's capacity, so a
-    /// capture allocates only when the bucket count grew past every earlier capture.
-    fn maybe_capture_peak(&mut self) {
-        let inuse = self.inuse_fx as f64 / FX_ONE;
-        if self.peak.captured && inuse <= self.peak.inuse_bytes * PEAK_STEP {
-            return;
-        }
-        self.peak.buckets.clone_from(&self.buckets);
-        self.peak.mixed = self.mixed;
-        self.peak.inuse_bytes = inuse;
-        self.peak.stacks = self.stacks.len();
-        self.peak.overflow_samples = self.overflow_samples;
-        self.peak.live_samples = self.live.len();
-        self.peak.at_ns = crate::alloc::now_ns();
-        self.peak.captured = true;
-    }
-
-    fn put_live(&mut self, ptr: usize, mut live: Live, new_sample: bool) {
+    /// Counts a sample in (a new one, or one put back by `restore_sample`). Returns the sample
+    /// as counted: a restored sample whose stack was reclaimed meanwhile moves to the frame-less
+    /// site, where the reclaimed stack's counts went.
+    fn count_in(&mut self, mut live: Live, new_sample: bool) -> Live {
         let (o, b) = MixedSums::fixed(live.size, live.rate);
         self.inuse_fx += b;
-        if let Some(bin) = live.died_bin.take() {
-            // A failed realloc puts back a sample whose free was counted: uncount its lifetime.
-            let stack = self.stack_of(&live);
-            let cell = &mut self.lifetimes[stack][bin as usize];
-            *cell = cell.saturating_sub(1);
+        self.live += 1;
+        self.live_high = self.live_high.max(self.live);
+        if !new_sample && !self.counted_in_bucket(&live) {
+            live.bucket = MIXED;
         }
-        if live.bucket == MIXED {
+        let stack = if live.bucket == MIXED {
             if new_sample {
                 let w = sampler::weight(live.size, live.rate);
                 self.mixed.samples += 1;
                 self.mixed.alloc_objects += w;
                 self.mixed.alloc_bytes += w * live.size as f64;
             } else {
-                self.mixed.frees -= 1;
+                self.mixed.frees = self.mixed.frees.saturating_sub(1);
             }
             self.mixed.inuse_objects_fx += o;
             self.mixed.inuse_bytes_fx += b;
+            OVERFLOW_STACK
         } else {
-            let bucket = &mut self.buckets[live.bucket as usize];
+            let epoch = self.epoch;
+            let slot = &mut self.buckets[live.bucket as usize];
+            slot.touch(epoch);
             if new_sample {
-                bucket.allocs += 1;
+                slot.allocs += 1;
             } else {
-                bucket.frees -= 1;
+                slot.frees -= 1;
             }
+            let s = slot.key.stack;
+            self.stacks[s as usize].live += 1;
+            s
+        };
+        if let Some(bin) = live.died_bin.take() {
+            // A failed realloc puts back a sample whose free was counted: uncount its lifetime.
+            let cell = &mut self.row_of(stack)[bin as usize];
+            *cell = cell.saturating_sub(1);
         }
-        // A block at this address that we still think is live was freed behind our back (by a
-        // different allocator, say): retire it rather than leak its weight.
-        if self.live.contains_key(&ptr) {
-            self.take_live(ptr, None);
-        }
-        self.live.insert(ptr, live);
-        filter_raise(ptr);
         if new_sample {
             self.maybe_capture_peak();
         }
+        live
+    }
+
+    /// Counts a sample out. `bin`: its lifetime bin (`None` when a stale entry is retired, whose
+    /// death time is unknown).
+    fn count_out(&mut self, live: &Live, bin: Option<usize>) {
+        let (o, b) = MixedSums::fixed(live.size, live.rate);
+        self.inuse_fx -= b;
+        self.live -= 1;
+        let stack = if self.counted_in_bucket(live) {
+            let epoch = self.epoch;
+            let slot = &mut self.buckets[live.bucket as usize];
+            slot.touch(epoch);
+            slot.frees += 1;
+            let s = slot.key.stack;
+            self.stacks[s as usize].live -= 1;
+            s
+        } else {
+            // Overflow samples (a sample's stack is never reclaimed while it is live, so every
+            // other sample is still in its bucket).
+            self.mixed.frees += 1;
+            self.mixed.inuse_objects_fx -= o;
+            self.mixed.inuse_bytes_fx -= b;
+            OVERFLOW_STACK
+        };
+        if let Some(bin) = bin {
+            let cell = &mut self.row_of(stack)[bin];
+            *cell = cell.saturating_add(1);
+        }
+    }
+
+    /// Starts a new peak epoch if the sampled in-use estimate passed `PEAK_STEP` × the last
+    /// captured one. O(1): bucket counts are kept lazily (see [`Slot::touch`]).
+    fn maybe_capture_peak(&mut self) {
+        let inuse = self.inuse_fx as f64 / FX_ONE;
+        if self.peak.captured && inuse <= self.peak.inuse_bytes * PEAK_STEP {
+            return;
+        }
+        self.epoch = self.epoch.wrapping_add(1);
+        if self.epoch == 0 {
+            // After 2^32 captures (never in practice: captures are geometric in the peak),
+            // epoch 0 would look current to buckets last touched 2^32 captures ago. Bring every
+            // bucket to the new epoch with its current counts, which is what it then means.
+            for s in self.buckets.iter_mut() {
+                s.epoch = 1;
+                s.peak_allocs = s.allocs;
+                s.peak_frees = s.frees;
+            }
+            self.epoch = 1;
+        }
+        self.peak.mixed = self.mixed;
+        self.peak.inuse_bytes = inuse;
+        self.peak.overflow_samples = self.overflow_samples;
+        self.peak.live_samples = self.live;
+        self.peak.at_ns = crate::alloc::now_ns();
+        self.peak.captured = true;
     }
 }
 
@@ -420,6 +802,30 @@ fn filter_lower(ptr: usize) {
 
 static TABLE: SpinLock<Option<Table>> = SpinLock::new(None);
 
+/// The hash a stack is indexed by, computed before the table lock is taken.
+fn frames_hash(frames: &[usize]) -> u64 {
+    let mut h = Fx::default();
+    h.write_usize(frames.len());
+    for &f in frames {
+        h.write_usize(f);
+    }
+    h.finish()
+}
+
+type LiveMap = HashMap<usize, Live, FxBuild>;
+
+/// The live-sample shards (see the module docs).
+static SHARDS: [SpinLock<Option<LiveMap>>; SHARD_COUNT] =
+    [const { SpinLock::new(None) }; SHARD_COUNT];
+
+/// The shard of an address: a hash of its filter byte, so that every address whose free reads a
+/// given filter byte is in one shard, and that byte is only written under that shard's lock.
+/// (Hashed rather than masked: page-aligned blocks share their low address bits.)
+fn shard_of(ptr: usize) -> usize {
+    let i = filter_index(ptr) as u64;
+    (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - SHARD_COUNT.trailing_zeros())) as usize
+}
+
 /// Raw sample count, readable without the lock.
 pub(crate) static SAMPLES: AtomicU64 = AtomicU64::new(0);
 
@@ -429,8 +835,30 @@ fn with_table<R>(f: impl FnOnce(&mut Table) -> R) -> R {
     f(g.get_or_insert_with(Table::new))
 }
 
+fn with_shard<R>(ptr: usize, f: impl FnOnce(&mut LiveMap) -> R) -> R {
+    debug_assert!(crate::guard::in_profiler());
+    let mut g = SHARDS[shard_of(ptr)].lock();
+    f(g.get_or_insert_with(HashMap::default))
+}
+
+/// Puts a counted sample in its shard. A block at this address that we still think is live was
+/// freed behind our back (by a different allocator, say): it is retired rather than left to leak
+/// its weight.
+fn insert_live(ptr: usize, live: Live) {
+    let stale = with_shard(ptr, |m| {
+        let old = m.insert(ptr, live);
+        if old.is_none() {
+            filter_raise(ptr);
+        }
+        old
+    });
+    if let Some(old) = stale {
+        with_table(|t| t.count_out(&old, None));
+    }
+}
+
 /// Records a sampled allocation. Must run inside the profiler guard, after the stack was captured
-/// (the unwinder is never called under the lock).
+/// (the unwinder is never called under a lock).
 pub(crate) fn record_sample(
     frames: &[usize],
     ptr: *mut u8,
@@ -440,9 +868,10 @@ pub(crate) fn record_sample(
     born_ns: u64,
 ) {
     SAMPLES.fetch_add(1, Relaxed);
-    with_table(|t| {
+    let hash = frames_hash(frames);
+    let live = with_table(|t| {
         t.samples += 1;
-        let stack = t.intern_stack(frames);
+        let stack = t.intern_stack(frames, hash);
         if stack == OVERFLOW_STACK {
             t.overflow_samples += 1;
         }
@@ -452,38 +881,53 @@ pub(crate) fn record_sample(
             size,
             rate,
         });
-        t.put_live(
-            ptr as usize,
-            Live {
-                bucket,
-                size,
-                rate,
-                born_ns,
-                died_bin: None,
-            },
-            true,
-        );
-    })
+        let gen = if bucket == MIXED {
+            0
+        } else {
+            t.buckets[bucket as usize].gen
+        };
+        let live = Live {
+            bucket,
+            gen,
+            size,
+            rate,
+            born_ns,
+            died_bin: None,
+        };
+        t.count_in(live, true)
+    });
+    insert_live(ptr as usize, live);
 }
 
 /// Removes a live sample on free; `None` if `ptr` was not sampled (a filter false positive).
 pub(crate) fn remove_sample(ptr: *mut u8) -> Option<Live> {
-    // Read the clock before the lock (vDSO, no allocation): the lock is held for the table only.
+    let ptr = ptr as usize;
+    let mut live = with_shard(ptr, |m| {
+        let live = m.remove(&ptr)?;
+        filter_lower(ptr);
+        Some(live)
+    })?;
+    // Read the clock outside the locks (vDSO, no allocation).
     let now = crate::alloc::now_ns();
-    with_table(|t| t.take_live(ptr as usize, Some(now)))
+    let bin = life_bin(now.saturating_sub(live.born_ns));
+    with_table(|t| t.count_out(&live, Some(bin)));
+    live.died_bin = Some(bin as u8);
+    Some(live)
 }
 
 /// Puts back a sample taken out by [`remove_sample`] when a `realloc` failed and the old block
 /// is still live.
 pub(crate) fn restore_sample(ptr: *mut u8, live: Live) {
-    with_table(|t| t.put_live(ptr as usize, live, false))
+    let live = with_table(|t| t.count_in(live, false));
+    insert_live(ptr as usize, live);
 }
 
 /// The lock boundary: copies what a profile needs and releases the lock. Stacks are immutable
-/// once interned, so they are shared (`Arc`), not copied.
+/// while interned, so they are shared (`Arc`), not copied.
 #[derive(Default)]
 pub(crate) struct RawTable {
-    pub stacks: Vec<Arc<[usize]>>,
+    /// By stack id; `None` for a free id. Id 0 is the frame-less pseudo-site.
+    pub stacks: StackList,
     pub buckets: Vec<Bucket>,
     pub mixed: MixedSums,
     pub live_samples: usize,
@@ -493,47 +937,99 @@ pub(crate) struct RawTable {
     pub lifetimes: Vec<(u32, LifeRow)>,
 }
 
-/// The lifetime rows ever written, of stacks below `stacks`.
-fn used_rows(t: &Table, stacks: usize) -> Vec<(u32, LifeRow)> {
-    t.life_used
+/// Stacks by id (`None` for a free id), as a snapshot holds them.
+type StackList = Vec<Option<Arc<[usize]>>>;
+
+/// The stacks by id, and the lifetime rows of those that have one.
+fn stacks_and_rows(t: &Table) -> (StackList, Vec<(u32, LifeRow)>) {
+    let stacks = t.stacks.iter().map(|s| s.frames.clone()).collect();
+    let rows = t
+        .stacks
         .iter()
-        .filter(|&&s| (s as usize) < stacks)
-        .map(|&s| (s, t.lifetimes[s as usize]))
-        .collect()
+        .enumerate()
+        .filter(|(_, s)| s.row != NONE)
+        .map(|(i, s)| (i as u32, t.rows[s.row as usize]))
+        .collect();
+    (stacks, rows)
 }
 
 fn copy_raw(t: &Table) -> RawTable {
+    let (stacks, lifetimes) = stacks_and_rows(t);
     RawTable {
-        stacks: t.stacks.clone(),
-        buckets: t.buckets.clone(),
+        stacks,
+        buckets: used_buckets(t, |s| (s.allocs, s.frees)),
         mixed: t.mixed,
-        live_samples: t.live.len(),
+        live_samples: t.live,
         overflow_samples: t.overflow_samples,
-        lifetimes: used_rows(t, t.stacks.len()),
+        lifetimes,
     }
+}
+
+fn used_buckets(t: &Table, counts: impl Fn(&Slot) -> (u64, u64)) -> Vec<Bucket> {
+    t.buckets
+        .iter()
+        .filter(|s| s.used)
+        .map(|s| {
+            let (allocs, frees) = counts(s);
+            Bucket {
+                key: s.key,
+                allocs,
+                frees,
+            }
+        })
+        .filter(|b| b.allocs > 0)
+        .collect()
 }
 
 pub(crate) fn snapshot() -> RawTable {
     with_table(|t| copy_raw(t))
 }
 
-/// The table as of the last peak capture, with the stacks interned by then, or `None` if no
-/// sample was ever taken. Lifetime rows are the current ones (distributions so far).
+/// The table as of the last peak capture, or `None` if no sample was ever taken. Lifetime rows
+/// are the current ones (distributions so far).
 pub(crate) fn peak_snapshot() -> Option<(RawTable, f64, u64)> {
     with_table(|t| {
-        let p = &t.peak;
-        if !p.captured {
+        if !t.peak.captured {
             return None;
         }
+        let epoch = t.epoch;
+        let (mut stacks, lifetimes) = stacks_and_rows(t);
+        let p = &t.peak;
+        let mut buckets = used_buckets(t, |s| s.at_peak(epoch));
+        if p.retired_epoch == epoch {
+            // Reclaimed since the capture but live at it: extra stack ids past the table's.
+            for (frames, key, allocs, frees) in &p.retired {
+                let same = matches!(stacks.last(), Some(Some(l)) if Arc::ptr_eq(l, frames))
+                    && stacks.len() > t.stacks.len();
+                if !same {
+                    stacks.push(Some(frames.clone()));
+                }
+                let stack = (stacks.len() - 1) as u32;
+                buckets.push(Bucket {
+                    key: BucketKey { stack, ..*key },
+                    allocs: *allocs,
+                    frees: *frees,
+                });
+            }
+        }
         let raw = RawTable {
-            stacks: t.stacks[..p.stacks].to_vec(),
-            buckets: p.buckets.clone(),
+            stacks,
+            buckets,
             mixed: p.mixed,
             live_samples: p.live_samples,
             overflow_samples: p.overflow_samples,
-            lifetimes: used_rows(t, p.stacks),
+            lifetimes,
         };
         Some((raw, p.inuse_bytes, p.at_ns))
+    })
+}
+
+/// Stacks interned now, stacks reclaimed so far, samples live now and the most ever live at
+/// once (for tests and benchmarks).
+#[doc(hidden)]
+pub fn table_counts() -> (usize, u64, usize, usize) {
+    crate::guard::profiler_scope(|| {
+        with_table(|t| (t.stacks_used, t.reclaimed_stacks, t.live, t.live_high))
     })
 }
 
@@ -559,24 +1055,53 @@ pub fn bench_snapshot_lock_hold() -> std::time::Duration {
 /// A copy of the buckets only (for per-tag estimates), so the weights are computed outside the
 /// lock. Must run inside the profiler guard.
 pub(crate) fn buckets() -> Vec<Bucket> {
-    with_table(|t| t.buckets.clone())
+    with_table(|t| used_buckets(t, |s| (s.allocs, s.frees)))
 }
 
-/// Runs `f` with the table lock held (see `crate::with_site_lock_held`). Inside the guard.
+/// Runs `f` with every site lock held (see `crate::with_site_lock_held`). Inside the guard.
 pub(crate) fn with_lock_held<R>(f: impl FnOnce() -> R) -> R {
-    with_table(|_| f())
+    lock_for_fork();
+    let r = f();
+    // SAFETY: `lock_for_fork` above took every lock on this thread, and nothing released them.
+    unsafe { unlock_after_fork() };
+    r
 }
 
-/// `pthread_atfork` handlers: hold the stack-cache and symbol-cache locks, the DWARF unwinder's fork gate and the
-/// site lock across `fork()`, so the child never inherits them held by a thread that does not
-/// exist there (see `sync`). The cache lock first: its holder (a `profile()` symbolizing) finishes
-/// without needing anything the forking thread holds; then the gate (captures in progress finish,
-/// new ones do not wait); the site lock last, held only for the fork itself.
+/// Takes every lock of the site table, in this fixed order: the table lock, then the shards in
+/// index order. (The hook never holds two of them at once, so any fixed order is deadlock-free;
+/// this one is documented for the fork handlers, which take them after the dump-time locks.)
+pub(crate) fn lock_for_fork() {
+    TABLE.raw_lock();
+    for s in &SHARDS {
+        s.raw_lock();
+    }
+}
+
+/// Releases the locks taken by [`lock_for_fork`], in reverse order.
+///
+/// # Safety
+/// [`lock_for_fork`] must have been called by this thread (or, in a forked child, by the thread
+/// that forked) with no release since.
+pub(crate) unsafe fn unlock_after_fork() {
+    for s in SHARDS.iter().rev() {
+        // SAFETY: per this function's contract, held through `raw_lock` with no guard.
+        unsafe { s.raw_unlock() };
+    }
+    // SAFETY: as above.
+    unsafe { TABLE.raw_unlock() };
+}
+
+/// `pthread_atfork` handlers: hold the stack-cache and symbol-cache locks, the DWARF unwinder's
+/// fork gate and the site locks across `fork()`, so the child never inherits them held by a
+/// thread that does not exist there (see `sync`). The cache lock first: its holder (a `profile()`
+/// symbolizing) finishes without needing anything the forking thread holds; then the gate
+/// (captures in progress finish, new ones do not wait); the site locks last, held only for the
+/// fork itself.
 pub(crate) extern "C" fn atfork_prepare() {
     crate::snapshot::lock_for_fork();
     crate::symbols::lock_for_fork();
     crate::stack::fork_gate_close();
-    TABLE.raw_lock();
+    lock_for_fork();
 }
 pub(crate) extern "C" fn atfork_parent() {
     atfork_release(false)
@@ -585,12 +1110,67 @@ pub(crate) extern "C" fn atfork_child() {
     atfork_release(true)
 }
 fn atfork_release(child: bool) {
-    // SAFETY: both locks were taken by `atfork_prepare` on the forking thread, which is the
+    // SAFETY: every lock was taken by `atfork_prepare` on the forking thread, which is the
     // thread running this (in the parent) or its only copy (in the child).
     unsafe {
-        TABLE.raw_unlock();
+        unlock_after_fork();
         crate::stack::fork_gate_open(child);
         crate::symbols::unlock_after_fork();
         crate::snapshot::unlock_after_fork();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The per-item costs docs/reliability.md states and tests/rel_bounded.rs's bound uses.
+    #[test]
+    fn entry_sizes() {
+        assert_eq!(core::mem::size_of::<Stack>(), 48);
+        assert_eq!(core::mem::size_of::<Slot>(), 72);
+        assert_eq!(core::mem::size_of::<Live>(), 40);
+        assert_eq!(core::mem::size_of::<LifeRow>(), 320);
+        assert_eq!(core::mem::size_of::<(u64, u32)>(), 16);
+        assert_eq!(core::mem::size_of::<(BucketKey, u32)>(), 32);
+        assert_eq!(core::mem::size_of::<(usize, Live)>(), 48);
+    }
+
+    /// Stacks whose hashes collide share an index entry through `same_hash`; reclaiming any of
+    /// them (head, middle, last) keeps the others found, and ids are reused.
+    #[test]
+    fn same_hash_chain_survives_reclaim() {
+        let mut t = Table::new();
+        let a = t.intern_stack(&[1, 2], 7);
+        let b = t.intern_stack(&[3, 4], 7);
+        let c = t.intern_stack(&[5], 7);
+        let d = t.intern_stack(&[6], 8);
+        assert_eq!([a, b, c, d], [1, 2, 3, 4]);
+        assert_eq!(t.intern_stack(&[1, 2], 7), a);
+        assert_eq!(t.intern_stack(&[3, 4], 7), b);
+        assert_eq!(t.intern_stack(&[5], 7), c);
+        t.reclaim(b);
+        assert_eq!(t.find_stack(&[3, 4], 7), None);
+        assert_eq!(t.find_stack(&[1, 2], 7), Some(a));
+        assert_eq!(t.find_stack(&[5], 7), Some(c));
+        t.reclaim(c);
+        assert_eq!(t.find_stack(&[5], 7), None);
+        assert_eq!(t.find_stack(&[1, 2], 7), Some(a));
+        t.reclaim(a);
+        assert_eq!(t.find_stack(&[1, 2], 7), None);
+        assert!(!t.stack_index.contains_key(&7));
+        assert_eq!(t.find_stack(&[6], 8), Some(d));
+        assert_eq!((t.stacks_used, t.reclaimed_stacks), (1, 3));
+        let e = t.intern_stack(&[7], 7);
+        assert!([a, b, c].contains(&e), "id {e} not reused");
+        assert_eq!(t.find_stack(&[7], 7), Some(e));
+        // The least-recently-sampled list holds exactly the interned stacks.
+        let mut n = 0;
+        let mut s = t.lru_head;
+        while s != NONE {
+            n += 1;
+            s = t.stacks[s as usize].next;
+        }
+        assert_eq!(n, t.stacks_used);
     }
 }

@@ -378,21 +378,36 @@ pub(crate) fn merge_rows<'a>(
     out
 }
 
-/// Trimmed, symbolized stacks by raw stack id, kept across profiles.
+/// Trimmed, symbolized stacks by raw stack, kept across profiles.
 ///
-/// Raw stacks are immutable once interned and never removed, so each is symbolized, trimmed and
-/// deduplicated once in the life of the process; a profile then maps its raw ids through
-/// `by_raw` in O(1) each. This is what keeps a dump of 10,000 sites to milliseconds once the
-/// symbols are cached (the first dump pays the symbolization). Memory: one `Arc<[Frame]>` per
-/// distinct trimmed stack (shared with every profile that shows it) and a few words per raw
-/// stack, bounded by the site cap; counted in `HeapProfile::symbol_cache_bytes`.
+/// A raw stack is immutable while interned, so each is symbolized, trimmed and canonicalized once
+/// while it stays in the table; a profile then finds it by the address of its shared frames
+/// (`Arc<[usize]>`) in O(1). The entry keeps a clone of that `Arc`, so the address cannot be
+/// reused by another stack while the entry exists: a stack id the table reclaimed and gave to new
+/// frames comes with a new `Arc`, hence a new entry. After each profile the entries of stacks no
+/// longer in the table are dropped, and the canonical stacks nothing refers to any more, so the
+/// cache follows the table (bounded by it) however many stacks come and go over weeks. This is
+/// what keeps a dump of 10,000 sites to milliseconds once the symbols are cached (the first dump
+/// pays the symbolization). Memory: one `Arc<[Frame]>` per distinct trimmed stack (shared with
+/// every profile that shows it) and a few words per raw stack; counted in
+/// `HeapProfile::symbol_cache_bytes`.
 struct StackCache {
     max_depth: usize,
-    /// Raw stack id -> canonical trimmed stack.
-    by_raw: Vec<u32>,
-    canon: Vec<Arc<[Frame]>>,
-    index: HashMap<AddrKey, u32, FxBuild>,
+    /// Raw frames' address -> its entry.
+    by_raw: HashMap<usize, RawEntry, FxBuild>,
+    canon: std::collections::HashSet<AddrKey, FxBuild>,
+    /// Profiles built with this cache.
+    round: u64,
     bytes: usize,
+}
+
+struct RawEntry {
+    /// The raw frames, kept alive so that their address is not reused while the entry exists.
+    _frames: Arc<[usize]>,
+    /// The canonical trimmed stack.
+    canon: Arc<[Frame]>,
+    /// The last profile that saw these frames in the table.
+    round: u64,
 }
 
 /// A trimmed stack compared by the addresses it keeps (a partially trimmed leaf frame is a
@@ -444,63 +459,95 @@ pub(crate) unsafe fn unlock_after_fork() {
     }
 }
 
-/// Profile stacks (index 0 = overflow) for the raw stacks of a snapshot, the map from raw stack
-/// id to profile stack index, and the stack cache's size. Must run inside the profiler guard.
-/// The stack-cache lock is taken to see what is new and to add it, never while symbolizing (a
-/// `fork()` waits on it); two dumps racing may both symbolize the same new stacks, and the
-/// second one's work is dropped.
-fn trimmed_stacks(raw: &[Arc<[usize]>], symbolize: bool) -> (Vec<Arc<[Frame]>>, Vec<usize>, usize) {
+/// Bytes a cache entry for a raw stack costs beyond its canonical stack (hash-table entry).
+const RAW_ENTRY_BYTES: usize = 48;
+
+fn canon_bytes(c: &AddrKey) -> usize {
+    64 + c.0.len() * core::mem::size_of::<Frame>()
+}
+
+/// Profile stacks (index 0 = the frame-less site) for the raw stacks of a snapshot, the map from
+/// raw stack id to profile stack index, and the stack cache's size. Must run inside the profiler
+/// guard. The stack-cache lock (never a site lock) is taken to see what is new and to add it,
+/// never while symbolizing (a `fork()` waits on it): the new stacks' addresses are resolved with
+/// the lock released, then it is taken again; two dumps racing may both resolve the same
+/// addresses, and the second one's work is dropped.
+fn trimmed_stacks(
+    raw: &[Option<Arc<[usize]>>],
+    symbolize: bool,
+) -> (Vec<Arc<[Frame]>>, Vec<usize>, usize) {
     let max_depth = crate::alloc::MAX_DEPTH.load(std::sync::atomic::Ordering::Relaxed);
-    let lock = &STACK_CACHES[symbolize as usize];
+    let key = |s: &Arc<[usize]>| s.as_ptr() as usize;
     let mut resolved: HashMap<usize, Resolved, FxBuild> = HashMap::default();
-    loop {
-        let mut guard = lock.lock();
+    let mut guard = loop {
+        let mut guard = STACK_CACHES[symbolize as usize].lock();
         if guard.as_ref().is_some_and(|c| c.max_depth != max_depth) {
             *guard = None;
         }
         let cache = guard.get_or_insert_with(|| StackCache {
             max_depth,
-            by_raw: Vec::new(),
-            canon: Vec::new(),
-            index: HashMap::default(),
+            by_raw: HashMap::default(),
+            canon: Default::default(),
+            round: 0,
             bytes: 0,
         });
-        let done = cache.by_raw.len().min(raw.len());
-        let new = &raw[done..];
+        let new: Vec<Arc<[usize]>> = raw
+            .iter()
+            .skip(1)
+            .flatten()
+            .filter(|s| !cache.by_raw.contains_key(&key(s)))
+            .cloned()
+            .collect();
         let unresolved = symbolize
             && new
                 .iter()
                 .flat_map(|s| s.iter())
                 .any(|a| !resolved.contains_key(a));
         if !unresolved {
+            cache.round += 1;
             if !new.is_empty() {
-                add_stacks(cache, new, &resolved);
+                add_stacks(cache, &new, symbolize, &resolved);
             }
-            return stacks_of(cache, raw);
+            break guard;
         }
-        let new: Vec<Arc<[usize]>> = new.to_vec();
         drop(guard);
         resolve_addresses(&new, &mut resolved);
-    }
-}
-
-/// The profile's stacks and raw-id remap from a cache that covers every stack of `raw`.
-fn stacks_of(cache: &StackCache, raw: &[Arc<[usize]>]) -> (Vec<Arc<[Frame]>>, Vec<usize>, usize) {
+    };
+    let Some(cache) = guard.as_mut() else {
+        return (vec![Arc::from(Vec::new())], vec![0; raw.len()], 0);
+    };
+    let round = cache.round;
     let mut stacks: Vec<Arc<[Frame]>> = vec![Arc::from(Vec::new())];
-    let mut local = vec![u32::MAX; cache.canon.len()];
-    let remap = (0..raw.len())
-        .map(|id| {
-            if id as u32 == OVERFLOW_STACK {
+    // Canonical stack (by address) -> profile index.
+    let mut local: HashMap<usize, usize, FxBuild> = HashMap::default();
+    let remap = raw
+        .iter()
+        .enumerate()
+        .map(|(id, s)| {
+            let s = match s {
+                Some(s) if id as u32 != OVERFLOW_STACK => s,
+                _ => return 0,
+            };
+            let Some(e) = cache.by_raw.get_mut(&key(s)) else {
                 return 0;
-            }
-            let c = cache.by_raw[id] as usize;
-            if local[c] == u32::MAX {
-                local[c] = stacks.len() as u32;
-                stacks.push(cache.canon[c].clone());
-            }
-            local[c] as usize
+            };
+            e.round = round;
+            let c = &e.canon;
+            *local.entry(c.as_ptr() as usize).or_insert_with(|| {
+                stacks.push(c.clone());
+                stacks.len() - 1
+            })
         })
         .collect();
+    // Drop what the table no longer holds: raw stacks not in this snapshot, then canonical
+    // stacks only the cache refers to. (Skipped while the cache holds nothing stale, which is
+    // every profile of a table that reclaimed nothing.)
+    if cache.by_raw.len() > raw.iter().skip(1).flatten().count() {
+        cache.by_raw.retain(|_, e| e.round == round);
+        cache.canon.retain(|c| Arc::strong_count(&c.0) > 1);
+        cache.bytes = cache.canon.iter().map(canon_bytes).sum::<usize>()
+            + cache.by_raw.len() * RAW_ENTRY_BYTES;
+    }
     (stacks, remap, cache.bytes)
 }
 
@@ -525,21 +572,16 @@ fn resolve_addresses(stacks: &[Arc<[usize]>], resolved: &mut HashMap<usize, Reso
     }));
 }
 
-/// Trims and canonicalizes `new` raw stacks, which follow the ones already in `cache`; the
-/// symbols of their addresses are in `symbols_of` (empty for an unsymbolized cache).
+/// Trims and canonicalizes `new` raw stacks, not yet in `cache`; with `symbolize`, the symbols
+/// of their addresses are in `symbols_of`.
 fn add_stacks(
     cache: &mut StackCache,
     new: &[Arc<[usize]>],
+    symbolize: bool,
     symbols_of: &HashMap<usize, Resolved, FxBuild>,
 ) {
-    let symbolize = !symbols_of.is_empty();
     let empty = Symbols::default();
     for s in new {
-        if cache.by_raw.is_empty() {
-            // Raw id 0 is the overflow pseudo-site: no frames, never looked up.
-            cache.by_raw.push(u32::MAX);
-            continue;
-        }
         let (start, partial) = if symbolize {
             trim_point(s, |a| {
                 symbols_of.get(&a).and_then(|x| x.1.map(|j| (j, x.0.len())))
@@ -561,18 +603,22 @@ fn add_stacks(
             f.symbols = Symbols::new(f.symbols[j + 1..].to_vec());
         }
         let key = AddrKey(frames.into());
-        let next = cache.canon.len() as u32;
-        let c = match cache.index.get(&key) {
-            Some(&c) => c,
+        let c = match cache.canon.get(&key) {
+            Some(c) => c.0.clone(),
             None => {
-                cache.bytes += 64 + key.0.len() * core::mem::size_of::<Frame>();
-                cache.canon.push(key.0.clone());
-                cache.index.insert(key, next);
-                next
+                cache.bytes += canon_bytes(&key);
+                let c = key.0.clone();
+                cache.canon.insert(key);
+                c
             }
         };
-        cache.by_raw.push(c);
-        cache.bytes += 4;
+        let entry = RawEntry {
+            _frames: s.clone(),
+            canon: c,
+            round: cache.round,
+        };
+        cache.by_raw.insert(s.as_ptr() as usize, entry);
+        cache.bytes += RAW_ENTRY_BYTES;
     }
 }
 

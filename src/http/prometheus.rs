@@ -71,6 +71,13 @@ pub(crate) fn metrics_text() -> String {
         "Memory held by the profiler itself.",
         s.profiler_bytes,
     );
+    #[cfg(feature = "otlp")]
+    metric(
+        "heapsight_otlp_dropped_profiles_total",
+        "counter",
+        "OTLP profiles dropped (queue full during an outage, or rejected).",
+        crate::otlp::dropped_profiles(),
+    );
     let tags = crate::tag_stats();
     if !tags.is_empty() {
         let series: [TagSeries; 4] = [

@@ -5,7 +5,9 @@
 //! (exact: one bucket has one size and one rate). In-use is the later snapshot's: what is live at
 //! its end, wherever it was allocated. Lifetimes are the per-stack differences: blocks freed in
 //! between. The overflow record of mixed sizes has only weighted sums, so its difference is taken
-//! on the estimates.
+//! on the estimates. A stack the site table reclaimed between the two snapshots moved its counts
+//! into that record: its earlier counts are taken out of the record's difference (they were
+//! made before `earlier`), and its earlier lifetimes out of the frame-less site's row.
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -38,13 +40,46 @@ pub(crate) fn delta(later: &HeapProfile, earlier: &HeapProfile) -> HeapProfile {
         .map(|i| (stack_addrs(earlier, i), i))
         .collect();
 
+    // Records of `earlier` that `later` no longer has: reclaimed stacks, whose counts are now in
+    // the mixed record (and lifetimes in stack 0's row).
+    let later_keys: std::collections::HashSet<Key, FxBuild> =
+        later.records.iter().map(|r| key(later, r)).collect();
+    let later_stacks: std::collections::HashSet<Vec<usize>, FxBuild> = (0..later.stacks.len())
+        .map(|i| stack_addrs(later, i))
+        .collect();
+    let mixed = |r: &Record| r.size == 0 && r.rate == 0;
+    let mut gone = (0u64, 0u64, 0f64, 0f64);
+    for r in &earlier.records {
+        if !mixed(r) && !later_keys.contains(&key(earlier, r)) {
+            gone.0 += r.allocs;
+            gone.1 += r.frees;
+            gone.2 += r.est.alloc_objects;
+            gone.3 += r.est.alloc_bytes;
+        }
+    }
+    let mut gone_row = [0u32; crate::sites::LIFE_BINS];
+    for (i, row) in &earlier.lifetimes {
+        if *i != 0 && !later_stacks.contains(&stack_addrs(earlier, *i)) {
+            for (g, n) in gone_row.iter_mut().zip(row) {
+                *g = g.saturating_add(*n);
+            }
+        }
+    }
     let mut records = Vec::new();
     for r in &later.records {
+        let mixed = mixed(r);
         let old = before.get(&key(later, r));
-        let allocs = r.allocs - old.map_or(0, |o| o.allocs.min(r.allocs));
-        let est = if r.size == 0 && r.rate == 0 {
+        let (old_allocs, old_frees) = old.map_or((0, 0), |o| (o.allocs, o.frees));
+        let (old_allocs, old_frees) = if mixed {
+            (old_allocs + gone.0, old_frees + gone.1)
+        } else {
+            (old_allocs, old_frees)
+        };
+        let allocs = r.allocs - old_allocs.min(r.allocs);
+        let est = if mixed {
             // Mixed overflow record: weighted sums only.
             let (ao, ab) = old.map_or((0.0, 0.0), |o| (o.est.alloc_objects, o.est.alloc_bytes));
+            let (ao, ab) = (ao + gone.2, ab + gone.3);
             Estimates {
                 alloc_objects: (r.est.alloc_objects - ao).max(0.0),
                 alloc_bytes: (r.est.alloc_bytes - ab).max(0.0),
@@ -61,7 +96,7 @@ pub(crate) fn delta(later: &HeapProfile, earlier: &HeapProfile) -> HeapProfile {
         if allocs == 0 && est.inuse_objects <= 0.0 && est.alloc_objects <= 0.0 {
             continue;
         }
-        let frees = r.frees - old.map_or(0, |o| o.frees.min(r.frees));
+        let frees = r.frees - old_frees.min(r.frees);
         records.push(Record {
             allocs,
             frees,
@@ -79,6 +114,11 @@ pub(crate) fn delta(later: &HeapProfile, earlier: &HeapProfile) -> HeapProfile {
             let mut out = *row;
             if let Some(old) = old {
                 for (o, e) in out.iter_mut().zip(old) {
+                    *o = o.saturating_sub(*e);
+                }
+            }
+            if *i == 0 {
+                for (o, e) in out.iter_mut().zip(&gone_row) {
                     *o = o.saturating_sub(*e);
                 }
             }

@@ -26,11 +26,15 @@ mod folded;
 mod golden_tests;
 pub(crate) mod maps;
 mod pprof;
-mod proto;
+pub(crate) mod proto;
 mod text;
 mod top;
 
 pub use dist::Distribution;
+#[cfg(feature = "otlp")]
+pub(crate) use folded::OVERFLOW_NAME;
+#[cfg(feature = "otlp")]
+pub(crate) use pprof::display_name;
 pub use top::Top;
 
 /// Which of the four values of a heap profile to show (pprof's `-sample_index`).

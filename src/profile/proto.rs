@@ -15,6 +15,8 @@
 
 const VARINT: u64 = 0;
 const LEN: u64 = 2;
+#[cfg(feature = "otlp")]
+const I64: u64 = 1;
 
 /// An append-only protobuf encoder.
 #[derive(Default)]
@@ -52,6 +54,25 @@ impl Encoder {
     /// An `int64` field (two's complement for negatives), omitted when 0.
     pub fn i64_opt(&mut self, field: u32, x: i64) {
         self.u64_opt(field, x as u64);
+    }
+
+    /// A `fixed64` field (wire type 1, eight little-endian bytes), omitted when 0.
+    #[cfg(feature = "otlp")]
+    pub fn fixed64_opt(&mut self, field: u32, x: u64) {
+        if x != 0 {
+            self.key(field, I64);
+            self.buf.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+
+    /// A `bytes` field, omitted when empty.
+    #[cfg(feature = "otlp")]
+    pub fn bytes_opt(&mut self, field: u32, b: &[u8]) {
+        if !b.is_empty() {
+            self.key(field, LEN);
+            put_varint(&mut self.buf, b.len() as u64);
+            self.buf.extend_from_slice(b);
+        }
     }
 
     /// A `bool` field, omitted when false.
