@@ -2,6 +2,9 @@
 //! picks the frame-pointer walk only when the program's own frames can be walked.
 fn main() {
     println!("cargo:rustc-check-cfg=cfg(heapsight_frame_pointers)");
+    // `--cfg heapsight_portable` compiles the code paths of targets other than Linux on Linux,
+    // so that they are built and tested here (see "Platforms" in the crate docs).
+    println!("cargo:rustc-check-cfg=cfg(heapsight_portable)");
     println!("cargo:rerun-if-env-changed=CARGO_ENCODED_RUSTFLAGS");
     let flags = std::env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
     let on = flags.split('\x1f').collect::<Vec<_>>().windows(2).any(|w| {

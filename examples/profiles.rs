@@ -22,7 +22,14 @@ fn build_index(n: usize) -> HashMap<String, Vec<String>> {
     m
 }
 
-fn main() -> std::io::Result<()> {
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("profiles: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> std::io::Result<()> {
     let dir = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "heapsight-out".to_string());

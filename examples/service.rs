@@ -27,14 +27,27 @@ fn build_index(round: usize) -> HashMap<String, Vec<String>> {
     m
 }
 
-fn main() -> std::io::Result<()> {
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("service: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> std::io::Result<()> {
     let seconds: Option<u64> = std::env::args()
         .skip_while(|a| a != "--seconds")
         .nth(1)
         .map(|s| s.parse().expect("--seconds takes a whole number"));
-    let server = match heapsight::http::serve_from_env()? {
+    // HEAPSIGHT_HTTP_ADDR if set and usable (a bad value prints one line), else loopback.
+    let server = match heapsight::http::serve_from_env() {
         Some(s) => s,
-        None => heapsight::http::serve(heapsight::http::DEFAULT_ADDR)?,
+        None => heapsight::http::serve(heapsight::http::DEFAULT_ADDR).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot listen on {}: {e}", heapsight::http::DEFAULT_ADDR),
+            )
+        })?,
     };
     let addr = server.local_addr();
     println!(

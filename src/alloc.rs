@@ -439,43 +439,25 @@ pub(crate) fn init_global() {
 }
 
 fn read_env() {
-    if let Some(v) = config::getenv(b"HEAPSIGHT_SAMPLE_RATE\0") {
-        match config::parse_bytes(v) {
-            Ok(r) => RATE.store(r, Relaxed),
-            Err(e) => config::complain("HEAPSIGHT_SAMPLE_RATE", v, e, &sampler::DEFAULT_RATE),
-        }
+    let env = config::env_settings();
+    if let Some(r) = env.sample_rate {
+        RATE.store(r, Relaxed);
     }
-    if let Some(v) = config::getenv(b"HEAPSIGHT_MAX_DEPTH\0") {
-        match config::parse_count(v, 1, stack::MAX_DEPTH_LIMIT as u64) {
-            Ok(d) => MAX_DEPTH.store(d as usize, Relaxed),
-            Err(e) => config::complain("HEAPSIGHT_MAX_DEPTH", v, e, &stack::DEFAULT_MAX_DEPTH),
-        }
+    if let Some(d) = env.max_depth {
+        MAX_DEPTH.store(d, Relaxed);
     }
-    if let Some(v) = config::getenv(b"HEAPSIGHT_MAX_SITES\0") {
-        match config::parse_count(v, 1, 1 << 24) {
-            Ok(d) => sites::MAX_SITES.store(d as usize, Relaxed),
-            Err(e) => config::complain("HEAPSIGHT_MAX_SITES", v, e, &sites::DEFAULT_MAX_SITES),
-        }
+    if let Some(n) = env.max_sites {
+        sites::MAX_SITES.store(n, Relaxed);
     }
-    if let Some(v) = config::getenv(b"HEAPSIGHT_UNWINDER\0") {
-        match v {
-            b"auto" => stack::set_unwinder(stack::Unwinder::Auto),
-            b"fp" | b"frame-pointers" => stack::set_unwinder(stack::Unwinder::FramePointers),
-            b"dwarf" => stack::set_unwinder(stack::Unwinder::Dwarf),
-            _ => config::complain(
-                "HEAPSIGHT_UNWINDER",
-                v,
-                config::ParseError::UnknownWord,
-                &"auto (one of auto, fp, dwarf)",
-            ),
-        }
+    if let Some(u) = env.unwinder {
+        stack::set_unwinder(u);
     }
 }
 
 /// Start-up constructor (Linux `.init_array`): finishes global set-up and warms the DWARF
 /// unwinder up once, outside any allocation, so libgcc's first-call initialisation (which walks
 /// the loaded objects under the loader lock) never first happens inside the hook.
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", not(heapsight_portable)))]
 #[used]
 #[link_section = ".init_array"]
 static START_UP: extern "C" fn() = {
@@ -489,5 +471,5 @@ static START_UP: extern "C" fn() = {
     }
     start_up
 };
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(all(target_os = "linux", not(heapsight_portable))))]
 static START_UP: () = ();

@@ -6,14 +6,18 @@
 //! default stays.
 use core::fmt;
 
+use crate::stack::{Unwinder, MAX_DEPTH_LIMIT};
+
 /// Why an environment value was rejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ParseError {
-    /// Empty, or not digits with an optional unit (`abc`, `-1`, `1.5`).
+    /// Empty, or not digits with an optional unit (`abc`, `-1`, `1.5`, `12x`).
     NotANumber,
-    /// Does not fit in 64 bits, or above the variable's limit.
+    /// Does not fit in 64 bits, or above the variable's maximum.
     TooLarge,
+    /// Below the variable's minimum.
+    TooSmall,
     /// Not one of the accepted words.
     UnknownWord,
 }
@@ -21,8 +25,9 @@ pub enum ParseError {
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            ParseError::NotANumber => "not a whole number of bytes (e.g. 524288 or 512KiB)",
+            ParseError::NotANumber => "not a whole number",
             ParseError::TooLarge => "too large",
+            ParseError::TooSmall => "too small",
             ParseError::UnknownWord => "not one of the accepted values",
         })
     }
@@ -30,8 +35,10 @@ impl fmt::Display for ParseError {
 
 impl std::error::Error for ParseError {}
 
-/// Parses a byte count: decimal digits with an optional binary unit `K`/`KiB`/`M`/`MiB`/`G`/`GiB`
-/// (case-insensitive, `KB` accepted as 1024 too), surrounding spaces ignored.
+/// Parses a byte count: decimal digits with an optional unit, surrounding spaces ignored. Units
+/// are binary and case-insensitive: `B`; `K`, `KB`, `KiB` (1024); `M`, `MB`, `MiB` (1024²); `G`,
+/// `GB`, `GiB` (1024³). `KB` means 1024 as in `ulimit` and Go's `GODEBUG` sizes; nothing here
+/// is decimal, so `64kb`, `64KiB` and `65536` are the same value.
 pub fn parse_bytes(s: &[u8]) -> Result<u64, ParseError> {
     let s = trim(s);
     let digits = s.iter().take_while(|c| c.is_ascii_digit()).count();
@@ -46,8 +53,8 @@ pub fn parse_bytes(s: &[u8]) -> Result<u64, ParseError> {
             .ok_or(ParseError::TooLarge)?;
     }
     let unit = trim(&s[digits..]);
-    let mult: u64 = match unit.len() {
-        0 => 1,
+    let shift = match unit.len() {
+        0 => 0,
         _ => {
             let shift = match unit[0].to_ascii_lowercase() {
                 b'k' => 10,
@@ -57,17 +64,16 @@ pub fn parse_bytes(s: &[u8]) -> Result<u64, ParseError> {
                 _ => return Err(ParseError::NotANumber),
             };
             let rest: &[u8] = &unit[1..];
-            let ok = rest.is_empty()
+            if !(rest.is_empty()
                 || rest.eq_ignore_ascii_case(b"ib")
-                || rest.eq_ignore_ascii_case(b"b")
-                || shift == 0;
-            if !ok {
+                || rest.eq_ignore_ascii_case(b"b"))
+            {
                 return Err(ParseError::NotANumber);
             }
-            1u64 << shift
+            shift
         }
     };
-    n.checked_mul(mult).ok_or(ParseError::TooLarge)
+    n.checked_mul(1u64 << shift).ok_or(ParseError::TooLarge)
 }
 
 fn trim(s: &[u8]) -> &[u8] {
@@ -82,7 +88,7 @@ fn trim(s: &[u8]) -> &[u8] {
     &s[start..end]
 }
 
-/// Parses a count with an upper bound (depth, site cap).
+/// Parses a plain count (digits only, no unit) within `min..=max`.
 pub fn parse_count(s: &[u8], min: u64, max: u64) -> Result<u64, ParseError> {
     let s = trim(s);
     if s.is_empty() || !s.iter().all(|c| c.is_ascii_digit()) {
@@ -93,9 +99,96 @@ pub fn parse_count(s: &[u8], min: u64, max: u64) -> Result<u64, ParseError> {
         return Err(ParseError::TooLarge);
     }
     if n < min {
-        return Err(ParseError::NotANumber);
+        return Err(ParseError::TooSmall);
     }
     Ok(n)
+}
+
+/// Parses an unwinder name, case-insensitively, surrounding spaces ignored.
+pub(crate) fn parse_unwinder(s: &[u8]) -> Result<Unwinder, ParseError> {
+    let s = trim(s);
+    let is = |w: &[u8]| s.eq_ignore_ascii_case(w);
+    if is(b"auto") {
+        Ok(Unwinder::Auto)
+    } else if is(b"fp") || is(b"frame-pointers") {
+        Ok(Unwinder::FramePointers)
+    } else if is(b"dwarf") {
+        Ok(Unwinder::Dwarf)
+    } else {
+        Err(ParseError::UnknownWord)
+    }
+}
+
+/// What each variable accepts, as its error message says it.
+pub(crate) const SAMPLE_RATE_VALUES: &str = "bytes between samples, a whole number with an \
+     optional binary unit in any case (B, K/KB/KiB, M/MB/MiB, G/GB/GiB), 0 = off, 1 = every \
+     allocation";
+pub(crate) const MAX_DEPTH_VALUES: &str = "a whole number of frames from 1 to 256";
+pub(crate) const MAX_SITES_VALUES: &str = "a whole number of stacks from 1 to 16777216";
+pub(crate) const UNWINDER_VALUES: &str = "auto, fp (or frame-pointers) or dwarf, in any case";
+/// Most distinct stacks `HEAPSIGHT_MAX_SITES` may ask for.
+pub(crate) const MAX_SITES_LIMIT: u64 = 1 << 24;
+
+/// The start-up settings the environment asks for; `None` = not set, or rejected (with one
+/// line on stderr naming the variable, its accepted values and the default kept).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct EnvSettings {
+    pub sample_rate: Option<u64>,
+    pub max_depth: Option<usize>,
+    pub max_sites: Option<usize>,
+    pub unwinder: Option<Unwinder>,
+}
+
+/// Reads and validates `HEAPSIGHT_SAMPLE_RATE`, `HEAPSIGHT_MAX_DEPTH`, `HEAPSIGHT_MAX_SITES` and
+/// `HEAPSIGHT_UNWINDER` without allocating.
+pub(crate) fn env_settings() -> EnvSettings {
+    settings_from(getenv)
+}
+
+/// [`env_settings`] over any source of values (tests pass a table).
+fn settings_from(get: impl Fn(&'static [u8]) -> Option<&'static [u8]>) -> EnvSettings {
+    fn check<T>(
+        var: &str,
+        v: Option<&[u8]>,
+        parse: impl FnOnce(&[u8]) -> Result<T, ParseError>,
+        values: &str,
+        default: &dyn fmt::Display,
+    ) -> Option<T> {
+        let v = v?;
+        parse(v)
+            .map_err(|e| complain(var, v, e, values, default))
+            .ok()
+    }
+    EnvSettings {
+        sample_rate: check(
+            "HEAPSIGHT_SAMPLE_RATE",
+            get(b"HEAPSIGHT_SAMPLE_RATE\0"),
+            parse_bytes,
+            SAMPLE_RATE_VALUES,
+            &crate::sampler::DEFAULT_RATE,
+        ),
+        max_depth: check(
+            "HEAPSIGHT_MAX_DEPTH",
+            get(b"HEAPSIGHT_MAX_DEPTH\0"),
+            |v| parse_count(v, 1, MAX_DEPTH_LIMIT as u64).map(|d| d as usize),
+            MAX_DEPTH_VALUES,
+            &crate::stack::DEFAULT_MAX_DEPTH,
+        ),
+        max_sites: check(
+            "HEAPSIGHT_MAX_SITES",
+            get(b"HEAPSIGHT_MAX_SITES\0"),
+            |v| parse_count(v, 1, MAX_SITES_LIMIT).map(|d| d as usize),
+            MAX_SITES_VALUES,
+            &crate::sites::DEFAULT_MAX_SITES,
+        ),
+        unwinder: check(
+            "HEAPSIGHT_UNWINDER",
+            get(b"HEAPSIGHT_UNWINDER\0"),
+            parse_unwinder,
+            UNWINDER_VALUES,
+            &"auto",
+        ),
+    }
 }
 
 /// The raw bytes of an environment variable, without allocating. `name` must end with a NUL.
@@ -156,12 +249,26 @@ impl fmt::Write for Line {
     }
 }
 
-/// Reports a rejected variable on one stderr line.
-pub(crate) fn complain(var: &str, value: &[u8], err: ParseError, kept: &dyn fmt::Display) {
+/// Reports a rejected variable on one stderr line: the value, what is wrong with it, what the
+/// variable accepts, and the default kept.
+pub(crate) fn complain(
+    var: &str,
+    value: &[u8],
+    err: ParseError,
+    values: &str,
+    kept: &dyn fmt::Display,
+) {
     use fmt::Write;
     let mut l = Line::new();
-    // Show at most 64 bytes of the value, escaping anything unprintable.
-    let _ = write!(l, "heapsight: ignoring {var}=\"");
+    let _ = write!(l, "heapsight: ignoring ");
+    write_assignment(&mut l, var, value);
+    let _ = write!(l, ": {err}; expected {values}; keeping {kept}");
+    l.emit();
+}
+
+/// `VAR="value"` with at most 64 bytes of the value, anything unprintable escaped.
+fn write_assignment(l: &mut impl fmt::Write, var: &str, value: &[u8]) {
+    let _ = write!(l, "{var}=\"");
     for &c in value.iter().take(64) {
         if c.is_ascii_graphic() || c == b' ' {
             let _ = l.write_char(c as char);
@@ -169,12 +276,55 @@ pub(crate) fn complain(var: &str, value: &[u8], err: ParseError, kept: &dyn fmt:
             let _ = write!(l, "\\x{c:02x}");
         }
     }
-    let _ = write!(
-        l,
-        "{}\": {err}; keeping {kept}",
-        if value.len() > 64 { "..." } else { "" }
-    );
-    l.emit();
+    let _ = write!(l, "{}\"", if value.len() > 64 { "..." } else { "" });
+}
+
+/// Where `HEAPSIGHT_HTTP_ADDR` asks the server to listen.
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HttpAddr {
+    /// `host:port` for `TcpListener::bind`.
+    pub bind: String,
+    /// Given in Go's `:PORT` form: every IPv4 interface, not loopback.
+    pub all_interfaces: bool,
+}
+
+/// What `HEAPSIGHT_HTTP_ADDR` accepts, as its error message says it.
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
+pub(crate) const HTTP_ADDR_VALUES: &str =
+    "HOST:PORT with a port from 0 to 65535 (127.0.0.1:6060, localhost:6060, [::1]:6060), or :PORT for all interfaces as in Go";
+
+/// Parses `HEAPSIGHT_HTTP_ADDR`: `HOST:PORT`, `[IPv6]:PORT`, or Go's `:PORT` (all interfaces).
+/// Only the form is checked here; whether the host resolves is the bind's business.
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
+pub(crate) fn parse_http_addr(s: &str) -> Result<HttpAddr, ParseError> {
+    let s = s.trim();
+    let (host, port) = match s.rsplit_once(':') {
+        Some(hp) => hp,
+        None => return Err(ParseError::UnknownWord),
+    };
+    let port_ok = !port.is_empty()
+        && parse_count(port.as_bytes(), 0, u16::MAX as u64).is_ok()
+        && port.bytes().all(|c| c.is_ascii_digit());
+    let host_ok = if let Some(inner) = host.strip_prefix('[') {
+        inner.ends_with(']') && inner.len() > 1
+    } else {
+        !host.contains(|c: char| c == ':' || c == '[' || c == ']' || c.is_whitespace())
+    };
+    if !port_ok || !host_ok {
+        return Err(ParseError::UnknownWord);
+    }
+    Ok(if host.is_empty() {
+        HttpAddr {
+            bind: format!("0.0.0.0:{port}"),
+            all_interfaces: true,
+        }
+    } else {
+        HttpAddr {
+            bind: s.to_string(),
+            all_interfaces: false,
+        }
+    })
 }
 
 #[cfg(test)]
@@ -203,9 +353,103 @@ mod tests {
     }
 
     #[test]
+    fn every_unit_spelling_in_any_case() {
+        for unit in ["k", "K", "kb", "KB", "Kb", "kib", "KiB", "KIB", " KiB"] {
+            let v = format!("64{unit}");
+            assert_eq!(parse_bytes(v.as_bytes()), Ok(65536), "{v}");
+        }
+        for unit in ["m", "M", "mb", "MB", "mib", "MiB"] {
+            let v = format!("1{unit}");
+            assert_eq!(parse_bytes(v.as_bytes()), Ok(1 << 20), "{v}");
+        }
+        for unit in ["g", "GB", "gib", "GiB"] {
+            let v = format!("1{unit}");
+            assert_eq!(parse_bytes(v.as_bytes()), Ok(1 << 30), "{v}");
+        }
+        assert_eq!(parse_bytes(b"100b"), Ok(100));
+        assert_eq!(parse_bytes(b"100B"), Ok(100));
+        for bad in ["64kbb", "64t", "64 k b", "64ki", "64bk", "k64"] {
+            assert_eq!(
+                parse_bytes(bad.as_bytes()),
+                Err(ParseError::NotANumber),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn unwinder_names_in_any_case() {
+        assert_eq!(parse_unwinder(b"FP"), Ok(Unwinder::FramePointers));
+        assert_eq!(parse_unwinder(b" Dwarf "), Ok(Unwinder::Dwarf));
+        assert_eq!(parse_unwinder(b"AUTO"), Ok(Unwinder::Auto));
+        assert_eq!(
+            parse_unwinder(b"Frame-Pointers"),
+            Ok(Unwinder::FramePointers)
+        );
+        assert_eq!(parse_unwinder(b"libunwind"), Err(ParseError::UnknownWord));
+        assert_eq!(parse_unwinder(b""), Err(ParseError::UnknownWord));
+    }
+
+    #[test]
+    fn http_addresses() {
+        let a = parse_http_addr(":6060").unwrap();
+        assert_eq!(a.bind, "0.0.0.0:6060");
+        assert!(a.all_interfaces);
+        for ok in [
+            "127.0.0.1:6060",
+            "localhost:0",
+            "[::1]:6060",
+            "0.0.0.0:65535",
+        ] {
+            let a = parse_http_addr(ok).unwrap();
+            assert_eq!((a.bind.as_str(), a.all_interfaces), (ok, false));
+        }
+        for bad in [
+            "6060", "", ":", "host:", ":65536", ":-1", "::1:6060", "a b:1", "[]:1", ":60x",
+        ] {
+            assert!(parse_http_addr(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn settings_from_a_table() {
+        let s = settings_from(|name| match name {
+            b"HEAPSIGHT_SAMPLE_RATE\0" => Some(b"64kb"),
+            b"HEAPSIGHT_MAX_DEPTH\0" => Some(b"0"),
+            b"HEAPSIGHT_UNWINDER\0" => Some(b"DWARF"),
+            _ => None,
+        });
+        assert_eq!(
+            s,
+            EnvSettings {
+                sample_rate: Some(65536),
+                max_depth: None,
+                max_sites: None,
+                unwinder: Some(Unwinder::Dwarf),
+            }
+        );
+    }
+
+    #[test]
+    fn messages_name_the_range() {
+        let mut l = String::new();
+        write_assignment(&mut l, "V", b"a\x01");
+        assert_eq!(l, "V=\"a\\x01\"");
+        for (e, want) in [
+            (parse_count(b"0", 1, 256), ParseError::TooSmall),
+            (parse_count(b"-1", 1, 256), ParseError::NotANumber),
+            (parse_count(b"1000", 1, 256), ParseError::TooLarge),
+        ] {
+            assert_eq!(e, Err(want));
+        }
+        assert!(MAX_DEPTH_VALUES.contains(&MAX_DEPTH_LIMIT.to_string()));
+        assert!(MAX_SITES_VALUES.contains(&MAX_SITES_LIMIT.to_string()));
+    }
+
+    #[test]
     fn counts() {
         assert_eq!(parse_count(b"64", 1, 256), Ok(64));
-        assert_eq!(parse_count(b"0", 1, 256), Err(ParseError::NotANumber));
+        assert_eq!(parse_count(b"0", 1, 256), Err(ParseError::TooSmall));
         assert_eq!(parse_count(b"257", 1, 256), Err(ParseError::TooLarge));
         assert_eq!(parse_count(b"1k", 1, 4096), Err(ParseError::NotANumber));
     }

@@ -159,4 +159,5 @@ mod signal {
 }
 
 #[cfg(all(unix, feature = "signal"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "signal")))]
 pub use signal::install_dump_signal;

@@ -9,9 +9,12 @@
 //!
 //! # Set-up
 //!
+//! heapsight is not on crates.io yet: depend on a clone of its repository (or on the repository
+//! itself, `heapsight = { git = "<its URL>" }`), with the [features](#crate-features) you want:
+//!
 //! ```toml
 //! [dependencies]
-//! heapsight = "0.1"
+//! heapsight = { path = "../heapsight", features = ["http"] }
 //! ```
 //!
 //! ```
@@ -53,24 +56,26 @@
 //! # Heap profiles
 //!
 //! [`profile`] snapshots the sampled call sites. `examples/quickstart.rs` builds a
-//! `HashMap<String, Vec<String>>` with 500,000 appends over 10,000 keys (the seed workload of the
-//! Go articles this crate answers), then prints the three heaviest sites by live bytes:
+//! `HashMap<String, Vec<String>>` with 500,000 appends over 10,000 keys, then prints the
+//! heaviest sites by live bytes (the test `docs_output` runs it and checks these lines against
+//! the program: the counters, the sites and their lines):
 //!
 //! ```text
 //! $ cargo run --release --example quickstart
 //! 520003 live objects, 22243320 live bytes, peak 22243320 bytes
-//! top 3 of 3 sites by inuse_space (total 20.00 MiB; estimates from samples)
+//! top 3 of 3 sites by inuse_space (total 19.00 MiB; estimates from samples)
 //!  inuse_space      % samples      size p50/p99  lifetime p50/p99  site
-//!    14.52 MiB  72.6%      61          384/1536         82ms/82ms  quickstart::main (quickstart.rs:12)
+//!    13.52 MiB  71.2%      46          768/1536       328ms/328ms  quickstart::build (quickstart.rs:17)
 //!                                                                   <- <alloc::raw_vec::RawVec<alloc::vec::Vec<u8>>>::grow_one
-//!     4.50 MiB  22.5%       9             12/12               -/-  quickstart::main (quickstart.rs:12)
+//!     4.50 MiB  23.7%       9             12/12               -/-  quickstart::build (quickstart.rs:17)
 //!                                                                   <- alloc::fmt::format::format_inner
-//!  1000.35 KiB   4.9%       2     401408/802816       5.1ms/5.1ms  quickstart::main (quickstart.rs:12)
+//!  1000.35 KiB   5.1%       1     802816/802816               -/-  quickstart::build (quickstart.rs:15)
 //!                                                                   <- hashbrown::raw::RawTable<T,A>::reserve_rehash
+//! wrote heap.pb.gz: go tool pprof -top heap.pb.gz
 //! ```
 //!
 //! Each site is the program's frame and the growth frame under it: the `Vec<String>`s growing by
-//! doubling (`grow_one`), the `format!`ed values, the map's rehash. The estimates (20.0 MiB live)
+//! doubling (`grow_one`), the `format!`ed values, the map's rehash. The estimates (19.0 MiB live)
 //! are within sampling error of the exact 22.2 MB: at the default rate a site's relative error is
 //! about `1/sqrt(samples)`.
 //!
@@ -101,7 +106,7 @@
 //! | 64 KiB | 16,384 | ±2.5% | 8× more stacks |
 //! | 1 | every allocation | exact | every allocation unwinds: tests and debugging only |
 //!
-//! Benchmarks of what these cost are in the README (`benches/compare.py`).
+//! Benchmarks of what these cost are in the README (`dev/benches/compare.py`).
 //!
 //! # Tags
 //!
@@ -113,11 +118,17 @@
 //! (`go tool pprof -tagfocus=tag=request:/search`). Unsampled frees are not attributed to tags
 //! (blocks carry no header saying which tag they belong to).
 //!
+//! A tag can also be a small set of labels, [`Tag::with_labels`]`(&[("route", "/search"),
+//! ("tenant", "free")])`, each pair a pprof label (`go tool pprof -tags`). With feature
+//! `tracing`, `tracing::TagLayer` sets the tag from the `tracing` span that is entered (its name
+//! or a field such as `http.route`), so a service gets memory per endpoint from the spans it
+//! already has.
+//!
 //! # In a running service
 //!
 //! * Feature `http`: `http::serve("127.0.0.1:6060")` serves Go's `/debug/pprof/heap`
 //!   (`?debug=1`, `?seconds=N`), `/debug/pprof/allocs`, a `/debug/heapsight` page and Prometheus
-//!   `/metrics`; `http::respond` mounts the same endpoints in any framework (`examples/axum.rs`).
+//!   `/metrics`; `http::respond` mounts the same endpoints in any framework (`dev/examples/axum.rs`).
 //!   `go tool pprof http://127.0.0.1:6060/debug/pprof/heap` just works.
 //! * Feature `signal`: `heapsight::install_dump_signal(libc::SIGUSR2)` writes
 //!   `heapsight-<pid>-<seq>.pb.gz` and `.txt` into `HEAPSIGHT_DUMP_DIR` on each signal.
@@ -158,19 +169,60 @@
 //! # Environment
 //!
 //! Read once, at the first allocation, without allocating. A bad value prints one line on stderr
-//! and keeps the default.
+//! naming the variable, what it accepts and the default kept, e.g.
+//! `heapsight: ignoring HEAPSIGHT_MAX_DEPTH="0": too small; expected a whole number of frames
+//! from 1 to 256; keeping 128`, and the program goes on.
 //!
-//! | variable | meaning | default |
+//! | variable | accepts | default |
 //! |---|---|---|
-//! | `HEAPSIGHT_SAMPLE_RATE` | bytes between samples (`524288`, `512KiB`, `1M`; 0 = off, 1 = all) | 512 KiB |
-//! | `HEAPSIGHT_MAX_DEPTH` | frames kept per stack (1..=256) | 128 |
-//! | `HEAPSIGHT_MAX_SITES` | distinct stacks before the overflow site | 16,384 |
-//! | `HEAPSIGHT_UNWINDER` | `auto`, `fp` or `dwarf` | `auto` |
+//! | `HEAPSIGHT_SAMPLE_RATE` | bytes between samples: digits with an optional unit, 0 = off, 1 = every allocation | 512 KiB |
+//! | `HEAPSIGHT_MAX_DEPTH` | frames kept per stack, 1 to 256 | 128 |
+//! | `HEAPSIGHT_MAX_SITES` | distinct stacks before the overflow site, 1 to 16,777,216 | 16,384 |
+//! | `HEAPSIGHT_UNWINDER` | `auto`, `fp` (or `frame-pointers`), `dwarf`, in any case | `auto` |
 //! | `HEAPSIGHT_DUMP_ON_EXIT` | write a profile there at exit (`.txt`: Go text, else pprof) | off |
-//! | `HEAPSIGHT_HTTP_ADDR` | address for `http::serve_from_env` (feature `http`) | – |
+//! | `HEAPSIGHT_HTTP_ADDR` | `HOST:PORT`, or Go's `:PORT` for every interface, for `http::serve_from_env` (feature `http`) | – |
 //! | `HEAPSIGHT_DUMP_DIR` | directory for signal dumps (feature `signal`) | `.` |
+//!
+//! Units are binary and case-insensitive, and the `B` is optional: `64k`, `64kb`, `64KiB` and
+//! `65536` are the same rate, as are `1m`, `1MB` and `1MiB`; `g`/`GB`/`GiB` likewise. Counts
+//! (`MAX_DEPTH`, `MAX_SITES`) take plain digits. `HEAPSIGHT_HTTP_ADDR=:6060` listens on every
+//! IPv4 interface, as in Go, and prints one line saying so (the default address is loopback); an
+//! address that is malformed or cannot be bound prints one line and the program runs without the
+//! server.
+//!
+//! # Crate features
+//!
+//! All off by default; the allocator, counters, profiles, tags and every file format need none.
+//!
+//! | feature | adds | brings in |
+//! |---|---|---|
+//! | `http` | `http`: Go's `/debug/pprof` endpoints, the `/debug/heapsight` page, Prometheus `/metrics`, a small server or `http::respond` for any framework (implies `flamegraph`) | `httparse` |
+//! | `flamegraph` | `HeapProfile::write_flamegraph` (SVG) | `inferno` |
+//! | `signal` | `install_dump_signal`: dump on `SIGUSR2` (Unix) | – |
+//! | `metrics` | `metrics`: the counters through the `metrics` facade | `metrics` |
+//! | `tracing` | `tracing::TagLayer`: memory per `tracing` span (`http.route`, job names) | `tracing-core`, `tracing-subscriber` (no default features) |
+//!
+//! # Platforms
+//!
+//! Supported and tested: Linux on x86-64 and aarch64. There, sampled stacks use a bounds-checked
+//! frame-pointer walk (DWARF as the fallback), start-up runs from an `.init_array` constructor and
+//! profiles carry the mappings of `/proc/self/maps` with build IDs.
+//!
+//! Other Unix targets (macOS, the BSDs) build with the portable paths: exact counters,
+//! tags, every profile format and the server all work the same; every sampled stack comes from
+//! the `backtrace` unwinder (~3 µs instead of ~0.1 µs, at one sample per 512 KiB allocated);
+//! profiles carry no mappings and are symbolized in process. These paths are compiled and unit-
+//! tested on Linux with `--cfg heapsight_portable` (see `.ci/run`); no other target is tested.
+//! Windows and other non-Unix targets are refused at compile time with one message.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[cfg(not(unix))]
+compile_error!(
+    "heapsight supports Linux (x86-64, aarch64) and builds on other Unix targets; this target is \
+     not supported (see \"Platforms\" in the crate documentation)"
+);
 
 mod alloc;
 mod config;
@@ -190,13 +242,19 @@ mod sync;
 mod tags;
 
 #[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
 #[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod metrics;
 #[cfg(feature = "otlp")]
 #[cfg_attr(docsrs, doc(cfg(feature = "otlp")))]
 pub mod otlp;
+#[cfg(feature = "tracing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
+pub mod tracing;
 #[cfg(all(unix, feature = "signal"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "signal")))]
 pub use crate::dump::install_dump_signal;
 pub use crate::dump::{dump_to_dir, dump_to_file};
 
@@ -209,7 +267,7 @@ pub use crate::stack::Unwinder;
 pub use crate::symbols::{Frame, Symbol, Symbols};
 pub use crate::tags::{
     tag, tag_stats, try_tag, with_tag, Tag, TagError, TagFutureExt, TagGuard, TagStats, Tagged,
-    MAX_TAG_LEN, MAX_TAG_NAMES, OVERFLOW_TAG,
+    MAX_LABELS, MAX_LABEL_KEY_LEN, MAX_TAG_LEN, MAX_TAG_NAMES, OVERFLOW_TAG, TAG_KEY,
 };
 
 /// Go's default `MemProfileRate`, heapsight's default: one sample per 512 KiB allocated.

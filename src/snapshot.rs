@@ -68,6 +68,9 @@ pub struct HeapProfile {
     pub(crate) symbol_notes: Vec<String>,
     /// Tag names by tag id (0 = untagged); filled by the tagging API, empty until then.
     pub(crate) tag_names: Vec<String>,
+    /// Each tag's key/value labels by tag id, sorted by key (see `tags`); may be shorter than
+    /// `tag_names`, and a tag without an entry is the single label `tag` = its name.
+    pub(crate) tag_labels: Vec<Vec<(String, String)>>,
     /// Lifetime bins of freed samples, one row per entry of `stacks` (see `sites::LIFE_BINS`).
     /// Sorted by stack; only stacks with freed samples have a row.
     pub(crate) lifetimes: Vec<(usize, sites::LifeRow)>,
@@ -188,6 +191,7 @@ impl Drop for HeapProfile {
             drop(core::mem::take(&mut self.sites));
             drop(core::mem::take(&mut self.tag_names));
             drop(core::mem::take(&mut self.symbol_notes));
+            drop(core::mem::take(&mut self.tag_labels));
             drop(core::mem::take(&mut self.lifetimes));
             drop(core::mem::take(&mut self.sites_by_tag));
         })
@@ -285,6 +289,7 @@ fn build(raw: sites::RawTable, symbolize: bool, stats: Stats, time_nanos: i64) -
             Vec::new()
         },
         tag_names: crate::tags::names().iter().map(|n| n.to_string()).collect(),
+        tag_labels: crate::tags::label_sets(),
         lifetimes,
         sites_by_tag: Vec::new(),
     };

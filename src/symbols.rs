@@ -60,6 +60,13 @@ impl core::ops::Deref for Symbols {
     }
 }
 
+/// A list owned by whoever builds it (inside the profiler guard, the profiler's).
+impl From<Vec<Symbol>> for Symbols {
+    fn from(v: Vec<Symbol>) -> Self {
+        Symbols(v.into())
+    }
+}
+
 impl Symbols {
     /// A list of the profiler's own. Inside the guard.
     pub(crate) fn new(syms: Vec<Symbol>) -> Symbols {
@@ -209,8 +216,33 @@ pub(crate) fn notes() -> Vec<String> {
     NOTES.lock().clone()
 }
 
+/// Resolves `addrs` (none cached) without `/proc/self/maps` (targets other than Linux, and
+/// `--cfg heapsight_portable`): through `backtrace::resolve`, which loads and keeps the debug
+/// info itself and takes backtrace's global lock. Unknown addresses get an empty list.
+#[cfg(any(not(target_os = "linux"), heapsight_portable))]
+fn resolve_uncached(addrs: &[usize]) -> Vec<Symbols> {
+    addrs
+        .iter()
+        .map(|&a| {
+            let mut out = Vec::new();
+            // `resolve` looks up `a - 1`: a return address points after the call.
+            backtrace::resolve(a as *mut core::ffi::c_void, |sym| {
+                out.push(Symbol {
+                    function: sym
+                        .name()
+                        .map_or_else(|| String::from("??"), |n| format!("{n:#}")),
+                    file: sym.filename().map(|p| p.display().to_string()),
+                    line: sym.lineno(),
+                });
+            });
+            Symbols::new(out)
+        })
+        .collect()
+}
+
 /// Resolves `addrs` (none cached) file by file, each file mapped and parsed once for the batch
 /// and released at the end. Unknown addresses get an empty list.
+#[cfg(all(target_os = "linux", not(heapsight_portable)))]
 fn resolve_uncached(addrs: &[usize]) -> Vec<Symbols> {
     let maps = elf::self_mappings();
     let mut out: Vec<Symbols> = vec![Symbols::default(); addrs.len()];
@@ -440,6 +472,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(heapsight_portable, ignore = "uses the frame-pointer walk")]
     fn resolves_a_return_address_to_its_call_line() {
         if !crate::stack::COMPILED_WITH_FP {
             eprintln!("SKIPPED: built without frame pointers");

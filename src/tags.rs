@@ -26,6 +26,17 @@
 //! character boundary, map `""` to "untagged", and send new names past the cap to the
 //! [`OVERFLOW_TAG`] tag. [`try_tag`] and [`Tag::try_new`] report the same cases as a [`TagError`]
 //! instead.
+//!
+//! # Labels
+//!
+//! A tag is a set of key/value string labels, interned as one id: [`Tag::new`]`("x")` is the set
+//! `{tag: "x"}`, and [`Tag::with_labels`] makes any other set (`{route: "/search", tenant:
+//! "free"}`), at most [`MAX_LABELS`] pairs, keys at most [`MAX_LABEL_KEY_LEN`] bytes, values at
+//! most [`MAX_TAG_LEN`]. Sets share the [`MAX_TAG_NAMES`] cap with names, and the allocation
+//! path still carries one small id: labels cost nothing until a profile is written, where each
+//! pair is a pprof string label (`go tool pprof -tags`, `-tagfocus=route=/search`). The order of
+//! the pairs does not matter; a set's name (in [`tag_stats`], `top`, the page) is its value for a
+//! plain `{tag: ...}` set and `key=value,key=value` in key order otherwise.
 use core::fmt;
 use core::future::Future;
 use core::marker::PhantomData;
@@ -45,6 +56,16 @@ pub const MAX_TAG_NAMES: usize = MAX_TAGS - 2;
 /// The name of the tag that collects allocations of names beyond [`MAX_TAG_NAMES`].
 pub const OVERFLOW_TAG: &str = "<overflow>";
 
+/// Most key/value pairs in one label set ([`Tag::with_labels`]).
+pub const MAX_LABELS: usize = 8;
+/// Longest label key in bytes.
+pub const MAX_LABEL_KEY_LEN: usize = 64;
+/// The label key of a plain tag: [`Tag::new`]`("x")` is the label set `{tag: "x"}`.
+pub const TAG_KEY: &str = "tag";
+/// Keys a label set may not use: pprof samples already carry the numeric label `bytes` (the
+/// allocation size).
+const RESERVED_KEYS: [&str; 1] = ["bytes"];
+
 /// Id of the overflow tag; id 0 is "untagged".
 const OVERFLOW_ID: u32 = 1;
 
@@ -61,6 +82,17 @@ pub enum TagError {
     },
     /// [`MAX_TAG_NAMES`] distinct names are already interned.
     TableFull,
+    /// More than [`MAX_LABELS`] pairs in a label set.
+    TooManyLabels {
+        /// How many were given.
+        count: usize,
+    },
+    /// A label key that is empty, longer than [`MAX_LABEL_KEY_LEN`], reserved (`bytes`), or
+    /// given twice in one set.
+    BadLabelKey {
+        /// The key as given.
+        key: String,
+    },
 }
 
 impl fmt::Display for TagError {
@@ -76,16 +108,30 @@ impl fmt::Display for TagError {
             TagError::TableFull => {
                 write!(f, "the tag table is full ({MAX_TAG_NAMES} distinct names)")
             }
+            TagError::TooManyLabels { count } => {
+                write!(f, "{count} labels in one set; the limit is {MAX_LABELS}")
+            }
+            TagError::BadLabelKey { key } => write!(
+                f,
+                "label key {key:?} is empty, longer than {MAX_LABEL_KEY_LEN} bytes, reserved \
+                 (bytes) or repeated"
+            ),
         }
     }
 }
 
 impl std::error::Error for TagError {}
 
+/// One interned label set, pairs sorted by key.
+type LabelSet = Arc<[(Arc<str>, Arc<str>)]>;
+
 struct Names {
-    ids: HashMap<Arc<str>, u32>,
+    /// Label set (as [`set_key`] encodes it) to id.
+    ids: HashMap<String, u32>,
     /// Index = id. `list[0]` is "" (untagged), `list[1]` the overflow tag.
     list: Vec<Arc<str>>,
+    /// Index = id: the label set behind each name (empty for untagged).
+    labels: Vec<LabelSet>,
 }
 
 /// The interning table. Taken only by `Tag::new` and readers, never by the allocation hook, and
@@ -96,33 +142,101 @@ fn with_names<R>(f: impl FnOnce(&mut Names) -> R) -> R {
     profiler_scope(|| {
         let mut g = NAMES.lock();
         let names = g.get_or_insert_with(|| Names {
-            ids: HashMap::new(),
+            ids: HashMap::from([(set_key(&[(TAG_KEY, OVERFLOW_TAG)]), OVERFLOW_ID)]),
             list: vec![Arc::from(""), Arc::from(OVERFLOW_TAG)],
+            labels: vec![
+                Arc::from(Vec::new()),
+                Arc::from(vec![(Arc::from(TAG_KEY), Arc::from(OVERFLOW_TAG))]),
+            ],
         });
         f(names)
     })
 }
 
-fn intern(name: &str) -> Result<u32, TagError> {
-    if name.is_empty() {
+/// An unambiguous key for a sorted label set: each string prefixed with its length.
+fn set_key(pairs: &[(&str, &str)]) -> String {
+    use fmt::Write;
+    let mut k = String::new();
+    for (a, b) in pairs {
+        let _ = write!(k, "{}:{a}{}:{b}", a.len(), b.len());
+    }
+    k
+}
+
+/// A set's display name: the value of a plain `{tag: v}` set, else `k=v,k=v`.
+fn display_name(pairs: &[(&str, &str)]) -> String {
+    match pairs {
+        [(k, v)] if *k == TAG_KEY => v.to_string(),
+        _ => {
+            let mut n = String::new();
+            for (i, (k, v)) in pairs.iter().enumerate() {
+                if i > 0 {
+                    n.push(',');
+                }
+                n.push_str(k);
+                n.push('=');
+                n.push_str(v);
+            }
+            n
+        }
+    }
+}
+
+/// Checks a label set without allocating (but for the error's key, which is the caller's).
+fn check(pairs: &[(&str, &str)]) -> Result<(), TagError> {
+    if pairs.is_empty() {
         return Err(TagError::Empty);
     }
-    if name.len() > MAX_TAG_LEN {
-        return Err(TagError::TooLong { len: name.len() });
+    if pairs.len() > MAX_LABELS {
+        return Err(TagError::TooManyLabels { count: pairs.len() });
     }
-    with_names(|n| {
-        if let Some(&id) = n.ids.get(name) {
-            return Ok(id);
+    for (i, (k, v)) in pairs.iter().enumerate() {
+        let repeated = pairs[..i].iter().any(|(seen, _)| seen == k);
+        if k.is_empty() || k.len() > MAX_LABEL_KEY_LEN || RESERVED_KEYS.contains(k) || repeated {
+            return Err(TagError::BadLabelKey { key: k.to_string() });
         }
-        if n.list.len() >= MAX_TAGS {
-            return Err(TagError::TableFull);
+        if v.is_empty() {
+            return Err(TagError::Empty);
         }
-        let id = n.list.len() as u32;
-        let name: Arc<str> = Arc::from(name);
-        n.list.push(name.clone());
-        n.ids.insert(name, id);
-        Ok(id)
+        if v.len() > MAX_TAG_LEN {
+            return Err(TagError::TooLong { len: v.len() });
+        }
+    }
+    Ok(())
+}
+
+/// Interns a checked label set. Everything it allocates, the sorted copy included, is the
+/// profiler's: entering a tag must not count as an allocation under the tag in force, and an
+/// error (whose key the caller owns and frees) is made before, outside the guard.
+fn intern_set(pairs: &[(&str, &str)]) -> Result<u32, TagError> {
+    check(pairs)?;
+    profiler_scope(|| {
+        let mut sorted: Vec<(&str, &str)> = pairs.to_vec();
+        sorted.sort_by(|a, b| a.0.cmp(b.0));
+        with_names(|n| {
+            let key = set_key(&sorted);
+            if let Some(&id) = n.ids.get(&key) {
+                return Ok(id);
+            }
+            if n.list.len() >= MAX_TAGS {
+                return Err(TagError::TableFull);
+            }
+            let id = n.list.len() as u32;
+            n.list.push(Arc::from(display_name(&sorted)));
+            n.labels.push(
+                sorted
+                    .iter()
+                    .map(|(k, v)| (Arc::from(*k), Arc::from(*v)))
+                    .collect(),
+            );
+            n.ids.insert(key, id);
+            Ok(id)
+        })
     })
+}
+
+fn intern(name: &str) -> Result<u32, TagError> {
+    intern_set(&[(TAG_KEY, name)])
 }
 
 fn truncate(name: &str) -> &str {
@@ -141,6 +255,22 @@ fn truncate(name: &str) -> &str {
 pub(crate) fn names() -> Vec<Arc<str>> {
     debug_assert!(crate::guard::in_profiler());
     with_names(|n| n.list.clone())
+}
+
+/// Every interned label set as owned strings, index = id (`[0]` empty for untagged). Allocates:
+/// call inside the profiler guard, and drop the result there.
+pub(crate) fn label_sets() -> Vec<Vec<(String, String)>> {
+    debug_assert!(crate::guard::in_profiler());
+    with_names(|n| {
+        n.labels
+            .iter()
+            .map(|set| {
+                set.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect()
+            })
+            .collect()
+    })
 }
 
 /// An interned tag name: a small `Copy` id. Intern once, enter often: [`Tag::enter`] costs a few
@@ -165,6 +295,63 @@ impl Tag {
     /// Interns `name`, or says why it cannot be a tag as given.
     pub fn try_new(name: &str) -> Result<Tag, TagError> {
         intern(name).map(Tag)
+    }
+
+    /// Interns a set of key/value labels as one tag (see the module docs). Never fails, like
+    /// [`Tag::new`]: pairs with an empty, over-long, reserved or repeated key are left out,
+    /// values are truncated to [`MAX_TAG_LEN`] bytes, pairs past [`MAX_LABELS`] are left out, an
+    /// empty set is [`Tag::UNTAGGED`], and a new set beyond [`MAX_TAG_NAMES`] is the
+    /// [`OVERFLOW_TAG`] tag.
+    ///
+    /// ```
+    /// let t = heapsight::Tag::with_labels(&[("route", "/search"), ("tenant", "free")]);
+    /// let _g = t.enter(); // samples now carry the pprof labels route and tenant
+    /// ```
+    pub fn with_labels(labels: &[(&str, &str)]) -> Tag {
+        profiler_scope(|| Tag::with_labels_inside(labels))
+    }
+
+    fn with_labels_inside(labels: &[(&str, &str)]) -> Tag {
+        let mut kept: Vec<(&str, &str)> = Vec::new();
+        for &(k, v) in labels {
+            let v = truncate(v);
+            if kept.len() < MAX_LABELS
+                && check(&[(k, v)]).is_ok()
+                && !kept.iter().any(|(seen, _)| *seen == k)
+            {
+                kept.push((k, v));
+            }
+        }
+        if kept.is_empty() {
+            return Tag::UNTAGGED;
+        }
+        match intern_set(&kept) {
+            Ok(id) => Tag(id),
+            Err(_) => Tag(OVERFLOW_ID),
+        }
+    }
+
+    /// Interns a label set, or says why it cannot be one as given.
+    pub fn try_with_labels(labels: &[(&str, &str)]) -> Result<Tag, TagError> {
+        intern_set(labels).map(Tag)
+    }
+
+    /// The labels of this tag, sorted by key (`[("tag", name)]` for a plain tag, empty for
+    /// [`Tag::UNTAGGED`]).
+    pub fn labels(self) -> Vec<(String, String)> {
+        let set = profiler_scope(|| {
+            let list = NAMES.lock();
+            list.as_ref()
+                .and_then(|n| n.labels.get(self.0 as usize).cloned())
+        });
+        let out = set
+            .as_deref()
+            .unwrap_or(&[])
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        profiler_scope(|| drop(set));
+        out
     }
 
     /// Makes this the current thread's tag until the guard drops.
@@ -193,6 +380,13 @@ impl Tag {
         profiler_scope(|| drop(name));
         s
     }
+}
+
+/// Sets this thread's tag id, returns the previous one: for scopes that cannot hold a
+/// [`TagGuard`] (the `tracing` layer's enter and exit callbacks).
+#[cfg(feature = "tracing")]
+pub(crate) fn swap_current(id: u32) -> u32 {
+    set_current(id)
 }
 
 /// Sets this thread's tag id, returns the previous one.
@@ -407,6 +601,62 @@ mod tests {
         let t = Tag::new(&long);
         assert_eq!(t, Tag::new(&long[..MAX_TAG_LEN]));
         assert_eq!(t.name().len(), MAX_TAG_LEN);
+    }
+
+    #[test]
+    fn label_sets_intern_in_any_order() {
+        let a = Tag::with_labels(&[("route", "/a"), ("tenant", "t1")]);
+        assert_eq!(Tag::with_labels(&[("tenant", "t1"), ("route", "/a")]), a);
+        assert_ne!(Tag::with_labels(&[("route", "/a")]), a);
+        assert_eq!(a.name(), "route=/a,tenant=t1");
+        assert_eq!(
+            a.labels(),
+            [
+                ("route".into(), "/a".into()),
+                ("tenant".into(), "t1".into())
+            ]
+        );
+        // A plain tag is the set {tag: name}.
+        assert_eq!(
+            Tag::with_labels(&[(TAG_KEY, "plain-x")]),
+            Tag::new("plain-x")
+        );
+        assert_eq!(
+            Tag::new("plain-x").labels(),
+            [("tag".into(), "plain-x".into())]
+        );
+        // Names and sets cannot collide through the encoding.
+        assert_ne!(Tag::new("route=/a,tenant=t1"), a);
+    }
+
+    #[test]
+    fn label_sets_are_bounded() {
+        let many: Vec<(String, String)> = (0..=MAX_LABELS)
+            .map(|i| (format!("k{i}"), "v".to_string()))
+            .collect();
+        let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (&**k, &**v)).collect();
+        assert_eq!(
+            Tag::try_with_labels(&many),
+            Err(TagError::TooManyLabels {
+                count: MAX_LABELS + 1
+            })
+        );
+        assert_eq!(Tag::with_labels(&many).labels().len(), MAX_LABELS);
+        for bad in ["", "bytes"] {
+            assert_eq!(
+                Tag::try_with_labels(&[(bad, "v")]),
+                Err(TagError::BadLabelKey { key: bad.into() })
+            );
+        }
+        assert!(Tag::try_with_labels(&[("k", "1"), ("k", "2")]).is_err());
+        assert_eq!(Tag::try_with_labels(&[]), Err(TagError::Empty));
+        assert_eq!(Tag::with_labels(&[("bytes", "x")]), Tag::UNTAGGED);
+        assert_eq!(
+            Tag::with_labels(&[("k", "1"), ("k", "2")]).labels().len(),
+            1
+        );
+        let long_key = "k".repeat(MAX_LABEL_KEY_LEN + 1);
+        assert!(Tag::try_with_labels(&[(&long_key, "v")]).is_err());
     }
 
     #[test]

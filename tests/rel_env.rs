@@ -1,7 +1,7 @@
 //! Guarantee 7 (environment): `HEAPSIGHT_SAMPLE_RATE`, `HEAPSIGHT_MAX_DEPTH`,
 //! `HEAPSIGHT_MAX_SITES` and `HEAPSIGHT_UNWINDER` with garbage, negative, out-of-range, huge or
-//! non-UTF-8 values give exactly one stderr line each and keep the default; valid values apply
-//! with no output. Each case re-runs this binary as a child with the variable set (heapsight
+//! non-UTF-8 values give exactly one stderr line each, naming what the variable accepts, and keep
+//! the default; valid values (units and words in any case) apply with no output. Each case re-runs this binary as a child with the variable set (heapsight
 //! reads them once, at the first allocation); the child prints the settings in force.
 //! Also: an empty profile (sampling off from the start) is well-formed.
 use std::ffi::{OsStr, OsString};
@@ -70,7 +70,7 @@ fn bad_values_give_one_line_and_the_default() {
         ("HEAPSIGHT_MAX_SITES", huge.as_bytes()),
         ("HEAPSIGHT_UNWINDER", b"libunwind"),
         ("HEAPSIGHT_UNWINDER", b""),
-        ("HEAPSIGHT_UNWINDER", b"DWARF\n"),
+        ("HEAPSIGHT_UNWINDER", b"DWARF-ish"),
         ("HEAPSIGHT_UNWINDER", &[b'x'; 5000]),
     ];
     for (var, value) in cases {
@@ -87,6 +87,18 @@ fn bad_values_give_one_line_and_the_default() {
             err[0].starts_with(&format!("heapsight: ignoring {var}="))
                 && err[0].contains("keeping"),
             "{var}: unclear message {:?}",
+            err[0]
+        );
+        // The message says what the variable accepts, with its range.
+        let accepts = match *var {
+            "HEAPSIGHT_SAMPLE_RATE" => "KiB",
+            "HEAPSIGHT_MAX_DEPTH" => "from 1 to 256",
+            "HEAPSIGHT_MAX_SITES" => "from 1 to 16777216",
+            _ => "auto, fp (or frame-pointers) or dwarf",
+        };
+        assert!(
+            err[0].contains("expected ") && err[0].contains(accepts),
+            "{var}: the message does not say what is accepted: {:?}",
             err[0]
         );
         assert!(err[0].len() <= 512, "{var}: a {}-byte line", err[0].len());
@@ -127,6 +139,20 @@ fn good_values_apply_silently() {
         (
             &[("HEAPSIGHT_UNWINDER", "fp")],
             "rate=524288 depth=128 sites=16384 unwinder=FramePointers",
+        ),
+        (
+            &[
+                ("HEAPSIGHT_UNWINDER", "FP"),
+                ("HEAPSIGHT_SAMPLE_RATE", "64kb"),
+            ],
+            "rate=65536 depth=128 sites=16384 unwinder=FramePointers",
+        ),
+        (
+            &[
+                ("HEAPSIGHT_UNWINDER", "Dwarf\n"),
+                ("HEAPSIGHT_SAMPLE_RATE", "1m"),
+            ],
+            "rate=1048576 depth=128 sites=16384 unwinder=Dwarf",
         ),
     ];
     for (env, want) in cases {

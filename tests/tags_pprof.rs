@@ -1,5 +1,6 @@
 //! Tags reach pprof as the string label `tag`: `go tool pprof -tags` lists them and
-//! `-tagfocus=tag=NAME` keeps only that tag's samples.
+//! `-tagfocus=tag=NAME` keeps only that tag's samples. A label set ([`heapsight::Tag::with_labels`])
+//! reaches it as one string label per pair.
 use std::hint::black_box;
 
 mod support;
@@ -22,9 +23,13 @@ fn pprof_tags_and_tagfocus() {
     heapsight::set_sample_rate(1); // every allocation sampled, weight 1: exact values
     let a = heapsight::with_tag("pprof-alpha", || black_box(vec![0u8; 40_000]));
     let b = heapsight::with_tag("pprof-beta", || black_box(vec![0u8; 70_000]));
+    let labelled = heapsight::Tag::with_labels(&[("route", "/search"), ("tenant", "free")]);
+    let c = {
+        let _g = labelled.enter();
+        black_box(vec![0u8; 90_000])
+    };
     heapsight::set_sample_rate(heapsight::DEFAULT_SAMPLE_RATE);
-    let dir = std::env::temp_dir().join(format!("heapsight-tags-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = support::TempDir::new("tags");
     let path = dir.join("heap.pb.gz");
     let p = heapsight::profile();
     p.write_pprof(std::fs::File::create(&path).unwrap())
@@ -54,6 +59,33 @@ fn pprof_tags_and_tagfocus() {
         })
         .collect();
     assert_eq!(inuse.iter().sum::<i64>(), 40_000, "{raw}");
-    drop((a, b));
-    let _ = std::fs::remove_dir_all(&dir);
+
+    // The label set: each pair is its own label, and either focuses on the labelled block.
+    for key in ["route:", "tenant:", "/search", "free"] {
+        assert!(text.contains(key), "-tags lacks {key}:\n{text}");
+    }
+    for focus in ["-tagfocus=route=/search", "-tagfocus=tenant=free"] {
+        let raw = pprof(&["-raw", focus], &path);
+        let inuse: i64 = raw
+            .lines()
+            .skip_while(|l| !l.starts_with("Samples:"))
+            .skip(2)
+            .take_while(|l| !l.starts_with("Locations"))
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .nth(3)?
+                    .trim_end_matches(':')
+                    .parse::<i64>()
+                    .ok()
+            })
+            .sum();
+        assert_eq!(inuse, 90_000, "{focus}:\n{raw}");
+    }
+    let stats = heapsight::tag_stats();
+    let t = stats
+        .iter()
+        .find(|t| t.name == "route=/search,tenant=free")
+        .unwrap();
+    assert_eq!((t.alloc_objects, t.alloc_bytes), (1, 90_000));
+    drop((a, b, c));
 }

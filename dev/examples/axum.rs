@@ -36,6 +36,13 @@ async fn heapsight_endpoint(OriginalUri(uri): OriginalUri) -> Response {
 
 #[tokio::main]
 async fn main() {
+    if let Err(e) = run().await {
+        eprintln!("axum example: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> std::io::Result<()> {
     let seconds: Option<u64> = std::env::args()
         .skip_while(|a| a != "--seconds")
         .nth(1)
@@ -47,16 +54,19 @@ async fn main() {
         .route("/metrics", get(heapsight_endpoint));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000")
         .await
-        .unwrap();
+        .map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot listen on 127.0.0.1:3000: {e}"))
+        })?;
     println!(
         "listening on http://{}/debug/pprof/",
-        listener.local_addr().unwrap()
+        listener.local_addr()?
     );
     let serve = axum::serve(listener, app);
     match seconds {
         Some(s) => {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(s), serve).await;
         }
-        None => serve.await.unwrap(),
+        None => serve.await?,
     }
+    Ok(())
 }

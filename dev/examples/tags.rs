@@ -114,7 +114,10 @@ fn main() {
     let path = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "tags.pb.gz".into());
-    let file = std::fs::File::create(&path).expect("create the profile file");
-    p.write_pprof(file).expect("write the profile");
+    let written = std::fs::File::create(&path).and_then(|file| p.write_pprof(file));
+    if let Err(e) = written {
+        eprintln!("tags: cannot write {path}: {e}");
+        std::process::exit(1);
+    }
     println!("\nwrote {path}: go tool pprof -tags {path}");
 }

@@ -220,7 +220,8 @@ fn seconds_delta_does_not_block() {
     if !support::have_tool("go") {
         return;
     }
-    let path = std::env::temp_dir().join(format!("heapsight-delta-{}.pb.gz", std::process::id()));
+    let dir = support::TempDir::new("delta");
+    let path = dir.join("delta.pb.gz");
     std::fs::write(&path, &body).unwrap();
     let top = support::go_pprof(&["-top", "-sample_index=alloc_space", path.to_str().unwrap()]);
     assert!(top.contains("allocated_during_the_window"), "{top}");
@@ -228,7 +229,6 @@ fn seconds_delta_does_not_block() {
         !top.contains("allocated_before_the_window"),
         "delta shows allocations from before the window:\n{top}"
     );
-    let _ = std::fs::remove_file(path);
     h.shutdown();
 }
 
@@ -281,8 +281,9 @@ fn chromium_renders_the_page() {
     let keep = http_test_keeps_blocks();
     let h = server();
     let url = format!("http://{}/debug/heapsight", h.local_addr());
-    let dir = std::env::temp_dir().join(format!("heapsight-chromium-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    // Chromium's profile (--user-data-dir) and the screenshot live in a directory removed at
+    // the end, pass or fail.
+    let dir = support::TempDir::new("chromium");
     let shot = dir.join("page.png");
     let base = [
         "--headless",
@@ -360,6 +361,68 @@ fn chromium_renders_the_page() {
     h.shutdown();
 }
 
+/// Idle and half-open connections never hold a worker: with 20 connections that send nothing
+/// and 8 that stall halfway through their request head (more than twice the workers), a real
+/// request is answered while every one of them is still open, i.e. without waiting for any of
+/// them to time out.
+fn idle_connections_do_not_starve_requests() {
+    let h = server();
+    let a = h.local_addr();
+    let mut idle: Vec<TcpStream> = (0..20).map(|_| TcpStream::connect(a).unwrap()).collect();
+    for _ in 0..8 {
+        let mut s = TcpStream::connect(a).unwrap();
+        s.write_all(b"GET /debug/pprof/heap HTTP/1.1\r\nHost: x\r\n")
+            .unwrap();
+        idle.push(s);
+    }
+    let t = std::time::Instant::now();
+    let (st, _, _) = get(a, "GET", "/metrics");
+    let took = t.elapsed();
+    assert_eq!(st, 200);
+    println!(
+        "    answered in {:.1} ms beside {} idle connections",
+        took.as_secs_f64() * 1e3,
+        idle.len()
+    );
+    for (i, s) in idle.iter_mut().enumerate() {
+        s.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 1];
+        match s.read(&mut b) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => panic!(
+                "idle connection {i} was answered or closed ({other:?}) before the request \
+                 was served: the request waited for it"
+            ),
+        }
+    }
+    drop(idle);
+    h.shutdown();
+}
+
+/// `HEAPSIGHT_HTTP_ADDR`: Go's `:PORT` serves on every interface; a malformed address or one
+/// that cannot be bound gives no server (and one stderr line), never an error or a panic.
+fn http_addr_from_env() {
+    // Nothing else in this process reads the environment while the checks run.
+    std::env::set_var("HEAPSIGHT_HTTP_ADDR", ":0");
+    let h = heapsight::http::serve_from_env().expect(":0 serves");
+    assert!(h.local_addr().ip().is_unspecified(), "{}", h.local_addr());
+    let local = SocketAddr::from(([127, 0, 0, 1], h.local_addr().port()));
+    assert_eq!(get(local, "GET", "/metrics").0, 200);
+    // The port is taken now: binding it again fails, and the program goes on without a server.
+    std::env::set_var(
+        "HEAPSIGHT_HTTP_ADDR",
+        format!("0.0.0.0:{}", h.local_addr().port()),
+    );
+    assert!(heapsight::http::serve_from_env().is_none());
+    for bad in ["6060", "localhost:", "127.0.0.1:99999", "a b:1"] {
+        std::env::set_var("HEAPSIGHT_HTTP_ADDR", bad);
+        assert!(heapsight::http::serve_from_env().is_none(), "{bad}");
+    }
+    std::env::remove_var("HEAPSIGHT_HTTP_ADDR");
+    assert!(heapsight::http::serve_from_env().is_none());
+    h.shutdown();
+}
+
 fn main() {
     support::run(&[
         (
@@ -375,5 +438,10 @@ fn main() {
         ),
         ("seconds_delta_does_not_block", seconds_delta_does_not_block),
         ("chromium_renders_the_page", chromium_renders_the_page),
+        (
+            "idle_connections_do_not_starve_requests",
+            idle_connections_do_not_starve_requests,
+        ),
+        ("http_addr_from_env", http_addr_from_env),
     ]);
 }

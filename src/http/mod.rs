@@ -3,7 +3,7 @@
 //! Transport only: every body comes from the encoders in `profile/`.
 //!
 //! * [`respond`] maps a path and query to a [`Response`]; mount it in any framework (see
-//!   `examples/axum.rs`).
+//!   `dev/examples/axum.rs`).
 //! * [`serve`] runs a small server on a background thread, bound to loopback unless told
 //!   otherwise; `HEAPSIGHT_HTTP_ADDR` sets the address for [`serve_from_env`].
 //!
@@ -12,14 +12,15 @@
 //! The server's allocations must not be counted as the program's. That is only possible if every
 //! thread that touches a request runs inside the profiler guard, and only threads we start can.
 //! tiny_http reads and parses requests on its own task-pool threads, so its buffers would show up
-//! as the program's memory. `httparse` (the parser hyper uses) parses; the accept loop and one
-//! [`WORKERS`] threads of ours, each accepting on the shared socket and serving inside the guard.
-//! The workers are spawned outside the guard and never exit before [`Handle::shutdown`]: a thread
+//! as the program's memory. `httparse` (the parser hyper uses) parses; one accept loop of ours
+//! reads request heads from non-blocking connections, and [`WORKERS`] threads answer complete
+//! requests, all inside the guard (`server.rs` says why idle clients never hold a worker).
+//! The threads are spawned outside the guard and never exit before [`Handle::shutdown`]: a thread
 //! spawned inside the guard would have std's per-thread bookkeeping allocated uncounted on one
 //! thread and freed (counted) on another, and the counters would drift.
 //! Requests are `GET`/`HEAD` with no body, answered with `Connection: close`: the few lines a
-//! profile scrape needs, with read and write timeouts so a slow client never holds a thread
-//! forever.
+//! profile scrape needs, with a deadline for the request head and write timeouts so a slow client
+//! never holds a thread forever.
 //!
 //! Files: `mod.rs` routes a request to a body; `page.rs` renders the HTML pages; `prometheus.rs`
 //! the `/metrics` text; `server.rs` is the loopback server and its worker threads.
@@ -34,8 +35,8 @@ mod symbol;
 use page::{heapsight_page, index_page};
 pub(crate) use prometheus::metrics_text;
 pub use server::{serve, serve_from_env, Handle, DEFAULT_ADDR};
-/// Requests served at once (one per worker thread); more wait in the listen backlog. A
-/// `?seconds=N` request holds its worker for N seconds.
+/// Requests answered at once (one per worker thread); more complete requests wait in a queue.
+/// A `?seconds=N` request holds its worker for N seconds.
 pub const WORKERS: usize = 4;
 /// Longest `?seconds=N` delta accepted.
 pub const MAX_SECONDS: u64 = 300;

@@ -1,26 +1,45 @@
-//! The loopback server: accept loop, worker threads inside the profiler guard, HTTP/1.1 framing.
+//! The loopback server: one accept loop that reads request heads, worker threads that answer
+//! complete requests, all inside the profiler guard; HTTP/1.1 framing.
+//!
+//! Why an event loop in front of the workers: a worker blocked reading a connection that sends
+//! nothing (an idle keep-alive from a browser, a half-open socket, a port scanner) is a worker
+//! lost for the read timeout, and [`WORKERS`] such clients used to starve every real request. So
+//! one thread accepts, keeps every connection non-blocking in a `poll(2)` set until its request
+//! head is complete (or it times out, or it is the oldest of too many), and only then hands it to
+//! a worker. Idle connections cost a slot in that set, never a worker.
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::*};
-use std::sync::Arc;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{printable, respond, Response, IO_TIMEOUT, MAX_REQUEST_BYTES, WORKERS};
 use crate::guard::profiler_scope;
+
+/// Connections waiting for their request head at once; past it the oldest is closed.
+const MAX_PENDING: usize = 256;
+/// Time a connection gets to send its whole request head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Complete requests queued for the workers; past it a request is answered 503 at once.
+const QUEUE: usize = 64;
+/// How often the accept loop wakes with nothing to do, to expire stale connections.
+const TICK_MS: i32 = 200;
 
 /// A running server: its address, and a way to stop it.
 pub struct Handle {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    workers: Vec<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
-/// State the workers share with their handle.
+/// State the threads share with their handle.
 struct Shared {
     stop: AtomicBool,
-    /// Workers that have entered the profiler guard and are ready to accept.
+    /// Threads that have entered the profiler guard and are ready.
     ready: AtomicUsize,
 }
 
@@ -30,142 +49,343 @@ impl Handle {
         self.addr
     }
 
-    /// Stops the workers once their current request is done, and joins them.
+    /// Stops the server once the requests in progress are answered, and joins its threads.
     pub fn shutdown(self) {
         self.shared.stop.store(true, Relaxed);
-        // Wake every worker blocked in accept() with a connection of our own.
-        for _ in 0..self.workers.len() {
-            let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        }
-        for w in self.workers {
-            let _ = w.join();
+        // Wake the accept loop at once rather than at its next tick.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        for t in self.threads {
+            let _ = t.join();
         }
     }
 }
 
 /// The default address: loopback only. Exposing heap profiles beyond the machine is a choice
-/// to make explicitly (`HEAPSIGHT_HTTP_ADDR=0.0.0.0:6060`).
+/// to make explicitly (`HEAPSIGHT_HTTP_ADDR=:6060` or `0.0.0.0:6060`).
 pub const DEFAULT_ADDR: &str = "127.0.0.1:6060";
 
-/// Serves the endpoints on `addr` from [`WORKERS`] background threads. Everything they do runs
-/// inside the profiler guard: none of the server's allocations is counted as the program's.
-/// Dropping the [`Handle`] leaves the server running for the life of the process.
+/// A request head read in full, waiting for a worker.
+struct Job {
+    stream: TcpStream,
+    method: String,
+    target: String,
+    /// Bytes read past the head (the start of a `POST` body), and the body's `Content-Length`.
+    early: Vec<u8>,
+    body_len: Option<usize>,
+}
+
+/// Serves the endpoints on `addr`: one thread accepts connections and reads request heads,
+/// [`WORKERS`] threads answer them. Everything they do runs inside the profiler guard: none of
+/// the server's allocations is counted as the program's. Dropping the [`Handle`] leaves the
+/// server running for the life of the process.
 ///
-/// Returns once every worker is ready: what std allocates while starting a thread (before the
-/// worker's code runs, so outside the guard) is then behind the caller, not in the middle of
-/// whatever the program measures next.
+/// Connections that send nothing, or send their request head slowly, never hold a worker: they
+/// wait in the accept loop (at most 256 at once, 5 s each for the head).
+///
+/// Returns once every thread is ready: what std allocates while starting a thread (before its
+/// code runs, so outside the guard) is then behind the caller, not in the middle of whatever the
+/// program measures next.
 pub fn serve(addr: impl ToSocketAddrs) -> io::Result<Handle> {
     let listener = TcpListener::bind(addr)?;
     let addr = listener.local_addr()?;
+    listener.set_nonblocking(true)?;
     let shared = Arc::new(Shared {
         stop: AtomicBool::new(false),
         ready: AtomicUsize::new(0),
     });
-    let mut workers = Vec::with_capacity(WORKERS);
+    // The queue is the server's memory: allocated here inside the guard, and freed inside it
+    // too, by whichever of the threads (or the end of this function) drops it last.
+    let (tx, rx) = profiler_scope(|| {
+        let (tx, rx) = sync_channel::<Job>(QUEUE);
+        (tx, Arc::new(Mutex::new(rx)))
+    });
+    let mut threads = Vec::with_capacity(WORKERS + 1);
     for i in 0..WORKERS {
-        let l = listener.try_clone()?;
+        let rx = rx.clone();
         let shared = shared.clone();
-        workers.push(
+        threads.push(
             thread::Builder::new()
                 .name(format!("heapsight-http-{i}"))
                 .spawn(move || {
                     profiler_scope(|| {
                         shared.ready.fetch_add(1, Release);
-                        worker(l, &shared.stop)
+                        worker(&rx);
+                        drop(rx);
                     })
                 })?,
         );
     }
-    while shared.ready.load(Acquire) < WORKERS {
+    {
+        let shared = shared.clone();
+        threads.push(
+            thread::Builder::new()
+                .name("heapsight-http-accept".into())
+                .spawn(move || {
+                    profiler_scope(|| {
+                        shared.ready.fetch_add(1, Release);
+                        accept_loop(&listener, &shared.stop, tx);
+                        drop(listener);
+                    })
+                })?,
+        );
+    }
+    profiler_scope(|| drop(rx));
+    while shared.ready.load(Acquire) < WORKERS + 1 {
         thread::sleep(Duration::from_millis(1));
     }
     Ok(Handle {
         addr,
         shared,
-        workers,
+        threads,
     })
 }
 
-/// Serves on `HEAPSIGHT_HTTP_ADDR` if it is set (`Ok(None)` if not): drop-in use without code
-/// changes beyond this one call. An unusable address is an error naming the variable.
-pub fn serve_from_env() -> io::Result<Option<Handle>> {
-    match std::env::var("HEAPSIGHT_HTTP_ADDR") {
-        Ok(a) if !a.trim().is_empty() => serve(a.trim())
-            .map(Some)
-            .map_err(|e| io::Error::new(e.kind(), format!("HEAPSIGHT_HTTP_ADDR={a:?}: {e}"))),
-        _ => Ok(None),
+/// Serves on `HEAPSIGHT_HTTP_ADDR` if it is set, else returns `None`: drop-in use without code
+/// changes beyond this one call.
+///
+/// Accepts `HOST:PORT` and Go's `:PORT`, which listens on every interface (IPv4), as in Go; that
+/// form prints one line saying so, since the default elsewhere is loopback. A value that is not
+/// an address, or one that cannot be bound, prints one line on stderr and returns `None`: the
+/// program goes on without the server.
+pub fn serve_from_env() -> Option<Handle> {
+    let raw = std::env::var_os("HEAPSIGHT_HTTP_ADDR")?;
+    let value = raw.to_string_lossy();
+    if value.trim().is_empty() {
+        return None;
     }
-}
-
-fn worker(listener: TcpListener, stop: &AtomicBool) {
-    while !stop.load(Relaxed) {
-        match listener.accept() {
-            Ok((stream, _)) if !stop.load(Relaxed) => {
-                let _ = handle_connection(stream);
-            }
-            Ok(_) => return,
-            // Out of descriptors and the like: back off instead of spinning.
-            Err(_) => thread::sleep(Duration::from_millis(50)),
+    let shown = format!("HEAPSIGHT_HTTP_ADDR={value:?}");
+    let addr = match crate::config::parse_http_addr(&value) {
+        Ok(a) => a,
+        Err(_) => {
+            eprintln!(
+                "heapsight: {shown} is not an address: expected {}; not serving",
+                crate::config::HTTP_ADDR_VALUES
+            );
+            return None;
         }
-    }
-}
-
-fn handle_connection(mut stream: TcpStream) -> io::Result<()> {
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    let (method, target, head_len, body_len) = loop {
-        let n = stream.read(&mut chunk)?;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&buf) {
-            Ok(httparse::Status::Complete(head_len)) => {
-                break (
-                    req.method.unwrap_or("").to_string(),
-                    req.path.unwrap_or("").to_string(),
-                    head_len,
-                    content_length(req.headers),
+    };
+    match serve(addr.bind.as_str()) {
+        Ok(h) => {
+            if addr.all_interfaces {
+                eprintln!(
+                    "heapsight: {shown}: serving on every IPv4 interface ({}), not only loopback",
+                    h.local_addr()
                 );
             }
-            Ok(httparse::Status::Partial) if buf.len() < MAX_REQUEST_BYTES => continue,
-            Ok(httparse::Status::Partial) => {
-                return write_response(
-                    &mut stream,
-                    &Response::text(431, "request header too large".into()),
-                    true,
-                )
+            Some(h)
+        }
+        Err(e) => {
+            eprintln!("heapsight: {shown}: cannot listen there: {e}; not serving");
+            None
+        }
+    }
+}
+
+fn worker(rx: &Mutex<Receiver<Job>>) {
+    loop {
+        // The lock is held only while waiting for the next job, never while serving one.
+        let job = match rx.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        let Ok(mut job) = job else {
+            return; // the accept loop is gone: shutting down
+        };
+        let head_only = job.method == "HEAD";
+        let response = if job.method == "GET" || head_only {
+            respond(&job.target)
+        } else if job.method == "POST" && super::takes_post(&job.target) {
+            match read_body(&mut job.stream, &job.early, job.body_len) {
+                Ok(body) => super::respond_post(&job.target, &body),
+                Err(refusal) => refusal,
             }
-            Err(e) => {
-                return write_response(
-                    &mut stream,
-                    &Response::text(400, format!("malformed request: {e}")),
-                    true,
-                )
+        } else if job.method == "POST" {
+            super::respond_post(&job.target, &[])
+        } else {
+            Response::text(
+                405,
+                format!("method {} not allowed: use GET", printable(&job.method)),
+            )
+        };
+        let _ = write_response(&mut job.stream, &response, !head_only);
+    }
+}
+
+/// A connection still sending its request head.
+struct Pending {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    since: Instant,
+}
+
+/// What the bytes received so far amount to.
+enum Head {
+    Partial,
+    Complete {
+        method: String,
+        target: String,
+        early: Vec<u8>,
+        body_len: Option<usize>,
+    },
+    Reject(Response),
+}
+
+fn parse_head(buf: &[u8]) -> Head {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => Head::Complete {
+            method: req.method.unwrap_or("").to_string(),
+            target: req.path.unwrap_or("").to_string(),
+            early: buf[n..].to_vec(),
+            body_len: content_length(req.headers),
+        },
+        Ok(httparse::Status::Partial) if buf.len() < MAX_REQUEST_BYTES => Head::Partial,
+        Ok(httparse::Status::Partial) => {
+            Head::Reject(Response::text(431, "request header too large".into()))
+        }
+        Err(e) => Head::Reject(Response::text(400, format!("malformed request: {e}"))),
+    }
+}
+
+fn accept_loop(listener: &TcpListener, stop: &AtomicBool, jobs: SyncSender<Job>) {
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut fds: Vec<libc::pollfd> = Vec::new();
+    while !stop.load(Relaxed) {
+        fds.clear();
+        fds.push(pollfd(listener.as_raw_fd()));
+        fds.extend(pending.iter().map(|p| pollfd(p.stream.as_raw_fd())));
+        // SAFETY: `fds` is a live, initialised array of `fds.len()` pollfd structs, borrowed
+        // mutably for the call only.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, TICK_MS) };
+        if n < 0 {
+            // EINTR, or out of memory in the kernel: try again after a pause.
+            thread::sleep(Duration::from_millis(10));
+            continue;
+        }
+        // Readable connections first, in reverse so that `swap_remove` only moves entries
+        // already visited.
+        for i in (0..pending.len()).rev() {
+            if fds[i + 1].revents == 0 {
+                continue;
+            }
+            match read_more(&mut pending[i]) {
+                Ok(true) => match parse_head(&pending[i].buf) {
+                    Head::Partial => {}
+                    Head::Complete {
+                        method,
+                        target,
+                        early,
+                        body_len,
+                    } => {
+                        let p = pending.swap_remove(i);
+                        dispatch(
+                            &jobs,
+                            Job {
+                                stream: p.stream,
+                                method,
+                                target,
+                                early,
+                                body_len,
+                            },
+                        );
+                    }
+                    Head::Reject(r) => {
+                        let mut p = pending.swap_remove(i);
+                        reply_now(&mut p.stream, &r);
+                    }
+                },
+                // Closed before a whole head arrived, or failed: drop it.
+                Ok(false) | Err(_) => drop(pending.swap_remove(i)),
             }
         }
-    };
-    let head_only = method == "HEAD";
-    let response = if method == "GET" || head_only {
-        respond(&target)
-    } else if method == "POST" && super::takes_post(&target) {
-        match read_body(&mut stream, &buf[head_len..], body_len) {
-            Ok(body) => super::respond_post(&target, &body),
-            Err(refusal) => refusal,
+        let now = Instant::now();
+        pending.retain(|p| now.duration_since(p.since) < HEADER_TIMEOUT);
+        if fds[0].revents != 0 {
+            loop {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        if stream.set_nonblocking(true).is_err() {
+                            continue;
+                        }
+                        if pending.len() >= MAX_PENDING {
+                            // `retain` and `swap_remove` keep no order; drop the oldest.
+                            if let Some(oldest) =
+                                (0..pending.len()).min_by_key(|&i| pending[i].since)
+                            {
+                                drop(pending.swap_remove(oldest));
+                            }
+                        }
+                        pending.push(Pending {
+                            stream,
+                            buf: Vec::new(),
+                            since: Instant::now(),
+                        });
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    // Out of descriptors and the like: the next poll retries after a pause.
+                    Err(_) => {
+                        thread::sleep(Duration::from_millis(50));
+                        break;
+                    }
+                }
+            }
         }
-    } else if method == "POST" {
-        super::respond_post(&target, &[])
-    } else {
-        Response::text(
-            405,
-            format!("method {} not allowed: use GET", printable(&method)),
-        )
-    };
-    write_response(&mut stream, &response, !head_only)
+    }
+}
+
+fn pollfd(fd: i32) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    }
+}
+
+/// Reads what is available without blocking. `Ok(false)`: the peer closed the connection.
+fn read_more(p: &mut Pending) -> io::Result<bool> {
+    let mut chunk = [0u8; 2048];
+    loop {
+        match p.stream.read(&mut chunk) {
+            Ok(0) => return Ok(false),
+            Ok(n) => {
+                p.buf.extend_from_slice(&chunk[..n]);
+                if p.buf.len() >= MAX_REQUEST_BYTES {
+                    return Ok(true);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Hands a complete request to the workers, or answers 503 if they are all behind.
+fn dispatch(jobs: &SyncSender<Job>, job: Job) {
+    if job.stream.set_nonblocking(false).is_err()
+        || job.stream.set_read_timeout(Some(IO_TIMEOUT)).is_err()
+        || job.stream.set_write_timeout(Some(IO_TIMEOUT)).is_err()
+    {
+        return;
+    }
+    match jobs.try_send(job) {
+        Ok(()) => {}
+        Err(TrySendError::Full(mut j)) => {
+            reply_now(
+                &mut j.stream,
+                &Response::text(503, "busy: too many requests queued".into()),
+            );
+        }
+        Err(TrySendError::Disconnected(_)) => {}
+    }
+}
+
+/// Answers a short error from the accept loop itself, giving up at once on a slow reader.
+fn reply_now(stream: &mut TcpStream, r: &Response) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+    let _ = write_response(stream, r, true);
 }
 
 /// Largest `POST` body read (a symbol request for 10,000 locations is about 150 KB).
@@ -221,6 +441,7 @@ fn write_response(stream: &mut TcpStream, r: &Response, with_body: bool) -> io::
         411 => "Length Required",
         413 => "Payload Too Large",
         431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
         _ => "Internal Server Error",
     };
     let mut head = format!(

@@ -142,6 +142,7 @@ pub(crate) fn delta(later: &HeapProfile, earlier: &HeapProfile) -> HeapProfile {
         symbol_cache_bytes: later.symbol_cache_bytes,
         symbol_notes: later.symbol_notes.clone(),
         tag_names: later.tag_names.clone(),
+        tag_labels: later.tag_labels.clone(),
         lifetimes,
         sites_by_tag: Vec::new(),
     };

@@ -83,17 +83,28 @@ fn bin_mid(b: usize) -> u64 {
 
 /// The distributions of profile stack `stack`. Must run inside the profiler guard.
 pub(crate) fn of_stack(p: &HeapProfile, stack: usize) -> Distribution {
+    of_stacks(p, &[stack])
+}
+
+/// The distributions of several profile stacks together. Must run inside the profiler guard.
+pub(crate) fn of_stacks(p: &HeapProfile, stacks: &[usize]) -> Distribution {
     let mut sizes = histogram();
     let mut lifetimes = histogram();
-    for r in p.records.iter().filter(|r| r.stack == stack && r.size > 0) {
+    for r in p
+        .records
+        .iter()
+        .filter(|r| stacks.contains(&r.stack) && r.size > 0)
+    {
         let n = r.est.alloc_objects.round() as u64;
         // Sizes beyond HIGH are clamped to it (cannot happen on a 48-bit address space).
         let _ = sizes.record_n(r.size.clamp(1, HIGH), n);
     }
-    if let Some(row) = p.lifetime_row(stack) {
-        for (b, &n) in row.iter().enumerate() {
-            if n > 0 {
-                let _ = lifetimes.record_n(bin_mid(b).clamp(1, HIGH), n as u64);
+    for &stack in stacks {
+        if let Some(row) = p.lifetime_row(stack) {
+            for (b, &n) in row.iter().enumerate() {
+                if n > 0 {
+                    let _ = lifetimes.record_n(bin_mid(b).clamp(1, HIGH), n as u64);
+                }
             }
         }
     }

@@ -146,6 +146,7 @@ pub(crate) fn synthetic() -> HeapProfile {
         symbol_cache_bytes: 4096,
         symbol_notes: Vec::new(),
         tag_names: vec![String::new(), "cache".to_string()],
+        tag_labels: Vec::new(),
         lifetimes,
         sites_by_tag: Vec::new(),
     };

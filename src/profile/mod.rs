@@ -172,6 +172,7 @@ impl HeapProfile {
 
     /// Renders the folded stacks of `ty` as an SVG flamegraph with `inferno`.
     #[cfg(feature = "flamegraph")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "flamegraph")))]
     pub fn write_flamegraph(&self, w: impl Write, ty: SampleType) -> io::Result<()> {
         encode_then_write(w, |buf| folded::write_flamegraph(self, ty, buf))
     }

@@ -9,7 +9,8 @@
 //! * One `Sample` per record (stack × size × rate × tag): location ids leaf first, the four
 //!   values *already unbiased* (pprof never rescales a proto profile: the weights were applied
 //!   per sample when the snapshot was taken, see `snapshot::estimates`), rounded to integers; a
-//!   numeric label `bytes` = the allocation size; a string label `tag` when the record is tagged.
+//!   numeric label `bytes` = the allocation size; when the record is tagged, one string label per
+//!   pair of its tag's label set (`tag` = the name for a plain tag).
 //! * `Location`: one per distinct return address, `address` = return address − 1 (inside the
 //!   call instruction, so symbolizers report the call's line), inlined functions as several
 //!   `Line`s, innermost first. Ids start at 1 (0 means "none" in proto3).
@@ -41,7 +42,19 @@ const SHORT_NAME_DROP: &str = "take_sample";
 /// `::grow_one`. So the name loses its outer `<...>` wrapper (`alloc::raw_vec::RawVec<u8>::grow_one`,
 /// which pprof shows as `alloc::raw_vec::RawVec::grow_one`; `<u64 as core::fmt::Display>::fmt`
 /// becomes `u64 as core::fmt::Display::fmt`); `system_name` keeps the exact demangled name.
+/// A turbofish loses its `::` for the same reason: pprof would show
+/// `std::panic::catch_unwind::<F, R>` as `std::panic::catch_unwind::`, with a dangling `::`, and
+/// shows `std::panic::catch_unwind<F, R>` as `std::panic::catch_unwind`.
 pub(crate) fn display_name(function: &str) -> String {
+    let name = outer_brackets_removed(function);
+    if name.contains("::<") {
+        name.replace("::<", "<")
+    } else {
+        name
+    }
+}
+
+fn outer_brackets_removed(function: &str) -> String {
     if !function.starts_with('<') {
         return function.to_string();
     }
@@ -138,7 +151,19 @@ pub(crate) fn encode(
     let mut loc_ids: HashMap<(usize, usize), u64, FxBuild> = HashMap::default();
     let mut locs: Vec<&Frame> = Vec::new();
     let bytes_key = st.intern("bytes");
-    let tag_key = st.intern("tag");
+    // Each tag's string labels as (key, value) string-table indices, interned once per tag.
+    let tag_labels: Vec<Vec<(i64, i64)>> = (0..p.tag_names.len())
+        .map(|id| match p.tag_labels.get(id) {
+            _ if id == 0 => Vec::new(),
+            Some(set) if !set.is_empty() => set
+                .iter()
+                .map(|(k, v)| (st.intern(k), st.intern(v)))
+                .collect(),
+            _ => p.tag_name(id as u32).map_or(Vec::new(), |name| {
+                vec![(st.intern(crate::tags::TAG_KEY), st.intern(name))]
+            }),
+        })
+        .collect();
     let mut ids: Vec<u64> = Vec::new();
     // The overflow pseudo-site has no frames; pprof would show its samples nowhere, so it gets
     // one pseudo-location (address 0, no mapping) whose function names it.
@@ -175,7 +200,7 @@ pub(crate) fn encode(
         } else {
             r.size as i64
         };
-        let tag = p.tag_name(r.tag).map(|n| st.intern(n));
+        let labels: &[(i64, i64)] = tag_labels.get(r.tag as usize).map_or(&[], Vec::as_slice);
         e.message(2, |e| {
             e.packed(1, ids.iter().copied());
             e.packed(
@@ -187,10 +212,10 @@ pub(crate) fn encode(
                 e.i64_opt(1, bytes_key);
                 e.i64_opt(3, size);
             });
-            if let Some(tag) = tag {
+            for &(key, value) in labels {
                 e.message(3, |e| {
-                    e.i64_opt(1, tag_key);
-                    e.i64_opt(2, tag);
+                    e.i64_opt(1, key);
+                    e.i64_opt(2, value);
                 });
             }
         });
@@ -328,6 +353,16 @@ mod tests {
             "u64 as core::fmt::Display::fmt"
         );
         assert_eq!(display_name("app::build"), "app::build");
+        assert_eq!(
+            display_name(
+                "std::panic::catch_unwind::<std::rt::lang_start_internal::{closure#0}, isize>"
+            ),
+            "std::panic::catch_unwind<std::rt::lang_start_internal::{closure#0}, isize>"
+        );
+        assert_eq!(
+            display_name("<alloc::vec::Vec<u8>>::extend::<core::iter::Once<u8>>"),
+            "alloc::vec::Vec<u8>::extend<core::iter::Once<u8>>"
+        );
         assert_eq!(display_name("<unbalanced"), "<unbalanced");
         assert_eq!(display_name("<T as Tr<U>>"), "<T as Tr<U>>");
     }

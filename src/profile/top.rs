@@ -1,6 +1,11 @@
 //! The human table: the heaviest sites, each named by the first frame of the program and the
 //! growth frame under it (which container grew: `RawVec` grow, hashbrown `reserve_rehash`,
 //! `format_inner`, ...).
+//!
+//! Rows are unique: stacks that get the same name (they differ only above the program frame,
+//! in callers the table does not show, or in library frames between) are one row, which says
+//! how many stacks it merges. Two rows with one name and different numbers would hide which is
+//! which; the flamegraph and pprof keep the stacks apart for whoever needs the callers.
 use core::fmt;
 
 use super::dist;
@@ -92,10 +97,12 @@ pub(crate) fn is_library(function: &str) -> bool {
     LIBRARY_CRATES.contains(&crate_of(function)) || function.starts_with("__") || function == "??"
 }
 
-/// One row: a site and how it is named.
+/// One row: the sites sharing one name, and that name.
 struct Row {
     value: f64,
     samples: u64,
+    /// Distinct stacks merged into this row.
+    stacks: usize,
     user: Option<Symbol>,
     growth: Option<Symbol>,
     leaf_address: usize,
@@ -105,8 +112,9 @@ struct Row {
     life: [Option<std::time::Duration>; 2],
 }
 
-/// The heaviest sites of a profile by one [`SampleType`], from [`HeapProfile::top`]. Print it
-/// with `{}`.
+/// The heaviest sites of a profile by one [`SampleType`], from [`HeapProfile::top`]: one row per
+/// site name (program frame and growth frame), merging the stacks that share it. Print it with
+/// `{}`.
 pub struct Top {
     ty: SampleType,
     total: f64,
@@ -151,6 +159,11 @@ impl Top {
             .map(|s| s.function.as_str())
     }
 
+    /// How many distinct stacks the `i`-th row merges (they share its name).
+    pub fn stacks(&self, i: usize) -> Option<usize> {
+        self.rows.get(i).map(|r| r.stacks)
+    }
+
     /// The `i`-th row's value (unbiased estimate of the sample type).
     pub fn value(&self, i: usize) -> Option<f64> {
         self.rows.get(i).map(|r| r.value)
@@ -190,25 +203,65 @@ pub(crate) fn build(p: &HeapProfile, n: usize, ty: SampleType) -> Top {
         per_stack[r.stack].1 += r.allocs;
     }
     let total: f64 = per_stack.iter().map(|v| v.0).sum();
-    let mut order: Vec<usize> = (0..per_stack.len())
+    let nonzero: Vec<usize> = (0..per_stack.len())
         .filter(|&i| per_stack[i].0.round() > 0.0)
         .collect();
-    let sites = order.len();
-    order.sort_by(|&a, &b| per_stack[b].0.total_cmp(&per_stack[a].0).then(a.cmp(&b)));
-    let rows = order
-        .into_iter()
-        .take(n)
-        .map(|stack| {
-            let frames = &p.stacks[stack];
-            let (user, growth) = name_site(frames);
-            let d = dist::of_stack(p, stack);
-            Row {
-                value: per_stack[stack].0,
-                samples: per_stack[stack].1,
+    let sites = nonzero.len();
+    // Group the stacks by the name their row would show.
+    struct Group {
+        value: f64,
+        samples: u64,
+        stacks: Vec<usize>,
+        user: Option<Symbol>,
+        growth: Option<Symbol>,
+    }
+    let mut groups: Vec<Group> = Vec::new();
+    let mut by_name: std::collections::HashMap<String, usize> = Default::default();
+    for stack in nonzero {
+        let frames = &p.stacks[stack];
+        let (user, growth) = name_site(frames);
+        let name = if stack == 0 {
+            String::from("\0overflow")
+        } else {
+            let g = growth.as_ref().map_or("", |g| g.function.as_str());
+            match &user {
+                Some(u) => format!("{}\0{g}", Where(u)),
+                None => format!("{:#x}\0{g}", frames.first().map_or(0, |f| f.address)),
+            }
+        };
+        let i = *by_name.entry(name).or_insert_with(|| {
+            groups.push(Group {
+                value: 0.0,
+                samples: 0,
+                stacks: Vec::new(),
                 user,
                 growth,
-                leaf_address: frames.first().map_or(0, |f| f.address),
-                overflow: stack == 0,
+            });
+            groups.len() - 1
+        });
+        groups[i].value += per_stack[stack].0;
+        groups[i].samples += per_stack[stack].1;
+        groups[i].stacks.push(stack);
+    }
+    groups.sort_by(|a, b| {
+        b.value
+            .total_cmp(&a.value)
+            .then(a.stacks[0].cmp(&b.stacks[0]))
+    });
+    let rows = groups
+        .into_iter()
+        .take(n)
+        .map(|g| {
+            let first = g.stacks[0];
+            let d = dist::of_stacks(p, &g.stacks);
+            Row {
+                value: g.value,
+                samples: g.samples,
+                stacks: g.stacks.len(),
+                user: g.user,
+                growth: g.growth,
+                leaf_address: p.stacks[first].first().map_or(0, |f| f.address),
+                overflow: first == 0,
                 size: [d.size_quantile(0.5), d.size_quantile(0.99)],
                 life: [d.lifetime_quantile(0.5), d.lifetime_quantile(0.99)],
             }
@@ -223,7 +276,7 @@ pub(crate) fn build(p: &HeapProfile, n: usize, ty: SampleType) -> Top {
 }
 
 /// `1234567` bytes as `1.18 MiB`; counts as plain integers.
-struct Amount(f64, SampleType);
+pub(crate) struct Amount(pub f64, pub SampleType);
 
 impl fmt::Display for Amount {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -251,7 +304,7 @@ struct Where<'a>(&'a Symbol);
 
 impl fmt::Display for Where<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0.function)?;
+        f.write_str(&super::folded::clean_name(&self.0.function))?;
         if let Some(file) = &self.0.file {
             let base = file.rsplit('/').next().unwrap_or(file);
             write!(f, " ({base}:{})", self.0.line.unwrap_or(0))?;
@@ -305,8 +358,12 @@ impl fmt::Display for Top {
                 (Some(u), _) => write!(f, "{}", Where(u))?,
                 (None, _) => write!(f, "{:#x} (no program frame)", r.leaf_address)?,
             }
+            if r.stacks > 1 {
+                write!(f, " [{} stacks]", r.stacks)?;
+            }
             if let Some(g) = &r.growth {
-                write!(f, "\n{:>64}  <- {}", "", g.function)?;
+                let g = super::folded::clean_name(&g.function);
+                write!(f, "\n{:>64}  <- {g}", "")?;
             }
             writeln!(f)?;
         }
@@ -317,6 +374,37 @@ impl fmt::Display for Top {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stacks_sharing_a_name_are_one_row() {
+        use crate::symbols::Frame;
+        let (p, before) = profiler_scope(|| {
+            let mut p = crate::profile::golden_tests::synthetic();
+            let before = p.top(10, SampleType::InuseSpace).value(0).unwrap();
+            // A copy of stack 1 reached from another caller: the same row name.
+            let mut frames: Vec<Frame> = p.stacks[1].to_vec();
+            let last = frames.len() - 1;
+            frames[last].address += 0x100;
+            p.stacks.push(frames.into());
+            let mut r = p.records.iter().find(|r| r.stack == 1).unwrap().clone();
+            r.stack = p.stacks.len() - 1;
+            p.records.push(r);
+            (p, before)
+        });
+        let t = p.top(10, SampleType::InuseSpace);
+        let names: Vec<String> = (0..t.len())
+            .map(|i| format!("{:?} {:?}", t.user_function(i), t.growth_function(i)))
+            .collect();
+        let mut unique = names.clone();
+        unique.dedup();
+        assert_eq!(names.len(), unique.len(), "{names:?}");
+        assert_eq!(t.stacks(0), Some(2));
+        assert!(t.value(0).unwrap() > before);
+        assert!(
+            t.to_string().contains("app::build (main.rs:12) [2 stacks]"),
+            "{t}"
+        );
+    }
 
     #[test]
     fn library_frames_are_recognised_through_impl_brackets() {

@@ -281,12 +281,46 @@ fn path_right(bits: u64, levels: u32, f: &mut dyn FnMut()) {
     std::hint::black_box(levels);
 }
 
+/// A directory under the system's temporary directory, removed with everything in it when
+/// dropped (also when the test panics): nothing a test writes outlives it.
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    /// Creates `<tmp>/heapsight-<what>-<pid>-<n>`.
+    pub fn new(what: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("heapsight-{what}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create a temporary directory");
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+
+    pub fn join(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Runs `go tool pprof ARGS...` and returns its standard output; fails the test, with pprof's
-/// standard error, if pprof fails. (Check [`have_tool`]`("go")` first.)
+/// standard error, if pprof fails. (Check [`have_tool`]`("go")` first.) pprof saves every
+/// profile it fetches by URL into `PPROF_TMPDIR` (default `~/pprof`): here that is a temporary
+/// directory removed afterwards.
 pub fn go_pprof<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
+    let tmp = TempDir::new("pprof-tmp");
     let out = std::process::Command::new("go")
         .args(["tool", "pprof"])
         .args(args)
+        .env("PPROF_TMPDIR", tmp.path())
         .output()
         .expect("run go tool pprof");
     assert!(
