@@ -5,8 +5,10 @@
 //! * **alloc**: subtract `size` from the countdown; still positive? count into this thread's
 //!   slot, done. Otherwise the `#[cold]` [`alloc_slow`]: a new thread, the profiler guard, an
 //!   exited thread, or a sample.
-//! * **free**: the sampled-block filter byte zero (masked with `free_mask`, which also sends
-//!   threads without a slot to the slow path)? count, done. Otherwise [`free_slow`].
+//! * **free**: subtract `size` from the free countdown (`free_left`, 0 for threads without a
+//!   slot); still positive and the sampled-block filter byte zero? count, done. Otherwise
+//!   [`free_slow`]: a flush (every [`counters::FREE_FLUSH`] bytes), a thread without a slot, or a
+//!   block that may be sampled.
 //!
 //! No lock, no shared read-modify-write, no allocation, no hashing but the filter's shift-and-mask.
 //! Blocks carry no header: the inner allocator sees exactly the caller's layout.
@@ -16,7 +18,7 @@ use std::alloc::System;
 
 use crate::counters::{self, Slot};
 use crate::guard::{InProfiler, ThreadState, LIFE_ACTIVE, LIFE_EXITED, LIFE_NEW, THREAD};
-use crate::{config, sampler, sites, stack};
+use crate::{config, filter, sampler, sites, stack};
 
 /// A `#[global_allocator]` that profiles the heap of the program it serves.
 ///
@@ -83,10 +85,15 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for HeapSight<A> {
         debug_assert!(!ptr.is_null(), "dealloc of a null pointer");
         // Count (and retire a sample) before the block can be handed out again by `A`: another
         // thread could otherwise be given and sample this address before we remove ours.
-        on_free(ptr, layout.size());
-        // SAFETY: the caller guarantees `ptr` was allocated by this allocator with `layout`,
-        // hence by `A` with `layout`.
-        unsafe { self.inner.dealloc(ptr, layout) }
+        // Both branches end in a tail call, so the fast path needs no stack frame of its own.
+        if on_free(ptr, layout.size()) {
+            // SAFETY: the caller guarantees `ptr` was allocated by this allocator with `layout`,
+            // hence by `A` with `layout`.
+            unsafe { self.inner.dealloc(ptr, layout) }
+        } else {
+            // SAFETY: as above.
+            unsafe { dealloc_slow(&self.inner, ptr, layout) }
+        }
     }
 
     #[inline]
@@ -96,27 +103,55 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for HeapSight<A> {
             Layout::from_size_align(new_size, layout.align()).is_ok(),
             "realloc to a size that overflows when rounded to the alignment"
         );
-        // The old block may be a live sample: take it out before `A` may free it (see dealloc).
-        let taken = if sites::maybe_sampled(ptr) {
-            take_sample_for_realloc(ptr)
-        } else {
-            None
-        };
+        // The old block may be a live sample: that case (and the filter's false positives) goes
+        // out of line, so the common path keeps no sample on its stack.
+        if filter::maybe_sampled(ptr) {
+            // SAFETY: the caller's guarantees, passed on unchanged.
+            return unsafe { realloc_maybe_sampled(&self.inner, ptr, layout, new_size) };
+        }
         // SAFETY: forwarded unchanged; the caller's guarantees about `ptr`, `layout` and
         // `new_size` are the ones `A::realloc` requires.
         let new = unsafe { self.inner.realloc(ptr, layout, new_size) };
-        if new.is_null() {
-            // The old block is untouched and still the caller's: put its sample back.
-            if let Some(live) = taken {
-                crate::guard::profiler_scope(|| sites::restore_sample(ptr, live));
-            }
-            return new;
+        if !new.is_null() {
+            // One free of the old block and one allocation of the new one, as Go's growslice does.
+            on_free_counted(ptr, layout.size());
+            on_alloc(new, new_size);
         }
-        // One free of the old block and one allocation of the new one, as Go's growslice does.
-        on_free_counted(ptr, layout.size());
-        on_alloc(new, new_size);
         new
     }
+}
+
+/// `realloc` of a block whose filter byte is set: takes its sample out (if it is one) before `A`
+/// may free the block (see `dealloc`), and puts it back if `A` fails.
+///
+/// # Safety
+/// As `GlobalAlloc::realloc`: `ptr` was allocated by `inner` with `layout`, and `new_size`
+/// rounded up to `layout.align()` does not overflow `isize`.
+#[cold]
+#[inline(never)]
+unsafe fn realloc_maybe_sampled<A: GlobalAlloc>(
+    inner: &A,
+    ptr: *mut u8,
+    layout: Layout,
+    new_size: usize,
+) -> *mut u8 {
+    let taken = if filter::is_sampled(ptr) {
+        take_sample_for_realloc(ptr)
+    } else {
+        None
+    };
+    // SAFETY: the caller's guarantees, passed on unchanged.
+    let new = unsafe { inner.realloc(ptr, layout, new_size) };
+    if new.is_null() {
+        // The old block is untouched and still the caller's: put its sample back.
+        if let Some(live) = taken {
+            crate::guard::profiler_scope(|| sites::restore_sample(ptr, live));
+        }
+        return new;
+    }
+    on_free_counted(ptr, layout.size());
+    on_alloc(new, new_size);
+    new
 }
 
 #[inline(always)]
@@ -139,31 +174,53 @@ fn on_alloc(ptr: *mut u8, size: usize) {
     })
 }
 
+/// The free fast path: counts the free and returns `true`, or returns `false` (having changed
+/// nothing) when it needs [`dealloc_slow`].
 #[inline(always)]
-fn on_free(ptr: *mut u8, size: usize) {
+fn on_free(ptr: *mut u8, size: usize) -> bool {
     THREAD.with(|t| {
-        // One test for both rare cases: maybe sampled, or no slot (new thread, guard, exiting;
-        // their `free_mask` of 0 points every address at the always-set filter byte 0).
-        if sites::free_needs_slow_path(ptr, t.free_mask.get()) {
-            free_slow(t, ptr, size, true)
+        // As on alloc: subtract first, test after. `free_left` is 0 without a slot (new thread,
+        // guard, exiting), so this one test also catches those; the slow path adds `size` back.
+        let (c, borrow) = t.free_left.get().overflowing_sub(size as u64);
+        t.free_left.set(c);
+        if !borrow & (c != 0) & !filter::maybe_sampled(ptr) {
+            // SAFETY: `free_left > 0` only while this thread's slot is installed in `t.slot`
+            // (`set_slot` and the guard zero it whenever the slot is cleared), and slots are
+            // never freed.
+            unsafe { (*t.slot.get()).add_free(size) };
+            true
         } else {
-            // SAFETY: a nonzero `free_mask` means `slot` is installed (they are set together), and
-            // a non-null slot is this thread's owned, never-freed slot.
-            unsafe { (*t.slot.get()).add_free(size) }
+            // `dealloc_slow` adds `size` back (not here: the compiler would then keep the old
+            // value in a register instead of subtracting in memory).
+            false
         }
     })
+}
+
+/// The rare free: new thread, guard, exiting thread, flush due, or a block that may be sampled.
+///
+/// # Safety
+/// As `GlobalAlloc::dealloc`: `ptr` was allocated by `inner` with `layout` and is not used
+/// after this call.
+#[cold]
+#[inline(never)]
+unsafe fn dealloc_slow<A: GlobalAlloc>(inner: &A, ptr: *mut u8, layout: Layout) {
+    THREAD.with(|t| undo_and_free_slow(t, ptr, layout.size(), true));
+    // SAFETY: the caller's guarantees, passed on unchanged.
+    unsafe { inner.dealloc(ptr, layout) }
 }
 
 /// Counts a free whose sample, if any, was already taken out (realloc).
 #[inline(always)]
 fn on_free_counted(ptr: *mut u8, size: usize) {
     THREAD.with(|t| {
-        let slot = t.slot.get();
-        if slot.is_null() {
-            free_slow(t, ptr, size, false)
-        } else {
+        let (c, borrow) = t.free_left.get().overflowing_sub(size as u64);
+        t.free_left.set(c);
+        if !borrow & (c != 0) {
             // SAFETY: as in `on_free`.
-            unsafe { (*slot).add_free(size) }
+            unsafe { (*t.slot.get()).add_free(size) }
+        } else {
+            undo_and_free_slow(t, ptr, size, false)
         }
     })
 }
@@ -193,7 +250,6 @@ impl Drop for ExitHook {
             let slot = t.own_slot();
             t.life.set(LIFE_EXITED);
             t.set_slot(core::ptr::null());
-            t.set_countdown(0);
             if !slot.is_null() {
                 // SAFETY: slots are never freed.
                 counters::release_slot(unsafe { &*slot });
@@ -236,21 +292,32 @@ fn alloc_slow(t: &ThreadState, ptr: *mut u8, size: usize) {
     // countdown was drawn with.
     let rate = t.drawn_rate.get();
     rearm(t);
+    // Constant time whatever the thread count (one shared `fetch_add`; see `counters`).
     counters::resync(slot);
     if rate != 0 {
         take_sample(t, ptr, size as u64, rate);
     }
 }
 
+/// The free slow path, entered right after the fast path subtracted `size` from `free_left`:
+/// adds it back first, so the countdown is as before this free (0 for threads without a slot)
+/// and no reader of it sees a wrapped value.
 #[cold]
 #[inline(never)]
+fn undo_and_free_slow(t: &ThreadState, ptr: *mut u8, size: usize, check_sample: bool) {
+    t.free_left.set(t.free_left.get().wrapping_add(size as u64));
+    free_slow(t, ptr, size, check_sample)
+}
+
+#[inline(always)]
 fn free_slow(t: &ThreadState, ptr: *mut u8, size: usize, check_sample: bool) {
     if t.in_profiler.get() {
         // The profiler's own memory; never sampled, so no table look-up (we may hold its lock).
         counters::profiler_free(size);
         return;
     }
-    if check_sample && sites::maybe_sampled(ptr) {
+    // Known to be sampled (exact, lock-free) before the clock is read or the lock taken.
+    if check_sample && filter::maybe_sampled(ptr) && filter::is_sampled(ptr) {
         if let Some(_g) = InProfiler::enter(t) {
             sites::remove_sample(ptr);
         }
@@ -261,9 +328,18 @@ fn free_slow(t: &ThreadState, ptr: *mut u8, size: usize, check_sample: bool) {
     let slot = t.slot.get();
     if slot.is_null() {
         counters::orphan_free(size);
+        return;
+    }
+    // SAFETY: this thread's owned, never-freed slot.
+    let slot: &Slot = unsafe { &*slot };
+    slot.add_free(size);
+    let c = t.free_left.get();
+    if c > size as u64 {
+        t.free_left.set(c - size as u64);
     } else {
-        // SAFETY: this thread's owned, never-freed slot.
-        unsafe { (*slot).add_free(size) }
+        // The free countdown expired: flush this thread's net change (constant time).
+        counters::resync(slot);
+        t.free_left.set(counters::FREE_FLUSH);
     }
 }
 
@@ -349,6 +425,7 @@ fn init_thread(t: &ThreadState) {
         seed().wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
     ));
     t.set_slot(slot);
+    t.set_free_left(counters::FREE_FLUSH);
     t.life.set(LIFE_ACTIVE);
     counters::resync(slot);
     rearm(t);
@@ -410,9 +487,6 @@ pub(crate) fn init_global() {
     if GLOBAL_STATE.load(Acquire) == 2 {
         return;
     }
-    // Before anything else (and before a concurrent initialiser publishes state 2): threads
-    // without a slot rely on this byte (see `sites::free_needs_slow_path`).
-    sites::arm_inactive_byte();
     if GLOBAL_STATE
         .compare_exchange(0, 1, Acquire, Relaxed)
         .is_err()

@@ -11,16 +11,27 @@
 //! those operations go to [`ORPHAN`] with atomic `fetch_add`. That is rare and keeps the counters
 //! exact.
 //!
-//! # Peak in-use bytes without a shared counter
+//! # Peak in-use bytes without a shared counter on the fast path
 //!
-//! The global in-use byte count is only known by summing slots, so no thread can see a new global
-//! peak as it happens. Instead each slot keeps `high_water`, the highest *own* net byte count
-//! (`alloc_bytes - free_bytes` of this slot) since the slot's last *resync*, and `others`, the
-//! in-use bytes of all other slots measured at that resync. `others + high_water` is the peak the
-//! process reached if the other threads did not move in between: exact when one thread allocates
-//! at a time, and otherwise off by at most what the other threads allocated or freed since the
-//! resync. A thread resyncs whenever its sampling countdown fires (every ~rate bytes, every 1 MiB
-//! at rate 0) and whenever it calls [`crate::stats`].
+//! No thread sees the exact global in-use count as it changes. Each slot keeps `high_water`, the
+//! highest *own* net byte count (`alloc_bytes - free_bytes` of this slot) since the slot's last
+//! *flush*, and `others`, the in-use bytes of everybody else as [`INUSE`] knew them at that flush.
+//! `others + high_water` is the slot's peak candidate.
+//!
+//! [`INUSE`] is the one shared in-use figure: each thread adds its net change since its previous
+//! flush ([`resync`]) with one `fetch_add`, at three moments only: when its allocation countdown
+//! expires (every ~rate bytes allocated, every 1 MiB at rate 0), when its free countdown expires
+//! (every [`FREE_FLUSH`] bytes freed) and when it calls [`crate::stats`]. So the cost of a flush
+//! does not depend on the number of threads, and no allocation or free walks the slot list (only
+//! [`totals`], the reader behind `stats()`, does: linear in the number of slots ever created).
+//!
+//! Bound: `INUSE` lags the true in-use count by every thread's unflushed change, which lies
+//! between `-FREE_FLUSH` (frees since its flush) and its allocation countdown (allocations since
+//! its flush: about `rate`, at most ~18 × rate, 1 MiB at rate 0). A candidate takes the others as
+//! of its owner's last flush: it is too high by what they freed since, but by no more than what
+//! the owner allocated before its next flush (one countdown), and too low by what they allocated
+//! since. So the global peak is exact for a single-threaded program, and otherwise off by at
+//! most about one countdown per thread (`tests/threads.rs` checks a thread that only frees).
 //!
 //! The slot stores `high_water` as `headroom = high_water - net`: how far the own net count can
 //! still grow before it makes a new high. An allocation subtracts its size; if that borrows, the
@@ -61,12 +72,15 @@ pub(crate) struct Slot {
     pub alloc_bytes: AtomicU64,
     pub free_objects: AtomicU64,
     pub free_bytes: AtomicU64,
-    /// Highest `alloc_bytes - free_bytes` of this slot since its last resync.
-    /// Highest `alloc_bytes - free_bytes` of this slot since its last resync, minus the current
+    /// Highest `alloc_bytes - free_bytes` of this slot since its last flush, minus the current
     /// `alloc_bytes - free_bytes` (see the module docs). Never negative.
     pub headroom: AtomicU64,
-    /// In-use bytes of every other slot at the last resync.
+    /// In-use bytes of everybody else according to [`INUSE`] at this slot's last flush.
     pub others: AtomicI64,
+    /// This slot's net bytes (`alloc_bytes - free_bytes`) as of its last flush into [`INUSE`].
+    /// Read and written by the owner only (and by [`acquire_slot`]'s next owner, after the
+    /// `owned` handover), hence `Relaxed`.
+    flushed: AtomicI64,
     owned: AtomicBool,
     next: AtomicPtr<Slot>,
     // The fields below are written only when a scope begins or ends, a tag changes, or at a
@@ -104,6 +118,7 @@ impl Slot {
             free_bytes: AtomicU64::new(0),
             headroom: AtomicU64::new(0),
             others: AtomicI64::new(0),
+            flushed: AtomicI64::new(0),
             owned: AtomicBool::new(false),
             next: AtomicPtr::new(ptr::null_mut()),
             scope_hw: AtomicI64::new(0),
@@ -126,8 +141,11 @@ impl Slot {
     /// Highest own net count since the last resync (see the module docs).
     pub fn high_water(&self) -> i64 {
         // Read `alloc_bytes`, then `headroom`, then `free_bytes`: the owner lowers `headroom`
-        // before it raises `alloc_bytes`, and raises `free_bytes` before `headroom` (Release
-        // stores), so a reader racing with the owner under- but never over-estimates the mark.
+        // before it raises `alloc_bytes`, and raises `free_bytes` before `headroom`. The Acquire
+        // load of `alloc_bytes` pairs with its Release store in `add_alloc` (so the lowered
+        // `headroom` is seen), the Acquire load of `headroom` with its Release store in
+        // `add_free` (so the raised `free_bytes` is seen): a reader racing with the owner under-
+        // but never over-estimates the mark.
         let ab = self.alloc_bytes.load(Acquire);
         let h = self.headroom.load(Acquire);
         let fb = self.free_bytes.load(Relaxed);
@@ -176,17 +194,32 @@ impl Slot {
     }
 
     /// Counts one free. Only the owning thread calls this.
+    ///
+    /// The `free_*` stores are `Release` (plain stores on x86-64, `stlr` on aarch64): they pair
+    /// with the `fence(Acquire)` in [`totals`] after it read the frees. A block freed here may
+    /// have been allocated by another thread; its allocation happened before this free, so a
+    /// reader that sees the free also sees the allocation in the other slot, and `alloc >= free`
+    /// holds in every sum. (`Relaxed` would give that only on x86.)
     #[inline(always)]
     pub fn add_free(&self, size: usize) {
         let size = size as u64;
         self.free_objects
-            .store(self.free_objects.load(Relaxed) + 1, Relaxed);
+            .store(self.free_objects.load(Relaxed) + 1, Release);
         self.free_bytes
-            .store(self.free_bytes.load(Relaxed).wrapping_add(size), Relaxed);
+            .store(self.free_bytes.load(Relaxed).wrapping_add(size), Release);
+        // Release, after `free_bytes`: pairs with the `Acquire` load of `headroom` in
+        // [`Slot::high_water`] (see there).
         self.headroom
             .store(self.headroom.load(Relaxed).wrapping_add(size), Release);
     }
 }
+
+/// Bytes a thread frees between two flushes into [`INUSE`] (its free path's countdown).
+pub(crate) const FREE_FLUSH: u64 = 1 << 20;
+
+/// The process's in-use bytes as of every thread's last flush (see the module docs). Only
+/// flushes, orphan operations and slot hand-backs change it, each with one `fetch_add`.
+static INUSE: AtomicI64 = AtomicI64::new(0);
 
 /// Head of the push-only slot list.
 static SLOTS: AtomicPtr<Slot> = AtomicPtr::new(ptr::null_mut());
@@ -202,11 +235,14 @@ static SLOT_COUNT: AtomicUsize = AtomicUsize::new(0);
 pub(crate) fn orphan_alloc(size: usize) {
     ORPHAN.alloc_objects.fetch_add(1, Relaxed);
     ORPHAN.alloc_bytes.fetch_add(size as u64, Relaxed);
+    INUSE.fetch_add(size as i64, Relaxed);
 }
 
 pub(crate) fn orphan_free(size: usize) {
-    ORPHAN.free_objects.fetch_add(1, Relaxed);
-    ORPHAN.free_bytes.fetch_add(size as u64, Relaxed);
+    // Release: pairs with the `fence(Acquire)` in `totals`, as in `Slot::add_free`.
+    ORPHAN.free_objects.fetch_add(1, Release);
+    ORPHAN.free_bytes.fetch_add(size as u64, Release);
+    INUSE.fetch_sub(size as i64, Relaxed);
 }
 
 pub(crate) fn profiler_alloc(size: usize) {
@@ -272,7 +308,11 @@ pub(crate) fn release_slot(s: &'static Slot) {
     // Close the open tag interval: the next owner starts untagged, and its allocations must not
     // count for this thread's last tag (a leaked `TagGuard` would otherwise leave it open).
     switch_tag(s, 0);
+    // Flush: the slot's net change goes into INUSE (and its candidate into PEAK) before nobody
+    // owns it. The next owner starts from `flushed` = the slot's net then.
+    resync(s);
     PEAK.fetch_max(candidate(s), Relaxed);
+    // Release: pairs with the `Acquire` CAS in `acquire_slot`, so the next owner sees `flushed`.
     s.owned.store(false, Release);
 }
 
@@ -305,6 +345,8 @@ pub(crate) fn totals() -> Totals {
     };
     add_frees(&ORPHAN);
     for_each_slot(add_frees);
+    // Pairs with the `Release` stores of `free_*` (`Slot::add_free`, `orphan_free`): every
+    // allocation that happened before a free read above is in the allocation sums read below.
     core::sync::atomic::fence(Acquire);
     let mut peak = PEAK.load(Relaxed);
     let mut add_allocs = |s: &Slot| {
@@ -324,16 +366,23 @@ pub(crate) fn totals() -> Totals {
     t
 }
 
-/// Re-bases this thread's peak candidate on the current global in-use bytes: folds the old
-/// candidate into the global peak, then sets `others` = everyone else's in-use now and
-/// `high_water` = own net now. Only the slot's owner calls this.
+/// Flushes this slot into the shared in-use figure and re-bases its peak candidate on it: folds
+/// the old candidate into the global peak, adds the slot's net change since its last flush to
+/// [`INUSE`] (one `fetch_add`), and sets `others` = everybody else's in-use as INUSE now knows it
+/// and `high_water` = own net now. Constant time: no slot but this one is read. Only the slot's
+/// owner calls this (and `release_slot` on the owner's behalf, at its exit).
 pub(crate) fn resync(own: &Slot) {
-    let t = totals();
-    let net = own.net();
+    PEAK.fetch_max(candidate(own), Relaxed);
     // Keep the maximum for an enclosing `measure()` before `high_water` forgets it.
     fold_scope_hw(own);
-    own.others
-        .store((t.inuse_bytes() as i64).wrapping_sub(net), Relaxed);
+    let net = own.net();
+    let delta = net.wrapping_sub(own.flushed.load(Relaxed));
+    own.flushed.store(net, Relaxed);
+    // Relaxed: read-modify-writes of one atomic are totally ordered, so the sum returned includes
+    // every earlier flush; nothing else is published through INUSE.
+    let inuse = INUSE.fetch_add(delta, Relaxed).wrapping_add(delta);
+    PEAK.fetch_max(inuse.max(0) as u64, Relaxed);
+    own.others.store(inuse.wrapping_sub(net), Relaxed);
     own.headroom.store(0, Relaxed);
 }
 

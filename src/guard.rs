@@ -12,11 +12,10 @@
 //! thread. If they were profiled they would recurse (a sample inside a sample), take the site lock
 //! twice, and be counted as the program's memory. While [`InProfiler`] is held:
 //!
-//! * `countdown` is 0 and `slot` null with `free_mask` 0, so the *unchanged* fast path fails its
-//!   one check on alloc (`countdown > size`) and on free (the filter byte, which `free_mask` 0
-//!   points at the always-set byte 0) and drops into the cold path, which sees
-//!   `in_profiler` and forwards the call with no counting, no sampling and no lock. The fast path
-//!   pays nothing for the guard.
+//! * `countdown` and `free_left` are 0 and `slot` null, so the *unchanged* fast path fails its
+//!   countdown check on alloc (`countdown > size`) and on free (`free_left > size`) and drops
+//!   into the cold path, which sees `in_profiler` and forwards the call with no counting, no
+//!   sampling and no lock. The fast path pays nothing for the guard.
 //! * The bytes are added to the profiler's own tally instead ([`crate::counters::profiler_bytes`]).
 //!
 //! The guard is entered *before* any lock is taken, so no lock of ours is ever awaited by a
@@ -39,10 +38,10 @@ pub(crate) struct ThreadState {
     pub countdown: Cell<u64>,
     /// This thread's counter slot, written only by this thread.
     pub slot: Cell<*const Slot>,
-    /// `sites::FREE_MASK` while `slot` is non-null, 0 while it is null: the free path masks the
-    /// filter index with it, so a null slot forces the cold path on free without a test of its
-    /// own (see `sites::free_needs_slow_path`). Always written together with `slot`.
-    pub free_mask: Cell<usize>,
+    /// Bytes this thread may still free before its next flush (see `counters::flush`): the free
+    /// path's countdown. 0 whenever `slot` is null (new thread, guard held, exited), so that the
+    /// free fast path's one countdown test also sends threads without a slot to the cold path.
+    pub free_left: Cell<u64>,
     /// The sample rate the current `countdown` was drawn with: the weight of the sample it
     /// triggers depends on this rate, not on the rate in force when it fires.
     pub drawn_rate: Cell<u64>,
@@ -51,6 +50,7 @@ pub(crate) struct ThreadState {
     pub life: Cell<u8>,
     pub in_profiler: Cell<bool>,
     saved_countdown: Cell<u64>,
+    saved_free_left: Cell<u64>,
     saved_slot: Cell<*const Slot>,
     /// Interned tag id of the innermost live `tag()` guard (0 = untagged).
     pub tag: Cell<u32>,
@@ -64,12 +64,13 @@ impl ThreadState {
         ThreadState {
             countdown: Cell::new(0),
             slot: Cell::new(ptr::null()),
-            free_mask: Cell::new(0),
+            free_left: Cell::new(0),
             drawn_rate: Cell::new(0),
             rng: Cell::new(0),
             life: Cell::new(LIFE_NEW),
             in_profiler: Cell::new(false),
             saved_countdown: Cell::new(0),
+            saved_free_left: Cell::new(0),
             saved_slot: Cell::new(ptr::null()),
             tag: Cell::new(0),
             stack_lo: Cell::new(0),
@@ -96,23 +97,27 @@ impl ThreadState {
         }
     }
 
-    /// Installs (or clears) the slot; see [`Self::set_countdown`] for the guard case.
-    pub fn set_slot(&self, s: *const Slot) {
+    /// Re-arms the free path's flush countdown; see [`Self::set_countdown`] for the guard case.
+    pub fn set_free_left(&self, c: u64) {
         if self.in_profiler.get() {
-            self.saved_slot.set(s)
+            self.saved_free_left.set(c)
         } else {
-            self.install_slot(s)
+            self.free_left.set(c)
         }
     }
 
-    /// Sets `slot` and its `free_mask` together.
-    fn install_slot(&self, s: *const Slot) {
-        self.slot.set(s);
-        self.free_mask.set(if s.is_null() {
-            0
+    /// Installs (or clears) the slot; see [`Self::set_countdown`] for the guard case. Clearing it
+    /// also zeroes both countdowns, so the fast paths stop counting into it at once.
+    pub fn set_slot(&self, s: *const Slot) {
+        if s.is_null() {
+            self.set_countdown(0);
+            self.set_free_left(0);
+        }
+        if self.in_profiler.get() {
+            self.saved_slot.set(s)
         } else {
-            crate::sites::FREE_MASK
-        });
+            self.slot.set(s)
+        }
     }
 }
 
@@ -132,10 +137,8 @@ impl<'a> InProfiler<'a> {
             return None;
         }
         t.saved_countdown.set(t.countdown.replace(0));
-        // Frees under the guard reach the slow path through filter byte 0: make sure it is set.
-        crate::sites::arm_inactive_byte();
-        t.saved_slot.set(t.slot.get());
-        t.install_slot(ptr::null());
+        t.saved_free_left.set(t.free_left.replace(0));
+        t.saved_slot.set(t.slot.replace(ptr::null()));
         t.in_profiler.set(true);
         Some(InProfiler { t })
     }
@@ -145,7 +148,8 @@ impl Drop for InProfiler<'_> {
     fn drop(&mut self) {
         self.t.in_profiler.set(false);
         self.t.countdown.set(self.t.saved_countdown.get());
-        self.t.install_slot(self.t.saved_slot.get());
+        self.t.free_left.set(self.t.saved_free_left.get());
+        self.t.slot.set(self.t.saved_slot.get());
     }
 }
 

@@ -230,7 +230,9 @@ mod counters;
 mod dump;
 mod dwarf;
 mod elf;
+mod filter;
 mod guard;
+pub mod history;
 mod measure;
 mod profile;
 mod sampler;
@@ -456,3 +458,10 @@ pub fn peak_profile() -> HeapProfile {
 pub use crate::sites::bench_snapshot_lock_hold;
 #[doc(hidden)]
 pub use crate::sites::table_counts as site_table_counts;
+
+/// The heap over time, as recorded so far by [`history::start`] (the HTTP server starts it):
+/// exact counters and per-site estimates every interval, and [`history::History::growing`], the
+/// sites whose live bytes keep rising. Empty until something records.
+pub fn history() -> history::History {
+    history::snapshot()
+}

@@ -29,10 +29,9 @@
 //!   buckets by stack and size for the same reason). Estimates are derived from integer counts,
 //!   so a site whose blocks are all freed shows exactly 0 in use, never a rounding residue. A
 //!   stack's buckets are chained from it, so reclaiming a stack frees its buckets too.
-//! * **The filter**: a 256 KiB table of saturating 8-bit counters indexed by address bits, raised
-//!   for every live sample. A free reads one byte of it without a lock; only a nonzero byte sends it
-//!   to its shard. With `L` live samples the false-positive rate is at most `L / 2^18`
-//!   (about 0.8% at 2,000 live samples, a 1 GiB heap at the default rate).
+//! * **The filter** ([`crate::filter`]) is raised for every live sample and lowered when it is
+//!   taken out, under the address's shard lock; a free consults it (and its exact, lock-free
+//!   second level) before it takes a shard lock.
 //! * **Lifetimes**: a stack gets a row of [`LIFE_BINS`] half-octave counters at its first sampled
 //!   free; freeing a sampled block adds one to the bin of its age (allocation to free, from
 //!   `Live::born_ns`). A free only increments a counter: no unbounded log, nothing lost between
@@ -48,7 +47,7 @@
 //! is never sampled, and is counted as the profiler's own in `Stats::profiler_bytes`.
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 use crate::sampler;
@@ -65,63 +64,12 @@ const BUCKETS_PER_SITE: usize = 8;
 /// Stacks looked at, from the least recently sampled, to find one with no live sample.
 /// Bounds the work under the table lock when the oldest stacks all hold live memory.
 pub(crate) const RECLAIM_SCAN: usize = 64;
-/// Live-sample shards (a power of two).
-const SHARD_COUNT: usize = 32;
+/// Live-sample shards (a power of two); the filter's exact level is sharded the same way.
+const SHARD_COUNT: usize = crate::filter::SHARDS;
 /// "No such id" in the intrusive lists.
 const NONE: u32 = u32::MAX;
 
 pub(crate) static MAX_SITES: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_SITES);
-
-const FILTER_BITS: u32 = 18;
-const FILTER_LEN: usize = 1 << FILTER_BITS;
-static FILTER: [AtomicU8; FILTER_LEN] = [const { AtomicU8::new(0) }; FILTER_LEN];
-
-#[inline(always)]
-fn filter_index(ptr: usize) -> usize {
-    // Blocks are at least 16-byte aligned; bits 4..22 differ between neighbouring blocks.
-    let i = (ptr >> 4) & (FILTER_LEN - 1);
-    // Byte 0 belongs to the "no slot" signal of the free fast path (see `free_needs_slow_path`)
-    // and is always set: samples at addresses that map there are counted in byte 1 instead, so
-    // the slow path's second look at such a free finds the real answer (usually "not sampled")
-    // and does not take the site lock.
-    i | (i == 0) as usize
-}
-
-/// May `ptr` be a live sampled block? `false` is certain; `true` must be checked in the table.
-#[inline(always)]
-pub(crate) fn maybe_sampled(ptr: *mut u8) -> bool {
-    FILTER[filter_index(ptr as usize)].load(Relaxed) != 0
-}
-
-/// The mask a thread's free path uses while it has a counter slot installed.
-pub(crate) const FREE_MASK: usize = FILTER_LEN - 1;
-
-/// The free fast path's one test: `true` when the free must go to the slow path, because the
-/// block may be sampled *or* the thread has no slot to count into. `mask` is the thread's
-/// `free_mask`: [`FREE_MASK`] while a slot is installed, 0 while not (new thread, profiler guard,
-/// exited). With mask 0 every address reads filter byte 0, which [`arm_inactive_byte`] keeps at
-/// 255 (sticky: samples never lower it), so "no slot" costs the fast path no test of its own.
-/// Real blocks whose address maps to byte 0 (1 in 2^18) always take the slow path, which looks
-/// again with [`maybe_sampled`] (samples never use byte 0) and takes no lock unless that says so.
-#[inline(always)]
-pub(crate) fn free_needs_slow_path(ptr: *mut u8, mask: usize) -> bool {
-    debug_assert!(mask == 0 || mask == FREE_MASK);
-    let i = ((ptr as usize) >> 4) & mask;
-    // SAFETY: `mask` is a thread's `free_mask`, only ever 0 or `FREE_MASK = FILTER_LEN - 1`, so
-    // `i < FILTER_LEN`. (Unchecked because the compiler cannot see that, and a bounds check
-    // would add two instructions to every free.)
-    unsafe { FILTER.get_unchecked(i) }.load(Relaxed) != 0
-}
-
-/// Sets filter byte 0 for good (see [`free_needs_slow_path`]). Called by global set-up and on
-/// every guard entry, before any thread can run the free path with mask 0: a block reaches a
-/// slot-less free only after some thread allocated it, and every allocating thread passed here
-/// first (thread set-up or guard), so the store happens-before the free that reads it.
-pub(crate) fn arm_inactive_byte() {
-    if FILTER[0].load(Relaxed) != u8::MAX {
-        FILTER[0].store(u8::MAX, Relaxed);
-    }
-}
 
 /// FxHash: keys here are addresses and small integers, hashed under a lock on the sampled path.
 #[derive(Default, Clone, Copy)]
@@ -782,24 +730,6 @@ impl Table {
     }
 }
 
-fn filter_raise(ptr: usize) {
-    let cell = &FILTER[filter_index(ptr)];
-    let v = cell.load(Relaxed);
-    // 255 is sticky: a cell that saturated can no longer count its samples out, so it stays set
-    // (frees through it then always check the table, which stays correct).
-    if v < u8::MAX {
-        cell.store(v + 1, Relaxed);
-    }
-}
-
-fn filter_lower(ptr: usize) {
-    let cell = &FILTER[filter_index(ptr)];
-    let v = cell.load(Relaxed);
-    if v > 0 && v < u8::MAX {
-        cell.store(v - 1, Relaxed);
-    }
-}
-
 static TABLE: SpinLock<Option<Table>> = SpinLock::new(None);
 
 /// The hash a stack is indexed by, computed before the table lock is taken.
@@ -822,8 +752,7 @@ static SHARDS: [SpinLock<Option<LiveMap>>; SHARD_COUNT] =
 /// given filter byte is in one shard, and that byte is only written under that shard's lock.
 /// (Hashed rather than masked: page-aligned blocks share their low address bits.)
 fn shard_of(ptr: usize) -> usize {
-    let i = filter_index(ptr) as u64;
-    (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - SHARD_COUNT.trailing_zeros())) as usize
+    crate::filter::shard_of(ptr)
 }
 
 /// Raw sample count, readable without the lock.
@@ -848,7 +777,7 @@ fn insert_live(ptr: usize, live: Live) {
     let stale = with_shard(ptr, |m| {
         let old = m.insert(ptr, live);
         if old.is_none() {
-            filter_raise(ptr);
+            crate::filter::raise(ptr);
         }
         old
     });
@@ -904,7 +833,7 @@ pub(crate) fn remove_sample(ptr: *mut u8) -> Option<Live> {
     let ptr = ptr as usize;
     let mut live = with_shard(ptr, |m| {
         let live = m.remove(&ptr)?;
-        filter_lower(ptr);
+        crate::filter::lower(ptr);
         Some(live)
     })?;
     // Read the clock outside the locks (vDSO, no allocation).
@@ -1098,6 +1027,8 @@ pub(crate) unsafe fn unlock_after_fork() {
 /// (captures in progress finish, new ones do not wait); the site locks last, held only for the
 /// fork itself.
 pub(crate) extern "C" fn atfork_prepare() {
+    // The history's lock is a leaf (its holders take no other lock): any order works.
+    crate::history::lock_for_fork();
     crate::snapshot::lock_for_fork();
     crate::symbols::lock_for_fork();
     crate::stack::fork_gate_close();
@@ -1117,6 +1048,7 @@ fn atfork_release(child: bool) {
         crate::stack::fork_gate_open(child);
         crate::symbols::unlock_after_fork();
         crate::snapshot::unlock_after_fork();
+        crate::history::unlock_after_fork(child);
     }
 }
 

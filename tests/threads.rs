@@ -93,11 +93,56 @@ fn short_lived_threads() {
     );
 }
 
+/// A thread that only frees still moves the shared in-use figure the peak is taken from (its
+/// free countdown flushes every 1 MiB): after it freed 64 MiB that another thread allocated, a
+/// later 32 MiB on the first thread is no new peak (within the stated bound). Without the
+/// free-side flush the stale figure would report 64 + 32 MiB.
+fn free_only_thread_flushes() {
+    const MIB: usize = 1 << 20;
+    heapsight::set_sample_rate(0);
+    let before = heapsight::stats();
+    let blocks: Vec<Vec<u8>> = (0..64).map(|_| Vec::with_capacity(MIB)).collect();
+    let (tx, rx) = mpsc::channel::<Vec<Vec<u8>>>();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let (exit_tx, exit_rx) = mpsc::channel::<()>();
+    let consumer = thread::spawn(move || {
+        drop(rx.recv().unwrap());
+        done_tx.send(()).unwrap();
+        // Stay alive (a thread's exit flushes too) until the main thread has read the peak.
+        exit_rx.recv().unwrap();
+    });
+    tx.send(blocks).unwrap();
+    done_rx.recv().unwrap();
+    let again: Vec<Vec<u8>> = (0..32).map(|_| Vec::with_capacity(MIB)).collect();
+    drop(again);
+    let after = heapsight::stats();
+    exit_tx.send(()).unwrap();
+    consumer.join().unwrap();
+    // The true peak is the 64 MiB (plus the vector holding them and the channels' and the
+    // thread's small blocks). The stated bound above it (`counters`): what the other threads
+    // freed since this thread's last flush, counted until this thread's next flush (< one
+    // countdown, 1 MiB at rate 0), plus the consumer's unflushed frees (< 1 MiB).
+    let true_peak = before.inuse_bytes + (64 * MIB) as u64 + 64 * 1024;
+    assert!(
+        after.peak_inuse_bytes >= before.inuse_bytes + (64 * MIB) as u64,
+        "peak {} lost the 64 MiB",
+        after.peak_inuse_bytes
+    );
+    assert!(
+        after.peak_inuse_bytes <= true_peak.max(before.peak_inuse_bytes) + 2 * MIB as u64,
+        "peak {} above the true peak {} by more than the stated bound",
+        after.peak_inuse_bytes,
+        true_peak
+    );
+    heapsight::set_sample_rate(4096);
+}
+
 fn main() {
     // Warm-up: the first spawn initialises std's lazily allocated thread state.
     thread::spawn(|| ()).join().unwrap();
     heapsight::set_sample_rate(4096);
     support::run(&[
+        ("free_only_thread_flushes", free_only_thread_flushes),
         ("cross_thread_frees_2", || cross_thread_frees(2)),
         ("cross_thread_frees_4", || cross_thread_frees(4)),
         ("short_lived_threads", short_lived_threads),

@@ -14,7 +14,7 @@ HeapSight<System>, mimalloc, HeapSight<MiMalloc>, stats_alloc, tracking-allocato
    the difference in iterations is the cost of one iteration (one request for `axum`), so start-up,
    input generation and the runtime's threads cancel. dhat is left out (a backtrace per allocation
    under callgrind takes hours); its wall-clock ratio is in step 2.
-2. Wall clock, interleaved: `--rounds` rounds; each round runs every binary once per workload,
+2. Wall clock, interleaved (not axum, see 3): `--rounds` rounds; each round runs every binary once per workload,
    starting with a different binary each round; the binary times its own loop. Reported: the
    median of the per-round ratios and their range.
 3. Throughput of the axum service under `wrk` on 127.0.0.1 (`--wrk-seconds` per run), interleaved
@@ -24,6 +24,7 @@ Writes nothing outside target/workloads/ and the system temporary directory (cal
 goes to /dev/null).
 """
 import argparse
+import concurrent.futures
 import json
 import os
 import re
@@ -48,10 +49,10 @@ CONFIGS = [  # (binary, label, inner binary for the ratio)
 ]
 # workload: (callgrind iteration counts (low, high), wall-clock iterations, dhat's wall iterations)
 WORKLOADS = {
-    "json": ((1, 3), 10, 1),
-    "syn": ((1, 3), 6, 1),
+    "json": ((1, 2), 10, 1),
+    "syn": ((1, 2), 6, 1),
     "seed": ((1, 2), 3, 1),
-    "axum": ((200, 1200), 4000, 400),
+    "axum": ((200, 700), 4000, 400),
 }
 UNIT = {"json": "iteration", "syn": "iteration", "seed": "iteration", "axum": "request"}
 
@@ -83,15 +84,15 @@ def run(cmd, timeout):
     return p
 
 
-def callgrind(exe, workload, n):
-    p = run(["valgrind", "--tool=callgrind", "--cache-sim=yes", "--callgrind-out-file=/dev/null",
-             exe, workload, str(n)], timeout=1800)
+def callgrind(exe, workload, n, cache_sim):
+    p = run(["valgrind", "--tool=callgrind", f"--cache-sim={'yes' if cache_sim else 'no'}",
+             "--callgrind-out-file=/dev/null", exe, workload, str(n)], timeout=3600)
     def field(name):
         m = re.search(r"==\d+== " + re.escape(name) + r":\s+([\d,]+)", p.stderr)
         if not m:
             raise RuntimeError(f"no '{name}' in callgrind's output:\n{p.stderr[-2000:]}")
         return int(m.group(1).replace(",", ""))
-    return field("I   refs"), field("D1  misses")
+    return field("I   refs"), (field("D1  misses") if cache_sim else 0)
 
 
 def elapsed_ns(exe, workload, n):
@@ -127,16 +128,31 @@ def wrk_round(exe, port, seconds, script):
         srv.wait(timeout=30)
 
 
+RESULTS = os.path.join(OUT, "results.json")
+
+
+def save(results):
+    """Kept up to date after every measurement, so an interrupted run leaves what it measured."""
+    with open(RESULTS, "w") as f:
+        json.dump(results, f, indent=1)
+
+
 def main():
+    global RESULTS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default=",".join(WORKLOADS), help="comma-separated workloads")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved wall-clock rounds")
     ap.add_argument("--wrk-rounds", type=int, default=3)
     ap.add_argument("--wrk-seconds", type=int, default=5)
     ap.add_argument("--skip-callgrind", action="store_true")
+    ap.add_argument("--jobs", type=int, default=1, help="callgrind runs at a time")
+    ap.add_argument("--cache-sim", default=",".join(WORKLOADS),
+                    help="workloads whose callgrind runs also simulate the caches (about twice as slow)")
     ap.add_argument("--skip-wall", action="store_true")
     ap.add_argument("--skip-wrk", action="store_true")
+    ap.add_argument("--results", default=RESULTS, help="where the raw numbers go (JSON)")
     args = ap.parse_args()
+    RESULTS = args.results
     workloads = [w for w in args.only.split(",") if w]
     for w in workloads:
         if w not in WORKLOADS:
@@ -148,20 +164,27 @@ def main():
     results = {"callgrind": {}, "wall": {}, "wrk": {}}
 
     if not args.skip_callgrind:
-        print("\n## Instructions and D1 misses per iteration (callgrind --cache-sim=yes, slope between "
-              "two iteration counts)\n")
-        for w in workloads:
-            (lo, hi), _, _ = WORKLOADS[w]
-            per = {}
-            for exe, label, _ in CONFIGS:
-                if exe == "wl_dhat":
-                    continue
-                i_lo, d_lo = callgrind(exes[exe], w, lo)
-                i_hi, d_hi = callgrind(exes[exe], w, hi)
-                per[exe] = ((i_hi - i_lo) / (hi - lo), (d_hi - d_lo) / (hi - lo))
-                print(f"  {w:5} {label:20} {per[exe][0]:>16,.0f} instr/{UNIT[w]}  {per[exe][1]:>12,.0f} D1 misses",
-                      flush=True)
-            results["callgrind"][w] = per
+        print("\n## Instructions and D1 misses per iteration (callgrind, slope between two iteration counts; "
+              f"cache simulation for {args.cache_sim})\n")
+        # Every (binary, workload, iterations) run is independent: `--jobs` of them at a time.
+        cache = {w: w in args.cache_sim.split(",") for w in workloads}
+        jobs = [(exe, w, n) for w in workloads for exe, _, _ in CONFIGS if exe != "wl_dhat"
+                for n in WORKLOADS[w][0]]
+        with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            futures = {job: pool.submit(callgrind, exes[job[0]], job[1], job[2], cache[job[1]]) for job in jobs}
+            for w in workloads:
+                (lo, hi), _, _ = WORKLOADS[w]
+                per = {}
+                for exe, label, _ in CONFIGS:
+                    if exe == "wl_dhat":
+                        continue
+                    i_lo, d_lo = futures[(exe, w, lo)].result()
+                    i_hi, d_hi = futures[(exe, w, hi)].result()
+                    per[exe] = ((i_hi - i_lo) / (hi - lo), (d_hi - d_lo) / (hi - lo))
+                    print(f"  {w:5} {label:20} {per[exe][0]:>16,.0f} instr/{UNIT[w]}  {per[exe][1]:>12,.0f} D1 misses",
+                          flush=True)
+                    results["callgrind"][w] = per
+                    save(results)
         print()
         head = "| workload (per) | System instr | HeapSight<System> | mimalloc instr | HeapSight<MiMalloc> | stats_alloc | tracking-allocator |"
         print(head)
@@ -177,6 +200,8 @@ def main():
         print(head)
         print("|" + "---|" * (head.count("|") - 1))
         for w, per in results["callgrind"].items():
+            if not cache[w]:
+                continue
             def r(exe, base):
                 return f"{per[exe][1] / per[base][1]:.3f}x" if per[base][1] else "-"
             print(f"| {w} ({UNIT[w]}) | {per['wl_system'][1]:,.0f} | {r('wl_hs_system', 'wl_system')} "
@@ -185,7 +210,9 @@ def main():
 
     if not args.skip_wall:
         print(f"\n## Wall clock, {args.rounds} interleaved rounds: ratio to the inner allocator, median (range)\n")
-        for w in workloads:
+        # Not axum: one request's latency in process is mostly thread wake-ups, which measure the
+        # scheduler of a loaded machine; its wall-clock figure is the throughput under wrk below.
+        for w in [w for w in workloads if w != "axum"]:
             _, iters, dhat_iters = WORKLOADS[w]
             times = {exe: [] for exe, _, _ in CONFIGS}
             for rnd in range(args.rounds):
@@ -194,6 +221,7 @@ def main():
                     n = dhat_iters if exe == "wl_dhat" else iters
                     times[exe].append(elapsed_ns(exes[exe], w, n))
             results["wall"][w] = times
+            save(results)
             print(f"  {w}: " + ", ".join(
                 f"{label} {statistics.median(times[exe]) / 1e6:.2f} ms" for exe, label, _ in CONFIGS), flush=True)
         print()
@@ -228,9 +256,8 @@ def main():
             ratio = fmt_ratio([a / b for a, b in zip(rps[exe], rps[base])]) if base else "-"
             print(f"| {label} | {statistics.median(rps[exe]):,.0f} | {ratio} |")
 
-    with open(os.path.join(OUT, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    print(f"\n(run time {time.time() - start:.0f} s; raw numbers in {os.path.relpath(OUT, ROOT)}/results.json)")
+    save(results)
+    print(f"\n(run time {time.time() - start:.0f} s; raw numbers in {os.path.relpath(RESULTS, ROOT)})")
 
 
 if __name__ == "__main__":

@@ -86,6 +86,11 @@ pub(crate) enum Route {
     },
     Page,
     Metrics,
+    /// `heap?since=10m` / `allocs?since=10m`: now minus the recorded point nearest that age.
+    Since {
+        allocs: bool,
+        secs: u64,
+    },
 }
 
 /// Why a request was refused.
@@ -150,6 +155,9 @@ pub(crate) fn parse(path_and_query: &str) -> Result<Route, Refusal> {
             _ => {}
         }
     }
+    if let Some(v) = query.split('&').find_map(|p| p.strip_prefix("since=")) {
+        route = since_route(route, v)?;
+    }
     if let Route::Heap {
         debug: true,
         seconds: Some(_),
@@ -161,6 +169,55 @@ pub(crate) fn parse(path_and_query: &str) -> Result<Route, Refusal> {
         ));
     }
     Ok(route)
+}
+
+/// Longest `?since=` accepted (the history holds less unless started with a longer window).
+pub const MAX_SINCE_SECS: u64 = 30 * 24 * 3600;
+
+/// `heap` or `allocs` with `since=DURATION` (`30s`, `10m`, `1h`, `1h30m`, bare seconds), pprof only.
+fn since_route(route: Route, v: &str) -> Result<Route, Refusal> {
+    let bad = |why: &str| {
+        Refusal::BadRequest(format!("bad query parameter since={}: {why}", printable(v)))
+    };
+    let Route::Heap {
+        allocs,
+        debug: false,
+        seconds: None,
+    } = route
+    else {
+        return Err(bad(
+            "since goes with a pprof heap or allocs profile, without debug or seconds",
+        ));
+    };
+    let secs = parse_age(v).ok_or_else(|| bad("expected a duration like 30s, 10m, 1h or 1h30m"))?;
+    if !(1..=MAX_SINCE_SECS).contains(&secs) {
+        return Err(bad(&format!("must be between 1s and {MAX_SINCE_SECS}s")));
+    }
+    Ok(Route::Since { allocs, secs })
+}
+
+/// Seconds in `30s`, `10m`, `1h`, `2d`, `1h30m` or a bare number of seconds.
+fn parse_age(v: &str) -> Option<u64> {
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        return v.parse().ok();
+    }
+    let (mut total, mut num, mut any) = (0u64, None::<u64>, false);
+    for c in v.chars() {
+        if let Some(d) = c.to_digit(10) {
+            num = Some(num.unwrap_or(0).checked_mul(10)?.checked_add(d as u64)?);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86400,
+            _ => return None,
+        };
+        total = total.checked_add(num.take()?.checked_mul(unit)?)?;
+        any = true;
+    }
+    (any && num.is_none()).then_some(total)
 }
 
 /// Path text safe to echo in a one-line reason.
@@ -258,6 +315,13 @@ fn render(route: Route, symbolize: bool) -> Response {
             "text/html; charset=utf-8",
             heapsight_page().into_bytes(),
         ),
+        Route::Since { allocs, secs } => match crate::history::since(Duration::from_secs(secs)) {
+            Some(p) => pprof_response(&p, allocs),
+            None => Response::text(
+                404,
+                "no history recorded yet: heapsight::history::start (http::serve starts it)".into(),
+            ),
+        },
         Route::Heap {
             allocs,
             debug,
@@ -296,10 +360,74 @@ fn render(route: Route, symbolize: bool) -> Response {
     }
 }
 
+/// A pprof body for a `since` comparison.
+fn pprof_response(p: &crate::HeapProfile, allocs: bool) -> Response {
+    let mut body = Vec::new();
+    let written = if allocs {
+        p.write_pprof_allocs(&mut body)
+    } else {
+        p.write_pprof(&mut body)
+    };
+    match written {
+        Ok(()) => {
+            let mut r = Response::new(200, "application/octet-stream", body);
+            let name = if allocs { "allocs" } else { "heap" };
+            r.headers.push((
+                "Content-Disposition",
+                format!("attachment; filename=\"{name}-since\""),
+            ));
+            r
+        }
+        Err(e) => Response::text(500, format!("could not write the profile: {e}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn since_routes() {
+        for (q, secs) in [
+            ("30s", 30),
+            ("10m", 600),
+            ("1h", 3600),
+            ("1h30m", 5400),
+            ("45", 45),
+        ] {
+            assert_eq!(
+                parse(&format!("/debug/pprof/heap?since={q}")),
+                Ok(Route::Since {
+                    allocs: false,
+                    secs
+                }),
+                "{q}"
+            );
+        }
+        assert_eq!(
+            parse("/debug/pprof/allocs?since=2d"),
+            Ok(Route::Since {
+                allocs: true,
+                secs: 172800
+            })
+        );
+        for bad in [
+            "/debug/pprof/heap?since=",
+            "/debug/pprof/heap?since=m",
+            "/debug/pprof/heap?since=1h30",
+            "/debug/pprof/heap?since=10x",
+            "/debug/pprof/heap?since=0s",
+            "/debug/pprof/heap?since=31d",
+            "/debug/pprof/heap?since=99999999999999999999h",
+            "/debug/pprof/heap?since=10m&debug=1",
+            "/debug/pprof/heap?since=10m&seconds=5",
+            "/debug/heapsight?since=10m",
+        ] {
+            let r = parse(bad);
+            assert!(matches!(r, Err(Refusal::BadRequest(_))), "{bad}: {r:?}");
+        }
+    }
 
     #[test]
     fn routes() {

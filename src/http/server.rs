@@ -75,7 +75,8 @@ struct Job {
 }
 
 /// Serves the endpoints on `addr`: one thread accepts connections and reads request heads,
-/// [`WORKERS`] threads answer them. Everything they do runs inside the profiler guard: none of
+/// [`WORKERS`] threads answer them; starts the history recorder ([`crate::history::start`] with its
+/// defaults) if nothing started it. Everything they do runs inside the profiler guard: none of
 /// the server's allocations is counted as the program's. Dropping the [`Handle`] leaves the
 /// server running for the life of the process.
 ///
@@ -133,6 +134,11 @@ pub fn serve(addr: impl ToSocketAddrs) -> io::Result<Handle> {
     while shared.ready.load(Acquire) < WORKERS + 1 {
         thread::sleep(Duration::from_millis(1));
     }
+    // The page's timeline and growing sites, and `?since=`, read the history.
+    crate::history::start(
+        crate::history::DEFAULT_INTERVAL,
+        crate::history::DEFAULT_WINDOW,
+    )?;
     Ok(Handle {
         addr,
         shared,

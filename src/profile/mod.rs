@@ -35,6 +35,8 @@ pub use dist::Distribution;
 pub(crate) use folded::OVERFLOW_NAME;
 #[cfg(feature = "otlp")]
 pub(crate) use pprof::display_name;
+#[cfg(feature = "http")]
+pub(crate) use top::name_site;
 pub use top::Top;
 
 /// Which of the four values of a heap profile to show (pprof's `-sample_index`).

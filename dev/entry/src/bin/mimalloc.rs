@@ -1,0 +1,6 @@
+//! mimalloc alone.
+#[global_allocator]
+static A: mimalloc::MiMalloc = mimalloc::MiMalloc;
+fn main() {
+    heapsight_entry_bench::run()
+}

@@ -1,0 +1,6 @@
+//! The system allocator alone.
+#[global_allocator]
+static A: std::alloc::System = std::alloc::System;
+fn main() {
+    heapsight_entry_bench::run()
+}

@@ -1,0 +1,961 @@
+//! The heap over time: a bounded ring of recorded points, the sites that keep growing, and the
+//! difference between now and a recorded point.
+//!
+//! # What is recorded
+//!
+//! Every interval (default [`DEFAULT_INTERVAL`]) a point: the exact counters ([`crate::Stats`]) and,
+//! for the [`SITES_PER_POINT`] sites with the most live bytes, their four estimates (live and
+//! allocated, objects and bytes); every other site is summed into one "other" entry, so the totals
+//! of a point are whole. Sites are interned once (a key of 4 bytes per entry; the stack itself is
+//! the profile's, shared with the stack cache), and only sites with something live are kept by
+//! name. The ring holds `window / interval + 1` points (default one hour of 10 s points: 361).
+//!
+//! # Memory bound
+//!
+//! A point is [`POINT_BYTES`] plus [`ENTRY_BYTES`] per kept site, so the ring holds at most
+//! `points × (POINT_BYTES + SITES_PER_POINT × ENTRY_BYTES)` plus the key table (one slot per
+//! site kept by some point in the ring, at most `points × SITES_PER_POINT`, [`KEY_BYTES`] each).
+//! Default window, 64-bit: 361 × (200 + 64 × 40) B = 973 KiB for the points, whatever the heap
+//! does; the key table adds 52 B per distinct site the ring names: a few KiB while the top sites
+//! are stable, at most 361 × 64 × 52 B = 1.15 MiB if they all changed at every interval. All of it
+//! is allocated inside the profiler guard, so it is in [`crate::Stats::profiler_bytes`].
+//! [`History::bytes`] reports what the ring holds now.
+//!
+//! # Cost
+//!
+//! Recording a point is one [`crate::profile`] (symbolized through the caches: after the first
+//! point only new stacks are resolved) plus interning the kept sites; it runs on the recorder's
+//! own thread, inside the profiler guard, and takes the site lock only for the profile's copy.
+//! The measured cost per point with N sites is in docs/benches.md.
+//!
+//! # Growing sites
+//!
+//! See [`History::growing`]: a site is reported when its live bytes rise steadily over the
+//! window, by three tests that a burst, a step or sampling noise does not pass together.
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::guard::profiler_scope;
+use crate::sites::FxBuild;
+use crate::snapshot::{Estimates, HeapProfile, Record};
+use crate::symbols::{Frame, Symbol};
+use crate::sync::SpinLock;
+use crate::Stats;
+
+/// Time between two recorded points, by default.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+/// How far back the history reaches, by default.
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(3600);
+/// Sites kept by name in each point (by live bytes); the rest are summed into one entry.
+pub const SITES_PER_POINT: usize = 64;
+/// Points a site needs in the window before [`History::growing`] may report it.
+pub const MIN_POINTS: usize = 8;
+/// Bytes of one point without its sites (the counters, times, the "other" entry, ring slot).
+pub const POINT_BYTES: usize = core::mem::size_of::<Point>()
+    + 2 * core::mem::size_of::<usize>()
+    + core::mem::size_of::<Arc<Point>>();
+/// Bytes of one kept site in one point.
+pub const ENTRY_BYTES: usize = core::mem::size_of::<Entry>();
+/// Bytes of one interned site in the key table (slot, count, index entry).
+pub const KEY_BYTES: usize =
+    core::mem::size_of::<Option<Arc<[Frame]>>>() + 4 + core::mem::size_of::<(AddrKey, u32)>() + 8;
+/// Most points a ring may hold, whatever the window and interval asked for.
+pub const MAX_POINTS: usize = 100_000;
+/// Points the trend tests look at (evenly thinned beyond this): the tests are quadratic.
+const MAX_TREND_POINTS: usize = 120;
+
+/// The four values of a site at one point (estimates, rounded).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Values {
+    inuse_bytes: u64,
+    inuse_objects: u64,
+    alloc_bytes: u64,
+    alloc_objects: u64,
+}
+
+impl Values {
+    fn add(&mut self, o: &Values) {
+        self.inuse_bytes += o.inuse_bytes;
+        self.inuse_objects += o.inuse_objects;
+        self.alloc_bytes += o.alloc_bytes;
+        self.alloc_objects += o.alloc_objects;
+    }
+    fn is_zero(&self) -> bool {
+        *self == Values::default()
+    }
+}
+
+struct Entry {
+    key: u32,
+    v: Values,
+}
+
+struct Point {
+    /// Time since the first point recorded in this process.
+    at: Duration,
+    unix_nanos: i64,
+    stats: Stats,
+    /// Some site with live bytes was summed into `other`: a site missing from `sites` is then
+    /// unknown (below the cut) rather than zero.
+    truncated: bool,
+    /// Sorted by key.
+    sites: Box<[Entry]>,
+    /// Read by the `?since=` comparison (feature `http`).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    other: Values,
+}
+
+/// A trimmed stack compared and hashed by its addresses (what identifies it; see `snapshot`).
+#[derive(Clone)]
+struct AddrKey(Arc<[Frame]>);
+
+impl PartialEq for AddrKey {
+    fn eq(&self, o: &Self) -> bool {
+        self.0.len() == o.0.len()
+            && self
+                .0
+                .iter()
+                .zip(o.0.iter())
+                .all(|(a, b)| a.address == b.address)
+    }
+}
+impl Eq for AddrKey {}
+impl std::hash::Hash for AddrKey {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        h.write_usize(self.0.len());
+        for f in self.0.iter() {
+            h.write_usize(f.address);
+        }
+    }
+}
+
+/// Interned sites, reference-counted by the points that name them, so the table only holds what
+/// the ring still uses.
+#[derive(Default)]
+struct Keys {
+    frames: Vec<Option<Arc<[Frame]>>>,
+    refs: Vec<u32>,
+    free: Vec<u32>,
+    index: HashMap<AddrKey, u32, FxBuild>,
+}
+
+impl Keys {
+    fn intern(&mut self, frames: &Arc<[Frame]>) -> u32 {
+        if let Some(&k) = self.index.get(&AddrKey(frames.clone())) {
+            self.refs[k as usize] += 1;
+            return k;
+        }
+        let k = match self.free.pop() {
+            Some(k) => {
+                self.frames[k as usize] = Some(frames.clone());
+                self.refs[k as usize] = 1;
+                k
+            }
+            None => {
+                self.frames.push(Some(frames.clone()));
+                self.refs.push(1);
+                (self.frames.len() - 1) as u32
+            }
+        };
+        self.index.insert(AddrKey(frames.clone()), k);
+        k
+    }
+
+    fn release(&mut self, k: u32) {
+        let r = &mut self.refs[k as usize];
+        *r -= 1;
+        if *r == 0 {
+            if let Some(f) = self.frames[k as usize].take() {
+                self.index.remove(&AddrKey(f));
+            }
+            self.free.push(k);
+        }
+    }
+}
+
+struct Ring {
+    interval: Duration,
+    cap: usize,
+    points: VecDeque<Arc<Point>>,
+    keys: Keys,
+}
+
+impl Ring {
+    fn new(interval: Duration, window: Duration) -> Ring {
+        Ring {
+            interval,
+            cap: capacity(interval, window),
+            points: VecDeque::new(),
+            keys: Keys::default(),
+        }
+    }
+
+    fn evict_to(&mut self, cap: usize) {
+        while self.points.len() > cap {
+            if let Some(old) = self.points.pop_front() {
+                for e in old.sites.iter() {
+                    self.keys.release(e.key);
+                }
+            }
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        let entries: usize = self.points.iter().map(|p| p.sites.len()).sum();
+        self.points.len() * POINT_BYTES + entries * ENTRY_BYTES + self.keys.frames.len() * KEY_BYTES
+    }
+}
+
+fn capacity(interval: Duration, window: Duration) -> usize {
+    let i = interval.as_nanos().max(1);
+    let n = window.as_nanos().div_ceil(i) + 1;
+    (n.min(MAX_POINTS as u128) as usize).max(2)
+}
+
+/// The ring. Taken only by the recorder (to push a point) and by readers (to copy `Arc`s), never
+/// in the allocation hook, never while another heapsight lock is held; every holder is inside the
+/// profiler guard.
+static RING: SpinLock<Option<Ring>> = SpinLock::new(None);
+static STARTED: AtomicBool = AtomicBool::new(false);
+
+/// `pthread_atfork` prepare: takes the ring's lock, so a child never inherits it held by the
+/// recorder (which does not exist there) and can still read and record its history.
+pub(crate) fn lock_for_fork() {
+    RING.raw_lock();
+}
+
+/// `pthread_atfork` parent and child: releases the lock taken by [`lock_for_fork`]. In the child,
+/// whose only thread is the one that forked, the recorder is gone: [`start`] may start one again
+/// (the points recorded before the fork are kept).
+///
+/// # Safety
+/// [`lock_for_fork`] must have been called by this thread (or, in a forked child, by the thread
+/// that forked) with no release since.
+pub(crate) unsafe fn unlock_after_fork(child: bool) {
+    if child {
+        STARTED.store(false, Ordering::SeqCst);
+    }
+    // SAFETY: per this function's contract the lock is held through `raw_lock`, with no guard.
+    unsafe { RING.raw_unlock() }
+}
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+/// Starts recording: a background thread records a point now and every `interval` after,
+/// keeping `window` of history (at most [`MAX_POINTS`] points). The HTTP server (`http::serve`,
+/// feature `http`) calls it with the defaults. Only the first call starts a thread; a
+/// later one returns `Ok(false)` and changes nothing.
+///
+/// Returns once the thread runs inside the profiler guard, so what std allocates to start it is
+/// behind the caller. The thread lives as long as the process.
+pub fn start(interval: Duration, window: Duration) -> io::Result<bool> {
+    if STARTED.swap(true, Ordering::SeqCst) {
+        return Ok(false);
+    }
+    let interval = interval.max(Duration::from_millis(1));
+    profiler_scope(|| {
+        let mut g = RING.lock();
+        match g.as_mut() {
+            Some(r) => {
+                r.interval = interval;
+                r.cap = capacity(interval, window);
+                r.evict_to(r.cap);
+            }
+            None => *g = Some(Ring::new(interval, window)),
+        }
+    });
+    // A static, not an `Arc` shared with the thread: the program allocates here, and a block it
+    // allocated must not be freed inside the guard (the free would go uncounted).
+    static READY: AtomicBool = AtomicBool::new(false);
+    READY.store(false, Ordering::SeqCst);
+    // Spawned outside the guard, like the HTTP workers (see `http`): std's per-thread bookkeeping
+    // is then the program's, allocated and (never, the thread does not exit) freed as such.
+    let spawned = thread::Builder::new()
+        .name("heapsight-history".into())
+        .spawn(move || {
+            profiler_scope(|| {
+                READY.store(true, Ordering::Release);
+                let mut next = Instant::now();
+                loop {
+                    record_now();
+                    next += interval;
+                    let now = Instant::now();
+                    if next > now {
+                        thread::sleep(next - now);
+                    } else {
+                        // Fell behind (a slow point or a suspended process): skip, do not burst.
+                        next = now;
+                    }
+                }
+            })
+        });
+    if let Err(e) = spawned {
+        STARTED.store(false, Ordering::SeqCst);
+        return Err(e);
+    }
+    while !READY.load(Ordering::Acquire) {
+        thread::sleep(Duration::from_millis(1));
+    }
+    Ok(true)
+}
+
+/// Whether the recorder thread has been started.
+pub fn is_recording() -> bool {
+    STARTED.load(Ordering::Relaxed)
+}
+
+/// Records one point now (what the recorder thread does every interval). For tests that drive
+/// the history step by step; not part of the stable API.
+#[doc(hidden)]
+pub fn record_now() {
+    profiler_scope(|| {
+        // The time of the counters, which the profile reads first.
+        let at = EPOCH.get_or_init(Instant::now).elapsed();
+        let p = crate::profile();
+        // Intern under the lock (a hash lookup per kept site), build the point's entries first.
+        let mut kept: Vec<(&Arc<[Frame]>, Values)> = Vec::with_capacity(SITES_PER_POINT);
+        let mut other = Values::default();
+        let mut truncated = false;
+        for s in p.sites() {
+            let v = Values {
+                inuse_bytes: s.inuse_bytes,
+                inuse_objects: s.inuse_objects,
+                alloc_bytes: s.alloc_bytes,
+                alloc_objects: s.alloc_objects,
+            };
+            if v.is_zero() {
+                continue;
+            }
+            // Sites are sorted by live bytes: the first ones with something live are the top.
+            if s.inuse_bytes > 0 && kept.len() < SITES_PER_POINT {
+                kept.push((&p.stacks[s.stack], v));
+            } else {
+                truncated |= s.inuse_bytes > 0;
+                other.add(&v);
+            }
+        }
+        let mut g = RING.lock();
+        let ring = g.get_or_insert_with(|| Ring::new(DEFAULT_INTERVAL, DEFAULT_WINDOW));
+        let mut sites: Vec<Entry> = kept
+            .iter()
+            .map(|(f, v)| Entry {
+                key: ring.keys.intern(f),
+                v: *v,
+            })
+            .collect();
+        sites.sort_unstable_by_key(|e| e.key);
+        ring.points.push_back(Arc::new(Point {
+            at,
+            unix_nanos: p.time_nanos(),
+            stats: p.stats(),
+            truncated,
+            sites: sites.into_boxed_slice(),
+            other,
+        }));
+        let cap = ring.cap;
+        ring.evict_to(cap);
+    })
+}
+
+/// Runs `f` while the calling thread holds the history's lock (for the fork test: a child forked
+/// meanwhile must not inherit it held). Not part of the stable API.
+#[doc(hidden)]
+pub fn with_lock_held<R>(f: impl FnOnce() -> R) -> R {
+    profiler_scope(|| {
+        let _g = RING.lock();
+        f()
+    })
+}
+
+/// Empties the history and sets its window in points (tests that run several scenarios in one
+/// process). Not part of the stable API.
+#[doc(hidden)]
+pub fn reset(interval: Duration, window: Duration) {
+    profiler_scope(|| {
+        let old = RING
+            .lock()
+            .replace(Ring::new(interval.max(Duration::from_millis(1)), window));
+        drop(old);
+    })
+}
+
+/// A copy of the recorded history, from [`crate::history()`]. The points are shared with the ring
+/// (a copy costs a few pointers per point), so keeping one does not stop the recorder.
+pub struct History {
+    interval: Duration,
+    cap: usize,
+    points: Vec<Arc<Point>>,
+    frames: Vec<Option<Arc<[Frame]>>>,
+    bytes: usize,
+}
+
+impl Drop for History {
+    fn drop(&mut self) {
+        // Allocated inside the profiler guard; freed there (see `impl Drop for HeapProfile`).
+        profiler_scope(|| {
+            drop(core::mem::take(&mut self.points));
+            drop(core::mem::take(&mut self.frames));
+        })
+    }
+}
+
+/// The history recorded so far (empty if nothing was recorded: see [`start`]).
+pub(crate) fn snapshot() -> History {
+    profiler_scope(|| {
+        let g = RING.lock();
+        match g.as_ref() {
+            Some(r) => History {
+                interval: r.interval,
+                cap: r.cap,
+                points: r.points.iter().cloned().collect(),
+                frames: r.keys.frames.clone(),
+                bytes: r.bytes(),
+            },
+            None => History {
+                interval: DEFAULT_INTERVAL,
+                cap: capacity(DEFAULT_INTERVAL, DEFAULT_WINDOW),
+                points: Vec::new(),
+                frames: Vec::new(),
+                bytes: 0,
+            },
+        }
+    })
+}
+
+/// One recorded point: when, and the exact counters then.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct HistoryPoint {
+    /// Time since the first point this process recorded (monotonic).
+    pub elapsed: Duration,
+    /// Wall-clock time, nanoseconds since the Unix epoch.
+    pub unix_nanos: i64,
+    /// The exact counters at that point.
+    pub stats: Stats,
+}
+
+/// A site whose live bytes keep rising over the window, from [`History::growing`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct GrowingSite<'a> {
+    frames: &'a [Frame],
+    /// Growth of its live bytes (Theil–Sen slope over the window), bytes per minute.
+    pub bytes_per_minute: f64,
+    /// Strength of the trend: the Mann–Kendall statistic in standard deviations (only pairs of
+    /// points further apart than their sampling error count). Reported sites have at least 3.
+    pub z: f64,
+    /// Live bytes (estimate) at the latest point.
+    pub inuse_bytes: u64,
+    /// `(seconds before the latest point, live bytes)` for each point the trend used, oldest
+    /// first: the sparkline.
+    pub series: Vec<(f64, u64)>,
+}
+
+impl GrowingSite<'_> {
+    /// The site's stack, leaf first, allocator frames trimmed (as in [`crate::Site::frames`]).
+    pub fn frames(&self) -> &[Frame] {
+        self.frames
+    }
+}
+
+impl History {
+    /// Points recorded, oldest first.
+    pub fn points(&self) -> impl ExactSizeIterator<Item = HistoryPoint> + '_ {
+        self.points.iter().map(|p| HistoryPoint {
+            elapsed: p.at,
+            unix_nanos: p.unix_nanos,
+            stats: p.stats,
+        })
+    }
+
+    /// Number of points.
+    pub fn len(&self) -> usize {
+        self.points.len()
+    }
+
+    /// Whether nothing was recorded yet.
+    pub fn is_empty(&self) -> bool {
+        self.points.is_empty()
+    }
+
+    /// The recording interval.
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// Most points kept (the window divided by the interval, plus one).
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    /// Bytes the ring held when this copy was taken (points, kept sites, key table); part of
+    /// [`crate::Stats::profiler_bytes`].
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The sites whose live bytes keep rising over the window, fastest first.
+    ///
+    /// A site is reported when, over the points it was recorded in (at least [`MIN_POINTS`]):
+    ///
+    /// 1. its Theil–Sen slope (the median of the slopes between every pair of points) is
+    ///    positive: a few outlying points, such as a burst, do not move a median;
+    /// 2. a Mann–Kendall test says the rise is a trend (z ≥ 3), where a pair of points counts as
+    ///    up or down only if they differ by more than twice their sampling error: at rate `R` a
+    ///    live-bytes estimate `y` has a standard deviation of about `sqrt(R × y)` (less for
+    ///    blocks larger than `R`, which are always sampled), so pairs within that are ties;
+    /// 3. it rose through the whole window: the median of each third of its points exceeds the
+    ///    one before by more than twice their sampling error. A burst that came and went, or a
+    ///    step (a cache filled once), fails this: one of the thirds does not rise.
+    ///
+    /// How soon: the Mann–Kendall test alone needs about 9 points of steady rise, and the thirds
+    /// test needs the rise per third to stand out of the noise. A leak of `2 × R` bytes per
+    /// interval starting from nothing (4 KiB blocks) was reported after 11 intervals (median) and
+    /// at most 18, in 200 simulated runs at each of 512 KiB and 64 KiB, where no churning,
+    /// bursting or filled-once site was ever reported (`cargo test --lib history`); a faster leak
+    /// is found sooner, a slower one later. A site missing from a point (below the
+    /// [`SITES_PER_POINT`] cut) is skipped at that point.
+    pub fn growing(&self) -> Vec<GrowingSite<'_>> {
+        let Some(last) = self.points.last() else {
+            return Vec::new();
+        };
+        let trends: Vec<(u32, Trend, Series)> = profiler_scope(|| {
+            let mut out = Vec::new();
+            for e in last.sites.iter() {
+                let mut t = Vec::new();
+                let mut y = Vec::new();
+                let mut a = Vec::new();
+                let mut r = Vec::new();
+                for p in &self.points {
+                    let (v, al) = match p.sites.binary_search_by_key(&e.key, |x| x.key) {
+                        Ok(i) => (
+                            p.sites[i].v.inuse_bytes as f64,
+                            p.sites[i].v.alloc_bytes as f64,
+                        ),
+                        // Nothing live then; what it had allocated was summed into "other".
+                        Err(_) if !p.truncated => (0.0, f64::NAN),
+                        Err(_) => continue,
+                    };
+                    t.push(p.at.as_secs_f64());
+                    y.push(v);
+                    a.push(al);
+                    r.push(p.stats.sample_rate as f64);
+                }
+                thin(&mut t, &mut y, &mut a, &mut r, MAX_TREND_POINTS);
+                if let Some(tr) = trend(&t, &y, &a, &r) {
+                    let end = last.at.as_secs_f64();
+                    let series = t
+                        .iter()
+                        .zip(&y)
+                        .map(|(t, y)| (end - t, *y as u64))
+                        .collect();
+                    out.push((e.key, tr, series));
+                }
+            }
+            out
+        });
+        // The result is the caller's: built outside the guard, like any of its allocations.
+        let mut out: Vec<GrowingSite<'_>> = Vec::with_capacity(trends.len());
+        for (key, tr, series) in &trends {
+            let Some(Some(frames)) = self.frames.get(*key as usize) else {
+                continue;
+            };
+            let inuse_bytes = series.last().map_or(0, |s| s.1);
+            out.push(GrowingSite {
+                frames,
+                bytes_per_minute: tr.slope * 60.0,
+                z: tr.z,
+                inuse_bytes,
+                series: series.clone(),
+            });
+        }
+        profiler_scope(|| drop(trends));
+        out.sort_by(|a, b| b.bytes_per_minute.total_cmp(&a.bytes_per_minute));
+        out
+    }
+
+    /// The point nearest `age` before `now` (both since the first point), if any was recorded.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    fn point_at(&self, now: Duration, age: Duration) -> Option<&Arc<Point>> {
+        let target = now.saturating_sub(age);
+        self.points.iter().min_by_key(|p| p.at.abs_diff(target))
+    }
+}
+
+/// `(seconds before the latest point, live bytes)`, oldest first.
+type Series = Vec<(f64, u64)>;
+
+/// A trend verdict: the slope (bytes per second) and the Mann–Kendall z.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Trend {
+    pub slope: f64,
+    pub z: f64,
+}
+
+/// Pairs closer than this many sampling standard deviations are ties.
+const PAIR_SD: f64 = 2.0;
+/// Thirds must rise by more than this many sampling standard deviations.
+const THIRD_SD: f64 = 1.5;
+/// Mann–Kendall z a reported trend needs (one-sided p ≈ 0.0013 for independent points).
+const MIN_Z: f64 = 3.0;
+
+/// Sampling standard deviation of `y_b − y_a`, the difference of a site's live-bytes estimates at
+/// an earlier point `a` and a later point `b`, taken at rates up to `r`. `aa`, `ab` are the
+/// site's allocated-bytes estimates (NaN if unknown).
+///
+/// Samples live at both points cancel in the difference: only the blocks that came or went in
+/// between add error, about `r` per byte of them (a block of `s < r` bytes is sampled with
+/// probability ≈ `s/r` and then weighs ≈ `r`). New blocks are at most the bytes allocated in
+/// between, `ab − aa`; freed ones at most that plus `y_a − y_b`. So the variance is at most
+/// `r × (2(ab − aa) + y_a − y_b)`, and never more than `r × (y_a + y_b)` (all blocks replaced).
+/// Those bounds are themselves estimates; below one sample's worth they are raised to it (`r²`),
+/// so differences of one or two samples stay ties. Rate 1 is exact; rate 0 has no estimates.
+fn pair_sd(ya: f64, yb: f64, aa: f64, ab: f64, r: f64) -> f64 {
+    if r <= 1.0 {
+        return 1.0;
+    }
+    let replaced = ya.max(0.0) + yb.max(0.0);
+    let turnover = if aa.is_finite() && ab.is_finite() {
+        (2.0 * (ab - aa).max(0.0) + ya - yb).max(r).min(replaced)
+    } else {
+        replaced
+    };
+    (r * turnover).sqrt().max(1.0)
+}
+
+/// Keeps at most `max` points, evenly spread, always the last.
+fn thin(t: &mut Vec<f64>, y: &mut Vec<f64>, a: &mut Vec<f64>, r: &mut Vec<f64>, max: usize) {
+    let n = t.len();
+    if n <= max {
+        return;
+    }
+    let pick: Vec<usize> = (0..max)
+        .map(|i| (n - 1) - (max - 1 - i) * (n - 1) / (max - 1))
+        .collect();
+    for v in [t, y, a, r] {
+        let kept: Vec<f64> = pick.iter().map(|&i| v[i]).collect();
+        *v = kept;
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_unstable_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// The three tests of [`History::growing`] on one series: times `t` (seconds, increasing), live
+/// bytes `y`, allocated bytes `a` (NaN where unknown), sample rates `r`. `Some` only for a
+/// growing series.
+pub(crate) fn trend(t: &[f64], y: &[f64], a: &[f64], r: &[f64]) -> Option<Trend> {
+    let n = t.len();
+    if n < MIN_POINTS {
+        return None;
+    }
+    // The thirds first: linear, and what most steady sites fail.
+    // Each third's median above the previous one's, beyond sampling error.
+    let third = n / 3;
+    let mut m = [0.0; 3];
+    let mut ma = [0.0; 3];
+    let mut rate = [0.0f64; 3];
+    for k in 0..3 {
+        let (lo, hi) = (k * third, if k == 2 { n } else { (k + 1) * third });
+        m[k] = median(&mut y[lo..hi].to_vec());
+        ma[k] = if a[lo..hi].iter().all(|x| x.is_finite()) {
+            median(&mut a[lo..hi].to_vec())
+        } else {
+            f64::NAN
+        };
+        rate[k] = r[lo..hi].iter().copied().fold(0.0, f64::max);
+    }
+    for k in 1..3 {
+        let sd = pair_sd(m[k - 1], m[k], ma[k - 1], ma[k], rate[k - 1].max(rate[k]));
+        if m[k] - m[k - 1] <= THIRD_SD * sd {
+            return None;
+        }
+    }
+    // Mann–Kendall over pairs that differ by more than their sampling error.
+    let mut s = 0i64;
+    let mut slopes = Vec::with_capacity(n * (n - 1) / 2);
+    for i in 0..n {
+        for j in i + 1..n {
+            let d = y[j] - y[i];
+            if d.abs() > PAIR_SD * pair_sd(y[i], y[j], a[i], a[j], r[i].max(r[j])) {
+                s += d.signum() as i64;
+            }
+            let dt = t[j] - t[i];
+            if dt > 0.0 {
+                slopes.push(d / dt);
+            }
+        }
+    }
+    let nf = n as f64;
+    let var = nf * (nf - 1.0) * (2.0 * nf + 5.0) / 18.0;
+    let z = if s > 0 {
+        (s - 1) as f64 / var.sqrt()
+    } else {
+        0.0
+    };
+    if z < MIN_Z || slopes.is_empty() {
+        return None;
+    }
+    let slope = median(&mut slopes);
+    if slope <= 0.0 {
+        return None;
+    }
+    Some(Trend { slope, z })
+}
+
+/// `profile now − the point nearest age ago`: the profile of now, plus for every site recorded at
+/// that point a record of its values then, negated. Sites summed into that point's "other" entry
+/// are one negative record on a pseudo-frame, so the totals are exactly the differences. `None`
+/// if nothing was recorded.
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
+pub(crate) fn since(age: Duration) -> Option<HeapProfile> {
+    let h = snapshot();
+    profiler_scope(|| {
+        let now_at = EPOCH.get_or_init(Instant::now).elapsed();
+        let then = h.point_at(now_at, age)?.clone();
+        let mut p = crate::profile();
+        let mut by_addr: HashMap<AddrKey, usize, FxBuild> = p
+            .stacks
+            .iter()
+            .enumerate()
+            .skip(1)
+            .map(|(i, s)| (AddrKey(s.clone()), i))
+            .collect();
+        let neg = |v: &Values| Estimates {
+            alloc_objects: -(v.alloc_objects as f64),
+            alloc_bytes: -(v.alloc_bytes as f64),
+            inuse_objects: -(v.inuse_objects as f64),
+            inuse_bytes: -(v.inuse_bytes as f64),
+        };
+        for e in then.sites.iter() {
+            let Some(Some(frames)) = h.frames.get(e.key as usize) else {
+                continue;
+            };
+            let stack = if frames.is_empty() {
+                0
+            } else {
+                *by_addr.entry(AddrKey(frames.clone())).or_insert_with(|| {
+                    p.stacks.push(frames.clone());
+                    p.stacks.len() - 1
+                })
+            };
+            p.records.push(Record {
+                stack,
+                tag: 0,
+                size: 0,
+                rate: 0,
+                allocs: 0,
+                frees: 0,
+                est: neg(&e.v),
+            });
+        }
+        if !then.other.is_zero() {
+            p.stacks.push(Arc::from(vec![Frame {
+                // Not 0 (the overflow pseudo-location) and in no mapping.
+                address: 1,
+                symbols: crate::symbols::Symbols::new(vec![Symbol {
+                    function: format!(
+                        "heapsight: sites below the top {SITES_PER_POINT} at the earlier point"
+                    ),
+                    file: None,
+                    line: None,
+                }]),
+            }]));
+            p.records.push(Record {
+                stack: p.stacks.len() - 1,
+                tag: 0,
+                size: 0,
+                rate: 0,
+                allocs: 0,
+                frees: 0,
+                est: neg(&then.other),
+            });
+        }
+        p.duration_nanos = p.time_nanos.saturating_sub(then.unix_nanos).max(0);
+        p.assemble();
+        Some(p)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// xorshift64* for the simulated sampler.
+    struct Rng(u64);
+    impl Rng {
+        fn unit(&mut self) -> f64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            (self.0.wrapping_mul(0x2545F4914F6CDD1D) >> 11) as f64 / (1u64 << 53) as f64
+        }
+    }
+
+    /// A site simulated block by block with heapsight's sampling rule (a block of `size` is
+    /// sampled with probability `1 - exp(-size/rate)` and then stands for `1/p` blocks): its
+    /// live-bytes estimate after each interval. `live_blocks(i)` says which blocks (by id) are
+    /// live after interval `i`; each id's sampling coin is thrown once, when first seen.
+    fn simulate(
+        rng: &mut Rng,
+        rate: f64,
+        size: f64,
+        intervals: usize,
+        live: impl Fn(usize) -> std::ops::Range<u64>,
+    ) -> Series {
+        let p = 1.0 - (-size / rate).exp();
+        let w = size / p;
+        let mut sampled: HashMap<u64, bool> = HashMap::new();
+        let mut out = Series::default();
+        for i in 0..intervals {
+            let live = live(i)
+                .filter(|id| *sampled.entry(*id).or_insert_with(|| rng.unit() < p))
+                .count() as f64;
+            out.y.push(live * w);
+            out.a
+                .push(sampled.values().filter(|s| **s).count() as f64 * w);
+        }
+        out
+    }
+
+    #[derive(Default, Debug)]
+    struct Series {
+        y: Vec<f64>,
+        a: Vec<f64>,
+    }
+
+    fn verdict(s: &Series, k: usize, rate: f64) -> Option<Trend> {
+        let t: Vec<f64> = (0..k).map(|i| i as f64 * 10.0).collect();
+        let r = vec![rate; k];
+        trend(&t, &s.y[..k], &s.a[..k], &r)
+    }
+
+    const KIB: f64 = 1024.0;
+
+    /// Over many seeds and both rates: a leak of 2 × rate per interval (4 KiB blocks) is found
+    /// within 20 intervals; churning, bursting, stepping and steady sites never are.
+    #[test]
+    fn leak_found_and_noise_not() {
+        for rate in [512.0 * KIB, 64.0 * KIB] {
+            let per = (2.0 * rate / (4.0 * KIB)) as u64; // blocks per interval: 2 × rate bytes
+            let mut detected_by = Vec::new();
+            // Theil–Sen slope over the 30 points, relative to the truth.
+            let mut slopes = Vec::new();
+            for seed in 1..=200u64 {
+                let mut rng = Rng(seed * 0x9E3779B97F4A7C15);
+                let n = 30;
+                let leak = simulate(&mut rng, rate, 4.0 * KIB, n, |i| 0..per * (i as u64 + 1));
+                let first = (MIN_POINTS..=n).find(|&k| verdict(&leak, k, rate).is_some());
+                detected_by.push(first.unwrap_or(usize::MAX));
+                if let Some(tr) = verdict(&leak, n, rate) {
+                    slopes.push(tr.slope * 10.0 / (per as f64 * 4.0 * KIB));
+                }
+                // Steady pool of 4 MiB replaced at a quarter per interval.
+                let pool = (4.0 * 1024.0 * KIB / (4.0 * KIB)) as u64;
+                let churn = simulate(&mut rng, rate, 4.0 * KIB, n, |i| {
+                    let start = i as u64 * pool / 4;
+                    start..start + pool
+                });
+                // A burst of 16 MiB during intervals 10..13 and again at the very end.
+                let burst = simulate(&mut rng, rate, 4.0 * KIB, n, |i| {
+                    if (10..13).contains(&i) || i >= n - 3 {
+                        1_000_000..1_000_000 + 4096
+                    } else {
+                        0..64
+                    }
+                });
+                // A cache that fills over the first 4 intervals and then stays: growth while it
+                // fills, so it is checked once the filling is in the oldest third of the window.
+                let step = simulate(&mut rng, rate, 4.0 * KIB, n, |i| {
+                    0..(i.min(3) as u64 + 1) * 800
+                });
+                for (name, y, from) in [
+                    ("churn", &churn, MIN_POINTS),
+                    ("burst", &burst, MIN_POINTS),
+                    ("step", &step, 12),
+                ] {
+                    for k in from..=n {
+                        assert!(
+                            verdict(y, k, rate).is_none(),
+                            "{name} reported at rate {rate}, seed {seed}, {k} points: {:?}",
+                            &y.y[..k]
+                        );
+                    }
+                }
+            }
+            let mean = slopes.iter().sum::<f64>() / slopes.len() as f64;
+            let sd = (slopes.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / slopes.len() as f64)
+                .sqrt();
+            println!(
+                "rate {rate}: slope / truth = {mean:.3} ± {sd:.3} over {} runs",
+                slopes.len()
+            );
+            assert!((mean - 1.0).abs() < 0.05, "slope biased: {mean}");
+            detected_by.sort_unstable();
+            let (median, worst) = (
+                detected_by[detected_by.len() / 2],
+                *detected_by.last().unwrap(),
+            );
+            println!(
+                "rate {rate}: leak reported after {median} intervals (median), {worst} at most"
+            );
+            assert!(
+                worst <= 20,
+                "leak found only after {worst} intervals at rate {rate}"
+            );
+        }
+    }
+
+    #[test]
+    fn exact_series() {
+        let up: Vec<f64> = (0..10).map(|i| i as f64 * 1000.0).collect();
+        let up = Series {
+            a: up.clone(),
+            y: up,
+        };
+        let tr = verdict(&up, 10, 1.0).unwrap();
+        assert!((tr.slope - 100.0).abs() < 1e-9, "{tr:?}");
+        assert!(verdict(&up, MIN_POINTS - 1, 1.0).is_none());
+        let flat = Series {
+            y: vec![5000.0; 20],
+            a: vec![5000.0; 20],
+        };
+        assert!(verdict(&flat, 20, 1.0).is_none());
+        let down = Series {
+            y: up.y.iter().rev().copied().collect(),
+            a: vec![9000.0; 10],
+        };
+        assert!(verdict(&down, 10, 1.0).is_none());
+    }
+
+    #[test]
+    fn thinning_keeps_ends_and_order() {
+        let mut t: Vec<f64> = (0..1000).map(f64::from).collect();
+        let mut y = t.clone();
+        let mut a = t.clone();
+        let mut r = t.clone();
+        thin(&mut t, &mut y, &mut a, &mut r, 120);
+        assert_eq!(t.len(), 120);
+        assert_eq!((t[0], t[119]), (0.0, 999.0));
+        assert!(t.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn capacity_of_default_window() {
+        assert_eq!(capacity(DEFAULT_INTERVAL, DEFAULT_WINDOW), 361);
+        assert_eq!(
+            capacity(Duration::from_nanos(1), Duration::from_secs(1 << 40)),
+            MAX_POINTS
+        );
+    }
+}
