@@ -763,7 +763,7 @@ pub(crate) fn since(age: Duration) -> Option<HeapProfile> {
             p.stacks.push(Arc::from(vec![Frame {
                 // Not 0 (the overflow pseudo-location) and in no mapping.
                 address: 1,
-                symbols: Arc::from(vec![Symbol {
+                symbols: crate::symbols::Symbols::new(vec![Symbol {
                     function: format!(
                         "heapsight: sites below the top {SITES_PER_POINT} at the earlier point"
                     ),

@@ -228,6 +228,8 @@ mod alloc;
 mod config;
 mod counters;
 mod dump;
+mod dwarf;
+mod elf;
 mod filter;
 mod guard;
 pub mod history;
@@ -263,7 +265,7 @@ pub use crate::measure::{measure, Usage};
 pub use crate::profile::{Distribution, SampleType, Top, UnknownSampleType};
 pub use crate::snapshot::{HeapProfile, Site};
 pub use crate::stack::Unwinder;
-pub use crate::symbols::{Frame, Symbol};
+pub use crate::symbols::{Frame, Symbol, Symbols};
 pub use crate::tags::{
     tag, tag_stats, try_tag, with_tag, Tag, TagError, TagFutureExt, TagGuard, TagStats, Tagged,
     MAX_LABELS, MAX_LABEL_KEY_LEN, MAX_TAG_LEN, MAX_TAG_NAMES, OVERFLOW_TAG, TAG_KEY,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crate::guard::profiler_scope;
 use crate::sampler;
 use crate::sites::{self, FxBuild, OVERFLOW_STACK};
-use crate::symbols::{self, Frame, Symbol};
+use crate::symbols::{self, Frame, Symbol, Symbols};
 use crate::sync::Lock;
 use crate::Stats;
 
@@ -63,6 +63,9 @@ pub struct HeapProfile {
     pub(crate) live_samples: usize,
     pub(crate) overflow_samples: u64,
     pub(crate) symbol_cache_bytes: usize,
+    /// What symbolization lacked (e.g. a stripped binary), one line per file; written as pprof
+    /// comments and in the text trailer.
+    pub(crate) symbol_notes: Vec<String>,
     /// Tag names by tag id (0 = untagged); filled by the tagging API, empty until then.
     pub(crate) tag_names: Vec<String>,
     /// Each tag's key/value labels by tag id, sorted by key (see `tags`); may be shorter than
@@ -187,6 +190,7 @@ impl Drop for HeapProfile {
             drop(core::mem::take(&mut self.records));
             drop(core::mem::take(&mut self.sites));
             drop(core::mem::take(&mut self.tag_names));
+            drop(core::mem::take(&mut self.symbol_notes));
             drop(core::mem::take(&mut self.tag_labels));
             drop(core::mem::take(&mut self.lifetimes));
             drop(core::mem::take(&mut self.sites_by_tag));
@@ -279,6 +283,11 @@ fn build(raw: sites::RawTable, symbolize: bool, stats: Stats, time_nanos: i64) -
         live_samples: raw.live_samples,
         overflow_samples: raw.overflow_samples,
         symbol_cache_bytes: if symbolize { symbols::cache_bytes() } else { 0 } + cache_bytes,
+        symbol_notes: if symbolize {
+            symbols::notes()
+        } else {
+            Vec::new()
+        },
         tag_names: crate::tags::names().iter().map(|n| n.to_string()).collect(),
         tag_labels: crate::tags::label_sets(),
         lifetimes,
@@ -463,36 +472,55 @@ fn canon_bytes(c: &AddrKey) -> usize {
 
 /// Profile stacks (index 0 = the frame-less site) for the raw stacks of a snapshot, the map from
 /// raw stack id to profile stack index, and the stack cache's size. Must run inside the profiler
-/// guard; takes the stack-cache lock (never a site lock).
+/// guard. The stack-cache lock (never a site lock) is taken to see what is new and to add it,
+/// never while symbolizing (a `fork()` waits on it): the new stacks' addresses are resolved with
+/// the lock released, then it is taken again; two dumps racing may both resolve the same
+/// addresses, and the second one's work is dropped.
 fn trimmed_stacks(
     raw: &[Option<Arc<[usize]>>],
     symbolize: bool,
 ) -> (Vec<Arc<[Frame]>>, Vec<usize>, usize) {
     let max_depth = crate::alloc::MAX_DEPTH.load(std::sync::atomic::Ordering::Relaxed);
-    let mut guard = STACK_CACHES[symbolize as usize].lock();
-    if guard.as_ref().is_some_and(|c| c.max_depth != max_depth) {
-        *guard = None;
-    }
-    let cache = guard.get_or_insert_with(|| StackCache {
-        max_depth,
-        by_raw: HashMap::default(),
-        canon: Default::default(),
-        round: 0,
-        bytes: 0,
-    });
-    cache.round += 1;
-    let round = cache.round;
     let key = |s: &Arc<[usize]>| s.as_ptr() as usize;
-    let new: Vec<Arc<[usize]>> = raw
-        .iter()
-        .skip(1)
-        .flatten()
-        .filter(|s| !cache.by_raw.contains_key(&key(s)))
-        .cloned()
-        .collect();
-    if !new.is_empty() {
-        add_stacks(cache, &new, symbolize);
-    }
+    let mut resolved: HashMap<usize, Resolved, FxBuild> = HashMap::default();
+    let mut guard = loop {
+        let mut guard = STACK_CACHES[symbolize as usize].lock();
+        if guard.as_ref().is_some_and(|c| c.max_depth != max_depth) {
+            *guard = None;
+        }
+        let cache = guard.get_or_insert_with(|| StackCache {
+            max_depth,
+            by_raw: HashMap::default(),
+            canon: Default::default(),
+            round: 0,
+            bytes: 0,
+        });
+        let new: Vec<Arc<[usize]>> = raw
+            .iter()
+            .skip(1)
+            .flatten()
+            .filter(|s| !cache.by_raw.contains_key(&key(s)))
+            .cloned()
+            .collect();
+        let unresolved = symbolize
+            && new
+                .iter()
+                .flat_map(|s| s.iter())
+                .any(|a| !resolved.contains_key(a));
+        if !unresolved {
+            cache.round += 1;
+            if !new.is_empty() {
+                add_stacks(cache, &new, symbolize, &resolved);
+            }
+            break guard;
+        }
+        drop(guard);
+        resolve_addresses(&new, &mut resolved);
+    };
+    let Some(cache) = guard.as_mut() else {
+        return (vec![Arc::from(Vec::new())], vec![0; raw.len()], 0);
+    };
+    let round = cache.round;
     let mut stacks: Vec<Arc<[Frame]>> = vec![Arc::from(Vec::new())];
     // Canonical stack (by address) -> profile index.
     let mut local: HashMap<usize, usize, FxBuild> = HashMap::default();
@@ -528,31 +556,35 @@ fn trimmed_stacks(
 }
 
 /// An address's symbols and the index of its last allocator symbol.
-type Resolved = (Arc<[Symbol]>, Option<usize>);
+type Resolved = (Symbols, Option<usize>);
 
-/// Symbolizes (through the symbol cache), trims and canonicalizes `new` raw stacks, which
-/// follow the ones already in `cache`.
-fn add_stacks(cache: &mut StackCache, new: &[Arc<[usize]>], symbolize: bool) {
-    // Resolve every distinct address once, and note for each where its allocator symbols end
-    // (`last_allocator_symbol`), so trimming a stack is a scan of integers.
-    let mut symbols_of: HashMap<usize, Resolved, FxBuild> = HashMap::default();
-    if symbolize {
-        let mut seen: std::collections::HashSet<usize, FxBuild> = Default::default();
-        let addrs: Vec<usize> = new
-            .iter()
-            .flat_map(|s| s.iter().copied())
-            .filter(|a| seen.insert(*a))
-            .collect();
-        drop(seen);
-        let resolved = symbols::resolve_all(&addrs);
-        symbols_of.extend(addrs.into_iter().zip(resolved).map(|(a, syms)| {
-            let cut = last_allocator_symbol(&syms);
-            (a, (syms, cut))
-        }));
-    }
-    // Symbol lists come from the process-wide symbol cache, which keeps a reference to every list
-    // a profile hands out (see `symbols::Cache` for why: a program's clone must never be the last).
-    let empty: Arc<[Symbol]> = symbols::empty();
+/// Symbolizes every distinct address of `stacks` not yet in `resolved`, noting for each where its
+/// allocator symbols end (`last_allocator_symbol`), so trimming a stack is a scan of integers.
+/// Takes no stack-cache lock.
+fn resolve_addresses(stacks: &[Arc<[usize]>], resolved: &mut HashMap<usize, Resolved, FxBuild>) {
+    let mut seen: std::collections::HashSet<usize, FxBuild> = Default::default();
+    let addrs: Vec<usize> = stacks
+        .iter()
+        .flat_map(|s| s.iter().copied())
+        .filter(|a| !resolved.contains_key(a) && seen.insert(*a))
+        .collect();
+    drop(seen);
+    let syms = symbols::resolve_all(&addrs);
+    resolved.extend(addrs.into_iter().zip(syms).map(|(a, syms)| {
+        let cut = last_allocator_symbol(&syms);
+        (a, (syms, cut))
+    }));
+}
+
+/// Trims and canonicalizes `new` raw stacks, not yet in `cache`; with `symbolize`, the symbols
+/// of their addresses are in `symbols_of`.
+fn add_stacks(
+    cache: &mut StackCache,
+    new: &[Arc<[usize]>],
+    symbolize: bool,
+    symbols_of: &HashMap<usize, Resolved, FxBuild>,
+) {
+    let empty = Symbols::default();
     for s in new {
         let (start, partial) = if symbolize {
             trim_point(s, |a| {
@@ -568,11 +600,11 @@ fn add_stacks(cache: &mut StackCache, new: &[Arc<[usize]>], symbolize: bool) {
                 address: a,
                 symbols: symbols_of
                     .get(&a)
-                    .map_or_else(|| empty.clone(), |x| x.0.clone()),
+                    .map_or_else(|| empty.share(), |x| x.0.share()),
             })
             .collect();
         if let (Some(j), Some(f)) = (partial, frames.first_mut()) {
-            f.symbols = symbols::trimmed(f.address, &f.symbols[j + 1..]);
+            f.symbols = Symbols::new(f.symbols[j + 1..].to_vec());
         }
         let key = AddrKey(frames.into());
         let c = match cache.canon.get(&key) {
@@ -632,7 +664,7 @@ fn trim_allocator_frames(frames: &mut Vec<Frame>) {
     });
     frames.drain(..start);
     if let Some(j) = partial {
-        frames[0].symbols = frames[0].symbols[j + 1..].to_vec().into();
+        frames[0].symbols = Symbols::new(frames[0].symbols[j + 1..].to_vec());
     }
 }
 
@@ -649,15 +681,16 @@ mod tests {
     fn frame(addr: usize, names: &[&str]) -> Frame {
         Frame {
             address: addr,
-            symbols: names
-                .iter()
-                .map(|n| Symbol {
-                    function: n.to_string(),
-                    file: None,
-                    line: None,
-                })
-                .collect::<Vec<_>>()
-                .into(),
+            symbols: Symbols::new(
+                names
+                    .iter()
+                    .map(|n| Symbol {
+                        function: n.to_string(),
+                        file: None,
+                        line: None,
+                    })
+                    .collect(),
+            ),
         }
     }
 

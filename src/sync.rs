@@ -24,7 +24,8 @@
 //!    `history::RING`, the history's ring: the recorder and readers; takes no other lock.
 //! 2. `snapshot::STACK_CACHES[0..2]`, the trimmed-stack caches: `profile()` after the site table
 //!    was copied; takes the symbol cache inside.
-//! 3. `symbols::CACHE`, the symbol cache: `profile()` at dump time.
+//! 3. `symbols::CACHE`, the symbol cache (look-ups and inserts at dump time, never held while
+//!    resolving), then `symbols::NOTES`, the symbolizer's notes (a leaf).
 //! 4. The DWARF unwinder's fork gate (`stack::fork_gate_close`, not a lock: `fork()` waits for
 //!    captures in progress, which hold backtrace's global lock, and new ones return no frames).
 //! 5. `sites::TABLE`, the site table, then `sites::SHARDS`, the live-sample shards in index

@@ -6,7 +6,6 @@
 use std::ffi::c_void;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::sync::Arc;
 
 use heapsight::HeapSight;
 
@@ -121,8 +120,7 @@ fn values_from_a_profile_never_move_the_counters() {
         // Clones of frames and of their symbol lists, kept past the profile.
         let frames: Vec<heapsight::Frame> =
             p.sites().iter().flat_map(|s| s.frames().to_vec()).collect();
-        let symbols: Vec<Arc<[heapsight::Symbol]>> =
-            frames.iter().map(|f| f.symbols.clone()).collect();
+        let symbols: Vec<heapsight::Symbols> = frames.iter().map(|f| f.symbols.clone()).collect();
         assert!(!frames.is_empty());
         drop(p);
         drop(symbols);

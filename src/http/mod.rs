@@ -30,6 +30,7 @@ use std::time::Duration;
 mod page;
 mod prometheus;
 mod server;
+mod symbol;
 
 use page::{heapsight_page, index_page};
 pub(crate) use prometheus::metrics_text;
@@ -233,15 +234,75 @@ fn printable(s: &str) -> String {
 ///
 /// The body is allocated on the calling thread like any other allocation of the program; the
 /// profiling and encoding behind it are the profiler's own and uncounted.
+///
+/// `?symbolize=0` on the profile routes (`heap`, `allocs`, and their `?seconds=N` deltas) skips
+/// symbolization: addresses with mappings and build IDs, for `go tool pprof` to symbolize from
+/// the binary or through `/debug/pprof/symbol` (see [`respond_post`]).
 pub fn respond(path_and_query: &str) -> Response {
+    let (path, query) = path_and_query
+        .split_once('?')
+        .unwrap_or((path_and_query, ""));
+    if path == SYMBOL_PATH {
+        return symbol::answer(query.as_bytes());
+    }
+    let symbolize = match symbolize_param(query) {
+        Ok(s) => s,
+        Err(m) => return Response::text(400, m),
+    };
     match parse(path_and_query) {
-        Ok(route) => render(route),
+        Ok(route) => render(route, symbolize),
         Err(Refusal::NotFound(m)) => Response::text(404, m),
         Err(Refusal::BadRequest(m)) => Response::text(400, m),
     }
 }
 
-fn render(route: Route) -> Response {
+/// Go's remote symbolization endpoint, which answers `POST`s as well as `GET`s.
+const SYMBOL_PATH: &str = "/debug/pprof/symbol";
+
+/// Answers a `POST` of `body` to `path_and_query`: `/debug/pprof/symbol` with `0x…+0x…`
+/// addresses (what `go tool pprof` sends) gets one `0x… function` line per known address; any
+/// other path is 405. Mount it next to [`respond`] to serve remote symbolization.
+pub fn respond_post(path_and_query: &str, body: &[u8]) -> Response {
+    if takes_post(path_and_query) {
+        symbol::answer(body)
+    } else {
+        Response::text(405, format!("POST is only for {SYMBOL_PATH}"))
+    }
+}
+
+/// Whether `path_and_query` answers `POST`s (so the server reads the body).
+pub(crate) fn takes_post(path_and_query: &str) -> bool {
+    path_and_query.split('?').next() == Some(SYMBOL_PATH)
+}
+
+/// `symbolize=0` asks for an unsymbolized profile; absent or 1, symbolized.
+fn symbolize_param(query: &str) -> Result<bool, String> {
+    let mut symbolize = true;
+    for pair in query.split('&') {
+        if let Some(v) = pair.strip_prefix("symbolize=") {
+            symbolize = match v {
+                "0" => false,
+                "1" | "" => true,
+                _ => {
+                    return Err(format!(
+                        "bad query parameter symbolize={}: expected 0 or 1",
+                        printable(v)
+                    ))
+                }
+            };
+        }
+    }
+    Ok(symbolize)
+}
+
+fn render(route: Route, symbolize: bool) -> Response {
+    let take = || {
+        if symbolize {
+            crate::profile()
+        } else {
+            crate::profile_unsymbolized()
+        }
+    };
     match route {
         Route::Index => Response::new(200, "text/html; charset=utf-8", index_page().into_bytes()),
         Route::Metrics => Response::new(
@@ -267,11 +328,11 @@ fn render(route: Route) -> Response {
             seconds,
         } => {
             let profile = match seconds {
-                None => crate::profile(),
+                None => take(),
                 Some(s) => {
-                    let before = crate::profile();
+                    let before = take();
                     thread::sleep(Duration::from_secs(s));
-                    crate::profile().delta(&before)
+                    take().delta(&before)
                 }
             };
             let mut body = Vec::new();

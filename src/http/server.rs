@@ -69,6 +69,9 @@ struct Job {
     stream: TcpStream,
     method: String,
     target: String,
+    /// Bytes read past the head (the start of a `POST` body), and the body's `Content-Length`.
+    early: Vec<u8>,
+    body_len: Option<usize>,
 }
 
 /// Serves the endpoints on `addr`: one thread accepts connections and reads request heads,
@@ -197,6 +200,13 @@ fn worker(rx: &Mutex<Receiver<Job>>) {
         let head_only = job.method == "HEAD";
         let response = if job.method == "GET" || head_only {
             respond(&job.target)
+        } else if job.method == "POST" && super::takes_post(&job.target) {
+            match read_body(&mut job.stream, &job.early, job.body_len) {
+                Ok(body) => super::respond_post(&job.target, &body),
+                Err(refusal) => refusal,
+            }
+        } else if job.method == "POST" {
+            super::respond_post(&job.target, &[])
         } else {
             Response::text(
                 405,
@@ -217,7 +227,12 @@ struct Pending {
 /// What the bytes received so far amount to.
 enum Head {
     Partial,
-    Complete { method: String, target: String },
+    Complete {
+        method: String,
+        target: String,
+        early: Vec<u8>,
+        body_len: Option<usize>,
+    },
     Reject(Response),
 }
 
@@ -225,9 +240,11 @@ fn parse_head(buf: &[u8]) -> Head {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(buf) {
-        Ok(httparse::Status::Complete(_)) => Head::Complete {
+        Ok(httparse::Status::Complete(n)) => Head::Complete {
             method: req.method.unwrap_or("").to_string(),
             target: req.path.unwrap_or("").to_string(),
+            early: buf[n..].to_vec(),
+            body_len: content_length(req.headers),
         },
         Ok(httparse::Status::Partial) if buf.len() < MAX_REQUEST_BYTES => Head::Partial,
         Ok(httparse::Status::Partial) => {
@@ -261,9 +278,23 @@ fn accept_loop(listener: &TcpListener, stop: &AtomicBool, jobs: SyncSender<Job>)
             match read_more(&mut pending[i]) {
                 Ok(true) => match parse_head(&pending[i].buf) {
                     Head::Partial => {}
-                    Head::Complete { method, target } => {
+                    Head::Complete {
+                        method,
+                        target,
+                        early,
+                        body_len,
+                    } => {
                         let p = pending.swap_remove(i);
-                        dispatch(&jobs, p.stream, method, target);
+                        dispatch(
+                            &jobs,
+                            Job {
+                                stream: p.stream,
+                                method,
+                                target,
+                                early,
+                                body_len,
+                            },
+                        );
                     }
                     Head::Reject(r) => {
                         let mut p = pending.swap_remove(i);
@@ -337,18 +368,14 @@ fn read_more(p: &mut Pending) -> io::Result<bool> {
 }
 
 /// Hands a complete request to the workers, or answers 503 if they are all behind.
-fn dispatch(jobs: &SyncSender<Job>, stream: TcpStream, method: String, target: String) {
-    if stream.set_nonblocking(false).is_err()
-        || stream.set_read_timeout(Some(IO_TIMEOUT)).is_err()
-        || stream.set_write_timeout(Some(IO_TIMEOUT)).is_err()
+fn dispatch(jobs: &SyncSender<Job>, job: Job) {
+    if job.stream.set_nonblocking(false).is_err()
+        || job.stream.set_read_timeout(Some(IO_TIMEOUT)).is_err()
+        || job.stream.set_write_timeout(Some(IO_TIMEOUT)).is_err()
     {
         return;
     }
-    match jobs.try_send(Job {
-        stream,
-        method,
-        target,
-    }) {
+    match jobs.try_send(job) {
         Ok(()) => {}
         Err(TrySendError::Full(mut j)) => {
             reply_now(
@@ -367,12 +394,58 @@ fn reply_now(stream: &mut TcpStream, r: &Response) {
     let _ = write_response(stream, r, true);
 }
 
+/// Largest `POST` body read (a symbol request for 10,000 locations is about 150 KB).
+const MAX_BODY_BYTES: usize = 4 << 20;
+
+/// The request's `Content-Length`, if given and numeric.
+fn content_length(headers: &[httparse::Header<'_>]) -> Option<usize> {
+    headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .and_then(|h| core::str::from_utf8(h.value).ok()?.trim().parse().ok())
+}
+
+/// Reads a `POST` body of `len` bytes, of which `already` came with the head; a refusal to send
+/// back instead when the length is missing or too large.
+fn read_body(
+    stream: &mut TcpStream,
+    already: &[u8],
+    len: Option<usize>,
+) -> Result<Vec<u8>, Response> {
+    let Some(len) = len else {
+        return Err(Response::text(411, "POST needs a Content-Length".into()));
+    };
+    if len > MAX_BODY_BYTES {
+        return Err(Response::text(
+            413,
+            format!("body larger than {MAX_BODY_BYTES} bytes"),
+        ));
+    }
+    let mut body = Vec::with_capacity(len);
+    body.extend_from_slice(&already[..already.len().min(len)]);
+    let mut chunk = [0u8; 4096];
+    while body.len() < len {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => {
+                return Err(Response::text(
+                    400,
+                    "body shorter than its Content-Length".into(),
+                ))
+            }
+            Ok(n) => body.extend_from_slice(&chunk[..n.min(len - body.len())]),
+        }
+    }
+    Ok(body)
+}
+
 fn write_response(stream: &mut TcpStream, r: &Response, with_body: bool) -> io::Result<()> {
     let reason = match r.status {
         200 => "OK",
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        411 => "Length Required",
+        413 => "Payload Too Large",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
         _ => "Internal Server Error",

@@ -179,12 +179,11 @@ type Sample = (i32, Vec<i32>, i64);
 fn samples(p: &HeapProfile, types: [SampleType; 2], meta: &Meta, d: &mut Dict) -> [Vec<Sample>; 2] {
     let overflow: [Frame; 1] = [Frame {
         address: 0,
-        symbols: vec![crate::Symbol {
+        symbols: crate::symbols::Symbols::new(vec![crate::Symbol {
             function: OVERFLOW_NAME.to_string(),
             file: None,
             line: None,
-        }]
-        .into(),
+        }]),
     }];
     let mut out = [Vec::new(), Vec::new()];
     for r in &p.records {

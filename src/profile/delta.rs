@@ -140,6 +140,7 @@ pub(crate) fn delta(later: &HeapProfile, earlier: &HeapProfile) -> HeapProfile {
             .overflow_samples
             .saturating_sub(earlier.overflow_samples),
         symbol_cache_bytes: later.symbol_cache_bytes,
+        symbol_notes: later.symbol_notes.clone(),
         tag_names: later.tag_names.clone(),
         tag_labels: later.tag_labels.clone(),
         lifetimes,

@@ -8,7 +8,7 @@ use super::maps::Mapping;
 use super::*;
 use crate::sites::LIFE_BINS;
 use crate::snapshot::{estimates, Estimates, Record};
-use crate::symbols::{Frame, Symbol};
+use crate::symbols::{Frame, Symbol, Symbols};
 use crate::Stats;
 
 fn sym(f: &str, file: Option<&str>, line: u32) -> Symbol {
@@ -22,7 +22,7 @@ fn sym(f: &str, file: Option<&str>, line: u32) -> Symbol {
 fn frame(address: usize, syms: Vec<Symbol>) -> Frame {
     Frame {
         address,
-        symbols: syms.into(),
+        symbols: Symbols::new(syms),
     }
 }
 
@@ -144,6 +144,7 @@ pub(crate) fn synthetic() -> HeapProfile {
         live_samples: 753,
         overflow_samples: 5,
         symbol_cache_bytes: 4096,
+        symbol_notes: Vec::new(),
         tag_names: vec![String::new(), "cache".to_string()],
         tag_labels: Vec::new(),
         lifetimes,

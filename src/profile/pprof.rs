@@ -28,7 +28,7 @@ use super::proto::Encoder;
 use super::SampleType;
 use crate::sites::FxBuild;
 use crate::snapshot::HeapProfile;
-use crate::symbols::{Frame, Symbol, DROP_FRAMES_REGEX};
+use crate::symbols::{Frame, Symbol, Symbols, DROP_FRAMES_REGEX};
 
 /// `drop_frames` for the symbolizer of the `go tool pprof` that ships with Go: it names Rust
 /// functions by their DWARF short name (`take_sample`, not `heapsight::alloc::take_sample`), which
@@ -169,12 +169,11 @@ pub(crate) fn encode(
     // one pseudo-location (address 0, no mapping) whose function names it.
     let overflow: [Frame; 1] = [Frame {
         address: 0,
-        symbols: vec![Symbol {
+        symbols: Symbols::new(vec![Symbol {
             function: OVERFLOW_NAME.to_string(),
             file: None,
             line: None,
-        }]
-        .into(),
+        }]),
     }];
     for r in &p.records {
         ids.clear();
@@ -317,6 +316,7 @@ pub(crate) fn encode(
     };
     let (space, bytes) = (st.intern("space"), st.intern("bytes"));
     let default_type = default_type.map_or(0, |t| st.intern(t.name()));
+    let comments: Vec<i64> = p.symbol_notes.iter().map(|n| st.intern(n)).collect();
 
     // Profile.string_table = 6.
     for s in &st.list {
@@ -331,6 +331,9 @@ pub(crate) fn encode(
         e.i64_opt(2, bytes);
     });
     e.i64_opt(12, p.rate as i64); // period
+    for c in comments {
+        e.i64_opt(13, c); // comment: what symbolization lacked
+    }
     e.i64_opt(14, default_type); // default_sample_type
     e.buf
 }

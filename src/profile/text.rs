@@ -185,6 +185,9 @@ fn write_trailer(p: &HeapProfile, rate: u64, s: &mut String) {
     ] {
         let _ = writeln!(s, "# {k} = {v}");
     }
+    for n in &p.symbol_notes {
+        let _ = writeln!(s, "# Symbolization: {n}");
+    }
     let _ = writeln!(
         s,
         "#\n# heapsight.Sites (top {TRAILER_SITES} by in-use bytes; allocation sizes weighted by \
