@@ -141,26 +141,29 @@
 //!   countdown to its next sample and a pointer to a counter slot only it writes. An unsampled
 //!   allocation subtracts its size from the countdown and adds to its own slot; a free checks one
 //!   byte of a filter of sampled addresses and adds to its own slot. No lock, no shared
-//!   read-modify-write, no allocation, no header on blocks: 20 instructions per alloc+free pair
-//!   over the inner allocator (callgrind, README). Readers sum the slots.
+//!   read-modify-write, no allocation, no header on blocks: about 30 instructions per alloc+free
+//!   pair over the inner allocator through `__rust_alloc` (callgrind, README "Overhead"). Readers
+//!   sum the slots.
 //! * **Sampling** (`sampler.rs`). Exponential gaps with mean = rate, as Go's `nextSample`; the
 //!   weight of a sample is fixed by the rate its countdown was drawn with, so estimates stay
 //!   unbiased across a rate change.
 //! * **Stacks** (`stack.rs`). Only for sampled allocations: a bounds-checked frame-pointer walk,
-//!   or `backtrace::trace` when the walk is too short (code without frame pointers) or when asked.
+//!   or `backtrace::trace` when the chain is broken (code without frame pointers) or when asked.
 //!   Symbolization happens at dump time only, cached.
 //! * **Sites** (`sites.rs`). Samples are counted per (stack, tag, size, rate): estimates are
 //!   integer counts times `1/p`, so a site whose blocks were all freed shows exactly 0 live. Frees
 //!   of sampled blocks take their weight out at once: in-use is live, not as of a collection.
-//!   The table is capped (`HEAPSIGHT_MAX_SITES`, default 16,384 stacks; then one overflow site).
+//!   The table is capped (`HEAPSIGHT_MAX_SITES`, default 16,384 stacks): at the cap, stacks with
+//!   no live samples are reclaimed and their totals kept; the overflow site takes only what
+//!   cannot be reclaimed.
 //! * **Reentrancy.** One guard, [`in_profiler`]: everything the profiler allocates goes straight to
 //!   the inner allocator, uncounted, and is reported as [`Stats::profiler_bytes`].
 //!
 //! # Caveats
 //!
-//! * `peak_inuse_bytes` is exact while one thread allocates at a time; with several threads
-//!   allocating at once it can be off by about what one thread allocates between two of its
-//!   samples, because no thread sees the others' counts without a shared counter.
+//! * `peak_inuse_bytes` is exact for a single-threaded program; threads publish their in-use
+//!   changes to one shared figure every sampling countdown (and after 1 MiB of frees), so with
+//!   several threads it can be off by about one countdown per thread. `measure()` is exact.
 //! * Allocations of a thread whose thread-locals are already destroyed (late in thread exit) are
 //!   counted exactly but not sampled.
 //! * `fork()` is handled (the child can allocate and profile); see the README's "Guarantees and
@@ -177,7 +180,7 @@
 //! |---|---|---|
 //! | `HEAPSIGHT_SAMPLE_RATE` | bytes between samples: digits with an optional unit, 0 = off, 1 = every allocation | 512 KiB |
 //! | `HEAPSIGHT_MAX_DEPTH` | frames kept per stack, 1 to 256 | 128 |
-//! | `HEAPSIGHT_MAX_SITES` | distinct stacks before the overflow site, 1 to 16,777,216 | 16,384 |
+//! | `HEAPSIGHT_MAX_SITES` | distinct stacks kept (at the cap, stacks with no live samples are reclaimed), 1 to 16,777,216 | 16,384 |
 //! | `HEAPSIGHT_UNWINDER` | `auto`, `fp` (or `frame-pointers`), `dwarf`, in any case | `auto` |
 //! | `HEAPSIGHT_DUMP_ON_EXIT` | write a profile there at exit (`.txt`: Go text, else pprof) | off |
 //! | `HEAPSIGHT_HTTP_ADDR` | `HOST:PORT`, or Go's `:PORT` for every interface, for `http::serve_from_env` (feature `http`) | – |
@@ -200,6 +203,7 @@
 //! | `flamegraph` | `HeapProfile::write_flamegraph` (SVG) | `inferno` |
 //! | `signal` | `install_dump_signal`: dump on `SIGUSR2` (Unix) | – |
 //! | `metrics` | `metrics`: the counters through the `metrics` facade | `metrics` |
+//! | `otlp` | `otlp::start`: pushes heap profiles to an OpenTelemetry Collector (OTLP profiles over HTTP/protobuf) | `ureq` (no default features) |
 //! | `tracing` | `tracing::TagLayer`: memory per `tracing` span (`http.route`, job names) | `tracing-core`, `tracing-subscriber` (no default features) |
 //!
 //! # Platforms

@@ -59,7 +59,7 @@ fn deep_stacks_are_truncated() {
             // The sites whose sample count grew are this run's.
             let grown: Vec<usize> = deep_sites()
                 .into_iter()
-                .filter(|(k, (n, _))| before.get(k).map_or(true, |(b, _)| n > b))
+                .filter(|(k, (n, _))| before.get(k).is_none_or(|(b, _)| n > b))
                 .map(|(_, (_, len))| len)
                 .collect();
             assert!(

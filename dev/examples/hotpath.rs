@@ -75,7 +75,10 @@ fn p50_ns(reps: usize) -> f64 {
     t[reps / 2] as f64
 }
 
-const CASES: [(&str, fn(u64)); 8] = [
+/// A named kernel run under callgrind.
+type Case = (&'static str, fn(u64));
+
+const CASES: [Case; 8] = [
     ("system", case_system),
     ("heapsight_system_rate0", case_heapsight_system_rate0),
     ("heapsight_system_default", case_heapsight_system_default),
