@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use crate::guard::profiler_scope;
 use crate::sites::FxBuild;
-use crate::snapshot::{Estimates, HeapProfile, Record};
+use crate::snapshot::{AddrKey, Estimates, HeapProfile, Record};
 use crate::symbols::{Frame, Symbol};
 use crate::sync::Lock;
 use crate::Stats;
@@ -107,30 +107,6 @@ struct Point {
     /// Read by the `?since=` comparison (feature `http`).
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
     other: Values,
-}
-
-/// A trimmed stack compared and hashed by its addresses (what identifies it; see `snapshot`).
-#[derive(Clone)]
-struct AddrKey(Arc<[Frame]>);
-
-impl PartialEq for AddrKey {
-    fn eq(&self, o: &Self) -> bool {
-        self.0.len() == o.0.len()
-            && self
-                .0
-                .iter()
-                .zip(o.0.iter())
-                .all(|(a, b)| a.address == b.address)
-    }
-}
-impl Eq for AddrKey {}
-impl std::hash::Hash for AddrKey {
-    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        h.write_usize(self.0.len());
-        for f in self.0.iter() {
-            h.write_usize(f.address);
-        }
-    }
 }
 
 /// Interned sites, reference-counted by the points that name them, so the table only holds what

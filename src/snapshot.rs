@@ -417,7 +417,8 @@ struct RawEntry {
 
 /// A trimmed stack compared by the addresses it keeps (a partially trimmed leaf frame is a
 /// function of its address, so addresses identify the stack).
-struct AddrKey(Arc<[Frame]>);
+#[derive(Clone)]
+pub(crate) struct AddrKey(pub(crate) Arc<[Frame]>);
 
 impl PartialEq for AddrKey {
     fn eq(&self, o: &Self) -> bool {
