@@ -9,7 +9,6 @@
 //! recorder thread at 100 ms.
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::Command;
 use std::thread;
 use std::time::Duration;
 
@@ -380,29 +379,8 @@ fn page_shows_timeline_and_leak() {
         return;
     }
     let url = format!("http://{}/debug/heapsight", server.local_addr());
-    let dir = std::env::temp_dir().join(format!("heapsight-history-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let shot = dir.join("page.png");
-    let base = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--hide-scrollbars",
-    ];
-    let profile_dir = format!("--user-data-dir={}", dir.join("profile").display());
-    let dom = Command::new("chromium")
-        .args(base)
-        .arg(&profile_dir)
-        .arg("--dump-dom")
-        .arg(&url)
-        .output()
-        .unwrap();
-    let dom = String::from_utf8_lossy(&dom.stdout);
+    let chromium = support::Chromium::new();
+    let dom = chromium.dom(&url);
     let growing = dom
         .split("id=\"growing\"")
         .nth(1)
@@ -417,19 +395,7 @@ fn page_shows_timeline_and_leak() {
         assert!(!growing.contains(f), "{f} shown as growing");
     }
     assert!(dom.contains("Live bytes (exact)") && dom.contains("Allocation rate"));
-    let out = Command::new("chromium")
-        .args(base)
-        .arg(&profile_dir)
-        .arg(format!("--screenshot={}", shot.display()))
-        .arg("--window-size=1200,1400")
-        .arg(&url)
-        .output()
-        .unwrap();
-    assert!(
-        shot.exists(),
-        "no screenshot: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let shot = chromium.screenshot(&url, 1200, 1400);
     let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&shot).unwrap()));
     let mut reader = decoder.read_info().unwrap();
     let mut img = vec![0; reader.output_buffer_size()];
@@ -454,7 +420,6 @@ fn page_shows_timeline_and_leak() {
         bars > 500,
         "no allocation-rate bars in the screenshot ({bars} pixels)"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     drop(workload.join().unwrap());
     server.shutdown();

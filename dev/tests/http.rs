@@ -4,7 +4,6 @@
 //! and headless Chromium renders /debug/heapsight.
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::Command;
 use std::thread;
 use std::time::Duration;
 
@@ -281,30 +280,8 @@ fn chromium_renders_the_page() {
     let keep = http_test_keeps_blocks();
     let h = server();
     let url = format!("http://{}/debug/heapsight", h.local_addr());
-    // Chromium's profile (--user-data-dir) and the screenshot live in a directory removed at
-    // the end, pass or fail.
-    let dir = support::TempDir::new("chromium");
-    let shot = dir.join("page.png");
-    let base = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--hide-scrollbars",
-    ];
-    let profile_dir = format!("--user-data-dir={}", dir.join("profile").display());
-    let dom = Command::new("chromium")
-        .args(base)
-        .arg(&profile_dir)
-        .arg("--dump-dom")
-        .arg(&url)
-        .output()
-        .unwrap();
-    let dom = String::from_utf8_lossy(&dom.stdout);
+    let chromium = support::Chromium::new();
+    let dom = chromium.dom(&url);
     for needle in [
         "Counters (exact)",
         "<svg",
@@ -313,19 +290,7 @@ fn chromium_renders_the_page() {
     ] {
         assert!(dom.contains(needle), "rendered DOM lacks {needle}");
     }
-    let out = Command::new("chromium")
-        .args(base)
-        .arg(&profile_dir)
-        .arg(format!("--screenshot={}", shot.display()))
-        .arg("--window-size=1200,1600")
-        .arg(&url)
-        .output()
-        .unwrap();
-    assert!(
-        shot.exists(),
-        "no screenshot: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let shot = chromium.screenshot(&url, 1200, 1600);
     let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&shot).unwrap()));
     let mut reader = decoder.read_info().unwrap();
     let mut img = vec![0; reader.output_buffer_size()];

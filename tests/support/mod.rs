@@ -311,6 +311,71 @@ impl Drop for TempDir {
     }
 }
 
+/// Headless Chromium as the page tests run it. Its profile (`--user-data-dir`) and screenshots
+/// live in a temporary directory removed on drop, pass or fail. (Check [`have_tool`]`("chromium")`
+/// first.)
+pub struct Chromium {
+    dir: TempDir,
+}
+
+impl Chromium {
+    pub fn new() -> Chromium {
+        Chromium {
+            dir: TempDir::new("chromium"),
+        }
+    }
+
+    fn command(&self) -> std::process::Command {
+        let mut c = std::process::Command::new("chromium");
+        c.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            self.dir.join("profile").display()
+        ));
+        c
+    }
+
+    /// The page's DOM after load (`--dump-dom`).
+    pub fn dom(&self, url: &str) -> String {
+        let out = self
+            .command()
+            .arg("--dump-dom")
+            .arg(url)
+            .output()
+            .expect("run chromium");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A PNG screenshot of the page in a window of `width` x `height`; fails the test, with
+    /// Chromium's standard error, if none was written.
+    pub fn screenshot(&self, url: &str, width: u32, height: u32) -> std::path::PathBuf {
+        let shot = self.dir.join("page.png");
+        let out = self
+            .command()
+            .arg(format!("--screenshot={}", shot.display()))
+            .arg(format!("--window-size={width},{height}"))
+            .arg(url)
+            .output()
+            .expect("run chromium");
+        assert!(
+            shot.exists(),
+            "no screenshot: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        shot
+    }
+}
+
 /// Runs `go tool pprof ARGS...` and returns its standard output; fails the test, with pprof's
 /// standard error, if pprof fails. (Check [`have_tool`]`("go")` first.) pprof saves every
 /// profile it fetches by URL into `PPROF_TMPDIR` (default `~/pprof`): here that is a temporary
