@@ -146,19 +146,20 @@ impl<T> Drop for LockGuard<'_, T> {
     }
 }
 
-/// Sleeps while `*word == val` (or until woken, or spuriously). Keeps the caller's `errno`: the
-/// site table is locked inside `malloc`, whose callers may not expect it to change.
+/// One futex call on `word` that keeps the caller's `errno`: the site table is locked inside
+/// `malloc`, whose callers may not expect `errno` to change.
 #[cfg(all(target_os = "linux", not(heapsight_portable)))]
-fn wait(word: &AtomicU32, val: u32) {
-    // SAFETY: `word` is a live, aligned u32 for the duration of the call; FUTEX_WAIT with a null
-    // timeout only reads it. `__errno_location` is this thread's errno. Neither allocates.
+fn futex(word: &AtomicU32, op: libc::c_int, val: u32) {
+    // SAFETY: `word` is a live, aligned u32 for the duration of the call; FUTEX_WAIT (with a null
+    // timeout) only reads it and FUTEX_WAKE does not access it. `__errno_location` is this
+    // thread's errno. Neither allocates.
     unsafe {
         let errno = libc::__errno_location();
         let saved = *errno;
         libc::syscall(
             libc::SYS_futex,
             word.as_ptr(),
-            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            op | libc::FUTEX_PRIVATE_FLAG,
             val,
             core::ptr::null::<libc::timespec>(),
         );
@@ -166,21 +167,16 @@ fn wait(word: &AtomicU32, val: u32) {
     }
 }
 
-/// Wakes one sleeper of `word`, keeping `errno` (see [`wait`]).
+/// Sleeps while `*word == val` (or until woken, or spuriously).
+#[cfg(all(target_os = "linux", not(heapsight_portable)))]
+fn wait(word: &AtomicU32, val: u32) {
+    futex(word, libc::FUTEX_WAIT, val);
+}
+
+/// Wakes one sleeper of `word`.
 #[cfg(all(target_os = "linux", not(heapsight_portable)))]
 fn wake_one(word: &AtomicU32) {
-    // SAFETY: as in `wait`; FUTEX_WAKE does not access the word's memory.
-    unsafe {
-        let errno = libc::__errno_location();
-        let saved = *errno;
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-            1i32,
-        );
-        *errno = saved;
-    }
+    futex(word, libc::FUTEX_WAKE, 1);
 }
 
 #[cfg(not(all(target_os = "linux", not(heapsight_portable))))]

@@ -1,31 +1,10 @@
-//! Peer: tracking-allocator 0.4 over System, with a no-op tracker installed and tracking enabled
-//! (the cheapest way to use it: it still puts a header on every block and calls the tracker).
+//! Peer: tracking-allocator 0.4 over System with a no-op tracker (see `tracking/mod.rs`).
 //! See `kernels/mod.rs`.
 mod kernels;
-
-use tracking_allocator::{AllocationGroupId, AllocationRegistry, AllocationTracker, Allocator};
-
-#[global_allocator]
-static GLOBAL: Allocator<std::alloc::System> = Allocator::system();
-
-struct Noop;
-
-impl AllocationTracker for Noop {
-    fn allocated(&self, _addr: usize, _size: usize, _wrapped: usize, _group: AllocationGroupId) {}
-    fn deallocated(
-        &self,
-        _addr: usize,
-        _size: usize,
-        _wrapped: usize,
-        _src: AllocationGroupId,
-        _cur: AllocationGroupId,
-    ) {
-    }
-}
+mod tracking;
 
 fn main() {
-    AllocationRegistry::set_global_tracker(Noop).expect("no other tracker");
-    AllocationRegistry::enable_tracking();
+    tracking::enable();
     let mut c = kernels::criterion();
     kernels::run_all(
         &mut c,
