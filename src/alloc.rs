@@ -105,7 +105,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for HeapSight<A> {
         if filter::maybe_sampled(ptr) {
             // SAFETY: the caller guarantees `ptr` was allocated by this allocator with `layout`,
             // hence by `A` with `layout`.
-            unsafe { dealloc_slow(&self.inner, ptr, layout, 0) }
+            unsafe { dealloc_maybe_sampled(&self.inner, ptr, layout) }
         } else if count_free(layout.size()) {
             // SAFETY: as above.
             unsafe { self.inner.dealloc(ptr, layout) }
@@ -203,10 +203,16 @@ fn count_free(size: usize) -> bool {
 /// needs the slow path or the old block may be sampled.
 #[inline(always)]
 fn count_realloc(ptr: *mut u8, old_size: usize, new_size: usize) -> bool {
+    !filter::maybe_sampled(ptr) && count_realloc_unsampled(old_size, new_size)
+}
+
+/// [`count_realloc`] for an old block known not to be sampled.
+#[inline(always)]
+fn count_realloc_unsampled(old_size: usize, new_size: usize) -> bool {
     THREAD.with(|t| {
         let (f, fb) = t.free_left.get().overflowing_sub(old_size as u64);
         let (c, cb) = t.countdown.get().overflowing_sub(new_size as u64);
-        if !fb & (f != 0) & !cb & (c != 0) & !filter::maybe_sampled(ptr) {
+        if !fb & (f != 0) & !cb & (c != 0) {
             t.free_left.set(f);
             t.countdown.set(c);
             t.pending_alloc.set(new_size as u64);
@@ -351,6 +357,27 @@ fn finish_alloc(t: &ThreadState, plan: Plan, ptr: *mut u8, size: usize) {
     }
 }
 
+/// A free whose address passed the sample check (see `filter`): the exact, lock-free look-up
+/// decides, and a block that is not a sample (an aligned block that merely looks like one) goes
+/// on as on the fast path.
+///
+/// # Safety
+/// As `GlobalAlloc::dealloc`.
+#[cold]
+#[inline(never)]
+unsafe fn dealloc_maybe_sampled<A: GlobalAlloc>(inner: &A, ptr: *mut u8, layout: Layout) {
+    if filter::is_sampled(ptr) {
+        // SAFETY: the caller's guarantees.
+        unsafe { dealloc_slow(inner, ptr, layout, 0) }
+    } else if count_free(layout.size()) {
+        // SAFETY: as above.
+        unsafe { inner.dealloc(ptr, layout) }
+    } else {
+        // SAFETY: as above.
+        unsafe { dealloc_slow(inner, ptr, layout, layout.size()) }
+    }
+}
+
 /// The rare free: new thread, guard, exiting thread, flush due, or a block that may be sampled.
 /// `undo` is what the fast path subtracted from `free_left` (see `count_free`), added back first.
 ///
@@ -390,7 +417,17 @@ unsafe fn realloc_slow<A: GlobalAlloc>(
     layout: Layout,
     new_size: usize,
 ) -> *mut u8 {
-    let taken = if filter::maybe_sampled(ptr) && filter::is_sampled(ptr) {
+    let sampled = filter::maybe_sampled(ptr) && filter::is_sampled(ptr);
+    if !sampled && count_realloc_unsampled(layout.size(), new_size) {
+        // An aligned block that only looked like a sample: the fast path after all.
+        // SAFETY: the caller's guarantees, passed on unchanged.
+        let new = unsafe { inner.realloc(ptr, layout, new_size) };
+        if new.is_null() {
+            uncount_failed_realloc();
+        }
+        return new;
+    }
+    let taken = if sampled {
         take_sample_for_realloc(ptr)
     } else {
         None
