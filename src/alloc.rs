@@ -203,6 +203,7 @@ fn count_free(size: usize) -> bool {
 /// needs the slow path or the old block may be sampled.
 #[inline(always)]
 fn count_realloc(ptr: *mut u8, old_size: usize, new_size: usize) -> bool {
+    // A block of `filter::LARGE` bytes or more fails the free countdown test (see there).
     !filter::maybe_sampled(ptr) && count_realloc_unsampled(old_size, new_size)
 }
 
@@ -320,7 +321,7 @@ fn plan_alloc(t: &ThreadState, layout: Layout) -> Plan {
     }
     // A sample: its address must pass the free check (see `filter`), so it is asked at the
     // sample alignment (the site table widens the check to it when it records the sample).
-    let align = filter::sample_align(rate).max(layout.align());
+    let align = filter::sample_layout_align(rate, layout.size(), layout.align());
     if Layout::from_size_align(layout.size(), align).is_err() {
         // Too large to align further (within a page of `isize::MAX`): no sample this time.
         return Plan::Count(None);
@@ -417,7 +418,7 @@ unsafe fn realloc_slow<A: GlobalAlloc>(
     layout: Layout,
     new_size: usize,
 ) -> *mut u8 {
-    let sampled = filter::maybe_sampled(ptr) && filter::is_sampled(ptr);
+    let sampled = filter::maybe_sampled_sized(ptr, layout.size()) && filter::is_sampled(ptr);
     if !sampled && count_realloc_unsampled(layout.size(), new_size) {
         // An aligned block that only looked like a sample: the fast path after all.
         // SAFETY: the caller's guarantees, passed on unchanged.
@@ -492,7 +493,7 @@ fn count_free_slow(t: &ThreadState, ptr: *mut u8, size: usize, check_sample: boo
     }
     let mut align = 1;
     // Known to be sampled (exact, lock-free) before the clock is read or the lock taken.
-    if check_sample && filter::maybe_sampled(ptr) && filter::is_sampled(ptr) {
+    if check_sample && filter::maybe_sampled_sized(ptr, size) && filter::is_sampled(ptr) {
         if let Some(_g) = InProfiler::enter(t) {
             if let Some(live) = sites::remove_sample(ptr) {
                 align = live.inner_align();

@@ -162,9 +162,9 @@
 //!
 //! # Caveats
 //!
-//! * `peak_inuse_bytes` is taken at flushes (every sampling countdown, after 1 MiB of frees, at
+//! * `peak_inuse_bytes` is taken at flushes (every sampling countdown, after 64 KiB of frees, at
 //!   `stats()`), not on every allocation: it can be below the true peak by less than one
-//!   countdown per thread (about the rate; 1 MiB at rate 0) and above it by less than 1 MiB per
+//!   countdown per thread (about the rate; 1 MiB at rate 0) and above it by less than 64 KiB per
 //!   other thread. `measure()` is exact.
 //! * Allocations of a thread whose thread-locals are already destroyed (late in thread exit) are
 //!   counted exactly but not sampled.
@@ -306,7 +306,7 @@ pub struct Stats {
     pub inuse_bytes: u64,
     /// Highest `inuse_bytes` reached, as seen at flushes: below the true peak by at most what
     /// each thread allocated since its last flush (less than one sampling countdown, ≈ the
-    /// rate; 1 MiB at rate 0), above it by less than 1 MiB per other thread. Exact for a peak
+    /// rate; 1 MiB at rate 0), above it by less than 64 KiB per other thread. Exact for a peak
     /// made of blocks larger than the countdown. See the crate docs.
     pub peak_inuse_bytes: u64,
     /// The sample rate in force (bytes; 0 = off).
