@@ -238,8 +238,11 @@ mod filter;
 mod guard;
 pub mod history;
 mod measure;
+mod owned;
 mod profile;
 mod sampler;
+#[cfg(any(feature = "http", feature = "metrics"))]
+mod series;
 mod sites;
 mod snapshot;
 mod stack;

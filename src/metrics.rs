@@ -4,31 +4,51 @@
 //! A background thread copies [`crate::stats`] and [`crate::tag_stats`] into the recorder every
 //! `interval`. Its few allocations per update (metric keys) are counted like any other thread's.
 use std::io;
+use std::sync::Once;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
+use crate::series::{self, Kind, Series};
+
 /// Copies the current counters into the installed `metrics` recorder once. Counters use
-/// `absolute` (they are totals since start-up), the rest are gauges. Same names as `/metrics`.
+/// `absolute` (they are totals since start-up), the rest are gauges. The same series as
+/// `/metrics` (one list: `series`).
 pub fn publish_metrics() {
+    static DESCRIBED: Once = Once::new();
+    DESCRIBED.call_once(|| {
+        series::STATS.iter().for_each(describe);
+        series::TAGS.iter().for_each(describe);
+        #[cfg(feature = "otlp")]
+        series::OTLP.iter().for_each(describe);
+    });
     let s = crate::stats();
-    metrics::counter!("heapsight_alloc_objects_total").absolute(s.alloc_objects);
-    metrics::counter!("heapsight_alloc_bytes_total").absolute(s.alloc_bytes);
-    metrics::counter!("heapsight_free_objects_total").absolute(s.free_objects);
-    metrics::counter!("heapsight_free_bytes_total").absolute(s.free_bytes);
-    metrics::gauge!("heapsight_inuse_objects").set(s.inuse_objects as f64);
-    metrics::gauge!("heapsight_inuse_bytes").set(s.inuse_bytes as f64);
-    metrics::gauge!("heapsight_peak_inuse_bytes").set(s.peak_inuse_bytes as f64);
-    metrics::gauge!("heapsight_sample_rate_bytes").set(s.sample_rate as f64);
-    metrics::gauge!("heapsight_profiler_bytes").set(s.profiler_bytes as f64);
+    for m in &series::STATS {
+        publish(m, &s, Vec::new());
+    }
+    #[cfg(feature = "otlp")]
+    for m in &series::OTLP {
+        publish(m, &(), Vec::new());
+    }
     for t in crate::tag_stats() {
-        let tag = t.name.clone();
-        metrics::counter!("heapsight_tag_alloc_objects_total", "tag" => tag.clone())
-            .absolute(t.alloc_objects);
-        metrics::counter!("heapsight_tag_alloc_bytes_total", "tag" => tag.clone())
-            .absolute(t.alloc_bytes);
-        metrics::gauge!("heapsight_tag_inuse_objects", "tag" => tag.clone())
-            .set(t.inuse_objects as f64);
-        metrics::gauge!("heapsight_tag_inuse_bytes", "tag" => tag).set(t.inuse_bytes as f64);
+        for m in &series::TAGS {
+            publish(m, &t, vec![metrics::Label::new("tag", t.name.clone())]);
+        }
+    }
+}
+
+/// Gives the recorder the series' help text (once: recorders keep it).
+fn describe<T>(m: &Series<T>) {
+    match m.kind {
+        Kind::Counter => metrics::describe_counter!(m.name, m.help),
+        Kind::Gauge => metrics::describe_gauge!(m.name, m.help),
+    }
+}
+
+fn publish<T>(m: &Series<T>, from: &T, labels: Vec<metrics::Label>) {
+    let v = (m.get)(from);
+    match m.kind {
+        Kind::Counter => metrics::counter!(m.name, labels).absolute(v),
+        Kind::Gauge => metrics::gauge!(m.name, labels).set(v as f64),
     }
 }
 

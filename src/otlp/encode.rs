@@ -186,7 +186,7 @@ fn samples(p: &HeapProfile, types: [SampleType; 2], meta: &Meta, d: &mut Dict) -
         }]),
     }];
     let mut out = [Vec::new(), Vec::new()];
-    for r in &p.records {
+    for r in &p.buckets {
         let values = types.map(|t| t.of(&r.est).round() as i64);
         if values == [0, 0] {
             continue;
@@ -201,12 +201,7 @@ fn samples(p: &HeapProfile, types: [SampleType; 2], meta: &Meta, d: &mut Dict) -
             .map(|f| d.location(meta.mappings, f))
             .collect();
         let stack = d.stack(locs);
-        // The allocation size; for the overflow record of mixed sizes the average, as pprof's.
-        let size = if r.size == 0 && r.est.alloc_objects > 0.0 {
-            (r.est.alloc_bytes / r.est.alloc_objects).round() as i64
-        } else {
-            r.size as i64
-        };
+        let size = r.label_size();
         let mut attrs = vec![d.attribute("bytes", &Value::Int(size), "bytes")];
         if let Some(tag) = p.tag_name(r.tag) {
             attrs.push(d.attribute("tag", &Value::Str(tag.to_string()), ""));

@@ -60,26 +60,11 @@ pub(crate) fn clean_name(f: &str) -> std::borrow::Cow<'_, str> {
         while i < f.len() {
             if b[i..].starts_with(b"::<") && i > 0 && b[i - 1] != b'<' && b[i - 1] != b' ' {
                 // Skip `::<...>` with its nested brackets.
-                let mut depth = 0usize;
-                let mut j = i + 2;
-                while j < b.len() {
-                    match b[j] {
-                        b'<' => depth += 1,
-                        b'>' => {
-                            depth -= 1;
-                            if depth == 0 {
-                                break;
-                            }
-                        }
-                        _ => {}
-                    }
-                    j += 1;
-                }
-                if j == b.len() {
+                let Some(j) = closing_bracket(f, i + 2) else {
                     // Unbalanced: keep the rest as it is.
                     s.push_str(&f[i..]);
                     break;
-                }
+                };
                 i = j + 1;
                 continue;
             }
@@ -103,6 +88,25 @@ pub(crate) fn clean_name(f: &str) -> std::borrow::Cow<'_, str> {
     } else {
         std::borrow::Cow::Owned(t.to_string())
     }
+}
+
+/// The index of the `>` that closes the `<` at byte `open` of `name` (brackets nest), or `None`
+/// if it is never closed.
+pub(crate) fn closing_bracket(name: &str, open: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    for (i, &c) in name.as_bytes().iter().enumerate().skip(open) {
+        match c {
+            b'<' => depth += 1,
+            b'>' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Whether `function` is where the runtime hands over to the program's code: every Rust
@@ -173,7 +177,7 @@ pub(crate) fn lines(p: &HeapProfile, ty: SampleType) -> Vec<String> {
 #[cfg_attr(not(feature = "flamegraph"), allow(dead_code))]
 fn lines_with(p: &HeapProfile, ty: SampleType, fold: fn(&[Frame], &mut String)) -> Vec<String> {
     let mut per_stack = vec![0f64; p.stacks.len()];
-    for r in &p.records {
+    for r in &p.buckets {
         per_stack[r.stack] += ty.of(&r.est);
     }
     let mut out: Vec<String> = Vec::new();
@@ -210,7 +214,7 @@ pub(crate) fn write_flamegraph(
     // Lines with the same stack after trimming merge (sorting puts them side by side, and
     // inferno adds equal stacks up).
     let lines = lines_with(p, ty, fold_stack_for_people);
-    let total: f64 = p.records.iter().map(|r| ty.of(&r.est)).sum();
+    let total: f64 = p.buckets.iter().map(|r| ty.of(&r.est)).sum();
     let mut opts = Options::default();
     opts.title = format!("heapsight {}", ty.name());
     opts.subtitle = Some(format!(
