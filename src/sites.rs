@@ -936,7 +936,7 @@ pub(crate) fn restore_sample(ptr: *mut u8, live: Live) {
 /// The lock boundary: copies what a profile needs and releases the lock. Stacks are immutable
 /// while interned, so they are shared (`Arc`), not copied.
 #[derive(Default)]
-pub(crate) struct RawTable {
+pub(crate) struct TableCopy {
     /// By stack id; `None` for a free id. Id 0 is the frame-less pseudo-site.
     pub stacks: StackList,
     pub buckets: Vec<Bucket>,
@@ -964,9 +964,9 @@ fn stacks_and_rows(t: &Table) -> (StackList, Vec<(u32, LifeRow)>) {
     (stacks, rows)
 }
 
-fn copy_raw(t: &Table) -> RawTable {
+fn copy_table(t: &Table) -> TableCopy {
     let (stacks, lifetimes) = stacks_and_rows(t);
-    RawTable {
+    TableCopy {
         stacks,
         buckets: used_buckets(t, |s| (s.allocs, s.frees)),
         overflow_sums: t.overflow_sums,
@@ -988,13 +988,13 @@ fn used_buckets(t: &Table, counts: impl Fn(&Slot) -> (u64, u64)) -> Vec<Bucket> 
         .collect()
 }
 
-pub(crate) fn snapshot() -> RawTable {
-    with_table(|t| copy_raw(t))
+pub(crate) fn copy() -> TableCopy {
+    with_table(|t| copy_table(t))
 }
 
 /// The table as of the last peak capture, or `None` if no sample was ever taken. Lifetime rows
 /// are the current ones (distributions so far).
-pub(crate) fn peak_snapshot() -> Option<(RawTable, f64, u64)> {
+pub(crate) fn copy_at_peak() -> Option<(TableCopy, f64, u64)> {
     with_table(|t| {
         if !t.peak.captured {
             return None;
@@ -1015,7 +1015,7 @@ pub(crate) fn peak_snapshot() -> Option<(RawTable, f64, u64)> {
                 buckets.push(Bucket::copy(BucketKey { stack, ..*key }, *allocs, *frees));
             }
         }
-        let raw = RawTable {
+        let raw = TableCopy {
             stacks,
             buckets,
             overflow_sums: p.overflow_sums,
@@ -1037,7 +1037,7 @@ pub fn table_counts() -> (usize, u64, usize, usize) {
 }
 
 /// Runs a copy of the table under the lock, as `profile()` does, and returns how long the lock
-/// was held (for `benches/dump.rs`).
+/// was held (for `dev/benches/dump.rs`).
 #[doc(hidden)]
 pub fn bench_snapshot_lock_hold() -> std::time::Duration {
     crate::guard::profiler_scope(|| {
@@ -1045,7 +1045,7 @@ pub fn bench_snapshot_lock_hold() -> std::time::Duration {
         let raw = {
             let start = std::time::Instant::now();
             let mut g = TABLE.lock();
-            let raw = copy_raw(g.get_or_insert_with(Table::new));
+            let raw = copy_table(g.get_or_insert_with(Table::new));
             drop(g);
             held += start.elapsed();
             raw

@@ -4,6 +4,11 @@
 //! 10,000 sites, under the site lock), releases the lock, then symbolizes, trims the allocator
 //! frames, merges stacks that become equal after trimming, and computes the estimates. Encoders
 //! work from the result and never touch the lock.
+//!
+//! A bucket has two forms on its way out, each for a reason: the table's slot (its chain, peak
+//! and generation fields are the table's business) and [`sites::Bucket`], copied once under the
+//! lock and then kept: renumbered to the profile's stacks and estimated in place, it is what every
+//! encoder reads. [`Site`], the public per-stack sum of buckets, is a summary, not a copy.
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -155,7 +160,7 @@ impl HeapProfile {
 pub(crate) fn take(symbolize: bool) -> HeapProfile {
     let stats = crate::stats();
     profiler_scope(|| {
-        let raw = sites::snapshot();
+        let raw = sites::copy();
         build(raw, symbolize, stats, unix_nanos())
     })
 }
@@ -164,18 +169,18 @@ pub(crate) fn take(symbolize: bool) -> HeapProfile {
 /// if nothing was sampled yet.
 pub(crate) fn take_peak(symbolize: bool) -> HeapProfile {
     let stats = crate::stats();
-    profiler_scope(|| match sites::peak_snapshot() {
+    profiler_scope(|| match sites::copy_at_peak() {
         Some((raw, _inuse, at_ns)) => {
             // The capture has a monotonic time stamp; place it on the wall clock.
             let ago = crate::alloc::now_ns().saturating_sub(at_ns) as i64;
             build(raw, symbolize, stats, unix_nanos() - ago)
         }
-        None => build(sites::RawTable::default(), symbolize, stats, unix_nanos()),
+        None => build(sites::TableCopy::default(), symbolize, stats, unix_nanos()),
     })
 }
 
 /// Everything after the lock: symbolize, trim, merge stacks, estimate, build sites.
-fn build(raw: sites::RawTable, symbolize: bool, stats: Stats, time_nanos: i64) -> HeapProfile {
+fn build(raw: sites::TableCopy, symbolize: bool, stats: Stats, time_nanos: i64) -> HeapProfile {
     let (stacks, remap, cache_bytes) = trimmed_stacks(&raw.stacks, symbolize);
     // Lifetime rows follow the stacks they belong to (summed where trimming merged stacks).
     let lifetimes = merge_rows(

@@ -431,73 +431,41 @@ mod tests {
 
     #[test]
     fn routes() {
-        assert_eq!(
-            parse("/debug/pprof/heap"),
+        let heap = |allocs, debug, seconds| {
             Ok(Route::Heap {
-                allocs: false,
-                debug: false,
-                seconds: None
+                allocs,
+                debug,
+                seconds,
             })
-        );
-        assert_eq!(
-            parse("/debug/pprof/heap?debug=1"),
-            Ok(Route::Heap {
-                allocs: false,
-                debug: true,
-                seconds: None
-            })
-        );
-        assert_eq!(
-            parse("/debug/pprof/allocs?gc=1"),
-            Ok(Route::Heap {
-                allocs: true,
-                debug: false,
-                seconds: None
-            })
-        );
-        assert_eq!(
-            parse("/debug/pprof/heap?seconds=5"),
-            Ok(Route::Heap {
-                allocs: false,
-                debug: false,
-                seconds: Some(5)
-            })
-        );
-        assert_eq!(parse("/debug/pprof/"), Ok(Route::Index));
-        assert_eq!(parse("/metrics"), Ok(Route::Metrics));
-        assert_eq!(parse("/debug/heapsight"), Ok(Route::Page));
+        };
+        for (target, route) in [
+            ("/debug/pprof/heap", heap(false, false, None)),
+            ("/debug/pprof/heap?debug=1", heap(false, true, None)),
+            ("/debug/pprof/allocs?gc=1", heap(true, false, None)),
+            ("/debug/pprof/heap?seconds=5", heap(false, false, Some(5))),
+            ("/debug/pprof/", Ok(Route::Index)),
+            ("/metrics", Ok(Route::Metrics)),
+            ("/debug/heapsight", Ok(Route::Page)),
+            ("/debug/pprof/heap?unknown=1&x", heap(false, false, None)),
+        ] {
+            assert_eq!(parse(target), route, "{target}");
+        }
         assert!(matches!(
             parse("/debug/pprof/goroutine"),
             Err(Refusal::NotFound(_))
         ));
-        assert!(matches!(
-            parse("/debug/pprof/heap?seconds=0"),
-            Err(Refusal::BadRequest(_))
-        ));
-        assert!(matches!(
-            parse("/debug/pprof/heap?seconds=301"),
-            Err(Refusal::BadRequest(_))
-        ));
-        assert!(matches!(
-            parse("/debug/pprof/heap?seconds=x"),
-            Err(Refusal::BadRequest(_))
-        ));
-        assert!(matches!(
-            parse("/debug/pprof/heap?debug=9"),
-            Err(Refusal::BadRequest(_))
-        ));
-        assert!(matches!(
-            parse("/debug/pprof/heap?debug=1&seconds=2"),
-            Err(Refusal::BadRequest(_))
-        ));
-        assert_eq!(
-            parse("/debug/pprof/heap?unknown=1&x"),
-            Ok(Route::Heap {
-                allocs: false,
-                debug: false,
-                seconds: None
-            })
-        );
+        for target in [
+            "/debug/pprof/heap?seconds=0",
+            "/debug/pprof/heap?seconds=301",
+            "/debug/pprof/heap?seconds=x",
+            "/debug/pprof/heap?debug=9",
+            "/debug/pprof/heap?debug=1&seconds=2",
+        ] {
+            assert!(
+                matches!(parse(target), Err(Refusal::BadRequest(_))),
+                "{target}"
+            );
+        }
     }
 
     #[test]

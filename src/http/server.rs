@@ -3,7 +3,7 @@
 //!
 //! Why an event loop in front of the workers: a worker blocked reading a connection that sends
 //! nothing (an idle keep-alive from a browser, a half-open socket, a port scanner) is a worker
-//! lost for the read timeout, and [`WORKERS`] such clients used to starve every real request. So
+//! lost for the read timeout, and [`WORKERS`] such clients would starve every real request. So
 //! one thread accepts, keeps every connection non-blocking in a `poll(2)` set until its request
 //! head is complete (or it times out, or it is the oldest of too many), and only then hands it to
 //! a worker. Idle connections cost a slot in that set, never a worker.

@@ -256,29 +256,27 @@ mod tests {
 
     #[test]
     fn names_lose_dangling_separators() {
-        assert_eq!(
-            clean_name("std::panic::catch_unwind:: (inline)"),
-            "std::panic::catch_unwind"
-        );
-        assert_eq!(
-            clean_name("std::panic::catch_unwind::"),
-            "std::panic::catch_unwind"
-        );
-        assert_eq!(clean_name("app::main"), "app::main");
-        assert_eq!(clean_name("<T as x::Y>::f"), "<T as x::Y>::f");
-        assert_eq!(
-            clean_name("std::panic::catch_unwind::<std::rt::f::{closure#0}, isize>"),
-            "std::panic::catch_unwind"
-        );
-        assert_eq!(
-            clean_name("std::panicking::catch_unwind::do_call::<&dyn Fn<(), Output = i32>, i32>"),
-            "std::panicking::catch_unwind::do_call"
-        );
-        assert_eq!(
-            clean_name("<alloc::vec::Vec<u8>>::push"),
-            "<alloc::vec::Vec<u8>>::push"
-        );
-        assert_eq!(clean_name("f::<unbalanced"), "f::<unbalanced");
+        for (name, want) in [
+            (
+                "std::panic::catch_unwind:: (inline)",
+                "std::panic::catch_unwind",
+            ),
+            ("std::panic::catch_unwind::", "std::panic::catch_unwind"),
+            ("app::main", "app::main"),
+            ("<T as x::Y>::f", "<T as x::Y>::f"),
+            (
+                "std::panic::catch_unwind::<std::rt::f::{closure#0}, isize>",
+                "std::panic::catch_unwind",
+            ),
+            (
+                "std::panicking::catch_unwind::do_call::<&dyn Fn<(), Output = i32>, i32>",
+                "std::panicking::catch_unwind::do_call",
+            ),
+            ("<alloc::vec::Vec<u8>>::push", "<alloc::vec::Vec<u8>>::push"),
+            ("f::<unbalanced", "f::<unbalanced"),
+        ] {
+            assert_eq!(clean_name(name), want, "{name}");
+        }
     }
 
     #[test]

@@ -327,27 +327,29 @@ mod tests {
 
     #[test]
     fn display_names_lose_the_outer_impl_brackets() {
-        assert_eq!(
-            display_name("<alloc::raw_vec::RawVec<u8>>::grow_one"),
-            "alloc::raw_vec::RawVec<u8>::grow_one"
-        );
-        assert_eq!(
-            display_name("<u64 as core::fmt::Display>::fmt"),
-            "u64 as core::fmt::Display::fmt"
-        );
-        assert_eq!(display_name("app::build"), "app::build");
-        assert_eq!(
-            display_name(
-                "std::panic::catch_unwind::<std::rt::lang_start_internal::{closure#0}, isize>"
+        for (name, want) in [
+            (
+                "<alloc::raw_vec::RawVec<u8>>::grow_one",
+                "alloc::raw_vec::RawVec<u8>::grow_one",
             ),
-            "std::panic::catch_unwind<std::rt::lang_start_internal::{closure#0}, isize>"
-        );
-        assert_eq!(
-            display_name("<alloc::vec::Vec<u8>>::extend::<core::iter::Once<u8>>"),
-            "alloc::vec::Vec<u8>::extend<core::iter::Once<u8>>"
-        );
-        assert_eq!(display_name("<unbalanced"), "<unbalanced");
-        assert_eq!(display_name("<T as Tr<U>>"), "<T as Tr<U>>");
+            (
+                "<u64 as core::fmt::Display>::fmt",
+                "u64 as core::fmt::Display::fmt",
+            ),
+            ("app::build", "app::build"),
+            (
+                "std::panic::catch_unwind::<std::rt::lang_start_internal::{closure#0}, isize>",
+                "std::panic::catch_unwind<std::rt::lang_start_internal::{closure#0}, isize>",
+            ),
+            (
+                "<alloc::vec::Vec<u8>>::extend::<core::iter::Once<u8>>",
+                "alloc::vec::Vec<u8>::extend<core::iter::Once<u8>>",
+            ),
+            ("<unbalanced", "<unbalanced"),
+            ("<T as Tr<U>>", "<T as Tr<U>>"),
+        ] {
+            assert_eq!(display_name(name), want, "{name}");
+        }
     }
 
     #[test]

@@ -69,8 +69,9 @@ fn header_rate(p: &HeapProfile) -> u64 {
         .map_or(p.rate, |(rate, _)| rate)
 }
 
-/// One output line: a (stack, size) bucket with its raw counts.
-struct Line {
+/// One output line: Go's bucket, keyed by stack and size (ours merged over tag and rate), with its
+/// raw counts.
+struct GoBucket {
     stack: usize,
     inuse: (u64, u64),
     alloc: (u64, u64),
@@ -92,7 +93,7 @@ pub(crate) fn write(
         });
         merged[i].1.add(&r.est);
     }
-    let mut lines: Vec<Line> = merged
+    let mut lines: Vec<GoBucket> = merged
         .iter()
         .map(|&((stack, size), e)| {
             let avg = |objects: f64, bytes: f64| {
@@ -102,7 +103,7 @@ pub(crate) fn write(
                     bytes / objects.max(1e-300)
                 }
             };
-            Line {
+            GoBucket {
                 stack,
                 inuse: raw_counts(e.inuse_objects, avg(e.inuse_objects, e.inuse_bytes), rate),
                 alloc: raw_counts(e.alloc_objects, avg(e.alloc_objects, e.alloc_bytes), rate),
@@ -112,7 +113,7 @@ pub(crate) fn write(
     // Go sorts by in-use bytes; then allocated bytes, for a stable order.
     lines.sort_by(|a, b| b.inuse.1.cmp(&a.inuse.1).then(b.alloc.1.cmp(&a.alloc.1)));
 
-    let sum = |f: fn(&Line) -> u64| lines.iter().map(f).sum::<u64>();
+    let sum = |f: fn(&GoBucket) -> u64| lines.iter().map(f).sum::<u64>();
     let (i, ib, a, mut ab) = (
         sum(|l| l.inuse.0),
         sum(|l| l.inuse.1),
