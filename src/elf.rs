@@ -12,9 +12,13 @@ use object::{Object, ObjectSegment};
 /// One executable mapping of this process.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mapping {
+    /// First address.
     pub start: u64,
+    /// One past the last address.
     pub limit: u64,
+    /// File offset of `start`.
     pub offset: u64,
+    /// The mapped file's path.
     pub file: String,
     /// Lower-case hex of the GNU build ID, or empty.
     pub build_id: String,

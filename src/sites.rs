@@ -968,7 +968,7 @@ fn copy_table(t: &Table) -> TableCopy {
     let (stacks, lifetimes) = stacks_and_rows(t);
     TableCopy {
         stacks,
-        buckets: used_buckets(t, |s| (s.allocs, s.frees)),
+        buckets: used_buckets(t, 0, |s| (s.allocs, s.frees)),
         overflow_sums: t.overflow_sums,
         live_samples: t.live,
         overflow_samples: t.overflow_samples,
@@ -976,16 +976,22 @@ fn copy_table(t: &Table) -> TableCopy {
     }
 }
 
-fn used_buckets(t: &Table, counts: impl Fn(&Slot) -> (u64, u64)) -> Vec<Bucket> {
-    t.buckets
-        .iter()
-        .filter(|s| s.used)
-        .map(|s| {
-            let (allocs, frees) = counts(s);
-            Bucket::copy(s.key, allocs, frees)
-        })
-        .filter(|b| b.allocs > 0)
-        .collect()
+/// The used buckets with counts, in a vector sized once for them, `extra` more and the overflow
+/// bucket the snapshot appends: no regrowth under the lock, and no spare capacity (up to half the
+/// vector, from doubling) kept in every profile.
+fn used_buckets(t: &Table, extra: usize, counts: impl Fn(&Slot) -> (u64, u64)) -> Vec<Bucket> {
+    let mut out = Vec::with_capacity(t.buckets_used + extra + 1);
+    out.extend(
+        t.buckets
+            .iter()
+            .filter(|s| s.used)
+            .map(|s| {
+                let (allocs, frees) = counts(s);
+                Bucket::copy(s.key, allocs, frees)
+            })
+            .filter(|b| b.allocs > 0),
+    );
+    out
 }
 
 pub(crate) fn copy() -> TableCopy {
@@ -1002,7 +1008,12 @@ pub(crate) fn copy_at_peak() -> Option<(TableCopy, f64, u64)> {
         let epoch = t.epoch;
         let (mut stacks, lifetimes) = stacks_and_rows(t);
         let p = &t.peak;
-        let mut buckets = used_buckets(t, |s| s.at_peak(epoch));
+        let retired = if p.retired_epoch == epoch {
+            p.retired.len()
+        } else {
+            0
+        };
+        let mut buckets = used_buckets(t, retired, |s| s.at_peak(epoch));
         if p.retired_epoch == epoch {
             // Reclaimed since the capture but live at it: extra stack ids past the table's.
             for (frames, key, allocs, frees) in &p.retired {
@@ -1037,7 +1048,7 @@ pub fn table_counts() -> (usize, u64, usize, usize) {
 }
 
 /// Runs a copy of the table under the lock, as `profile()` does, and returns how long the lock
-/// was held (for `dev/benches/dump.rs`).
+/// was held (for `dev/benches/dump.rs` and `dev/examples/lock_hold.rs`).
 #[doc(hidden)]
 pub fn bench_snapshot_lock_hold() -> std::time::Duration {
     crate::guard::profiler_scope(|| {
@@ -1058,7 +1069,7 @@ pub fn bench_snapshot_lock_hold() -> std::time::Duration {
 /// A copy of the buckets only (for per-tag estimates), so the weights are computed outside the
 /// lock. Must run inside the profiler guard.
 pub(crate) fn buckets() -> Vec<Bucket> {
-    with_table(|t| used_buckets(t, |s| (s.allocs, s.frees)))
+    with_table(|t| used_buckets(t, 0, |s| (s.allocs, s.frees)))
 }
 
 /// Runs `f` with every site lock held (see `crate::with_site_lock_held`). Inside the guard.

@@ -17,10 +17,37 @@ use std::io::{self, Write};
 
 use super::SampleType;
 use crate::snapshot::HeapProfile;
-use crate::symbols::Frame;
+use crate::symbols::{Frame, Symbol, Symbols};
 
 /// Name of the overflow pseudo-site (samples beyond the site cap), which has no frames.
 pub(crate) const OVERFLOW_NAME: &str = "[heapsight: sites beyond the cap]";
+
+/// The frames a location-based format (pprof, OTLP) writes for a profile stack. The overflow
+/// pseudo-site has none, and a sample without a location would be shown nowhere, so it gets one
+/// pseudo-frame (address 0, no mapping) named [`OVERFLOW_NAME`].
+pub(crate) struct SampleFrames([Frame; 1]);
+
+impl SampleFrames {
+    pub(crate) fn new() -> Self {
+        SampleFrames([Frame {
+            address: 0,
+            symbols: Symbols::new(vec![Symbol {
+                function: OVERFLOW_NAME.to_string(),
+                file: None,
+                line: None,
+            }]),
+        }])
+    }
+
+    /// The frames of stack `stack` of `p`, leaf first.
+    pub(crate) fn of<'a>(&'a self, p: &'a HeapProfile, stack: usize) -> &'a [Frame] {
+        if stack == 0 {
+            &self.0
+        } else {
+            &p.stacks[stack]
+        }
+    }
+}
 
 /// Appends the folded form of `frames` (leaf first) to `s`: root first, `;`-separated.
 pub(crate) fn fold_stack(frames: &[Frame], s: &mut String) {

@@ -34,7 +34,7 @@ mod top;
 
 pub use dist::Distribution;
 #[cfg(feature = "otlp")]
-pub(crate) use folded::OVERFLOW_NAME;
+pub(crate) use folded::SampleFrames;
 #[cfg(feature = "otlp")]
 pub(crate) use pprof::display_name;
 pub use top::Top;

@@ -22,13 +22,13 @@
 use std::collections::HashMap;
 use std::io::{self, Write};
 
-use super::folded::{closing_bracket, OVERFLOW_NAME};
+use super::folded::{closing_bracket, SampleFrames};
 use super::maps::Mapping;
 use super::proto::Encoder;
 use super::SampleType;
 use crate::sites::FxBuild;
 use crate::snapshot::HeapProfile;
-use crate::symbols::{drop_frames_regex, Frame, Symbol, Symbols};
+use crate::symbols::{drop_frames_regex, Frame};
 
 /// `drop_frames` for the symbolizer of the `go tool pprof` that ships with Go: it names Rust
 /// functions by their DWARF short name (`take_sample`, not `heapsight::alloc::take_sample`), which
@@ -154,24 +154,10 @@ pub(crate) fn encode(
         })
         .collect();
     let mut ids: Vec<u64> = Vec::new();
-    // The overflow pseudo-site has no frames; pprof would show its samples nowhere, so it gets
-    // one pseudo-location (address 0, no mapping) whose function names it.
-    let overflow: [Frame; 1] = [Frame {
-        address: 0,
-        symbols: Symbols::new(vec![Symbol {
-            function: OVERFLOW_NAME.to_string(),
-            file: None,
-            line: None,
-        }]),
-    }];
+    let frames = SampleFrames::new();
     for r in &p.buckets {
         ids.clear();
-        let frames: &[Frame] = if r.stack == 0 {
-            &overflow
-        } else {
-            &p.stacks[r.stack]
-        };
-        for f in frames {
+        for f in frames.of(p, r.stack) {
             let next = locs.len() as u64 + 1;
             let id = *loc_ids
                 .entry((f.address, f.symbols.len()))
