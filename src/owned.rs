@@ -37,7 +37,7 @@ impl<T> Owned<T> {
 
     /// Moves the value out; dropping it is then the caller's business (inside the guard, if it
     /// holds memory allocated there).
-    #[allow(dead_code)] // For the rare move-out; no caller needs it yet.
+    #[cfg_attr(not(test), allow(dead_code))] // For the rare move-out; no caller needs it yet.
     pub(crate) fn into_inner(self) -> T {
         let mut this = ManuallyDrop::new(self);
         // SAFETY: `this` is never dropped (ManuallyDrop), so its `Drop` does not run and the

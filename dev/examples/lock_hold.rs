@@ -3,7 +3,7 @@
 //!     cargo build --release -p heapsight-dev --example lock_hold
 //!     target/release/examples/lock_hold K
 //!
-//! Builds the sites of `benches/sites10k`, takes two profiles (printing the profiler bytes each
+//! Builds the sites of `dev/benches/sites10k`, takes two profiles (printing the profiler bytes each
 //! one holds: the first includes the symbol and stack caches it fills), then copies the table
 //! under the lock K more times as `profile()` does, printing the median and least time the lock
 //! was held. For instruction counts, run it under callgrind at two K and take the slope:

@@ -61,7 +61,7 @@ pub fn get(addr: SocketAddr, path: &str) -> usize {
 pub enum Symbolizer {
     /// `GET /debug/pprof/heap` from heapsight's server: heapsight's own symbolizer.
     Http,
-    /// `backtrace::resolve` per address, results cached forever (heapsight's previous symbolizer).
+    /// `backtrace::resolve` per address, results cached forever (the plain in-process way).
     Backtrace,
     /// Function names from the ELF symbol table, file:line from lazily parsed line programs
     /// (`addr2line::Context::find_location`), all dropped after the dump.

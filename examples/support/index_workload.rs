@@ -1,6 +1,8 @@
 //! The workload of `examples/service.rs`, also the state `examples/dump_cost.rs` measures dumps
 //! against: string-vector indexes that grow by doubling, rebuilt every round, the newest three
 //! kept (about 33 MB of heap).
+#![allow(dead_code)] // each example uses part of it
+
 use std::collections::HashMap;
 
 /// One index: 10,000 keys, 200,000 values.
