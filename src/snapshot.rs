@@ -216,7 +216,7 @@ fn build(raw: sites::TableCopy, symbolize: bool, stats: Stats, time_nanos: i64) 
         }
         .into(),
         tag_names: Owned::new(crate::tags::names().iter().map(|n| n.to_string()).collect()),
-        tag_labels: crate::tags::label_sets().into(),
+        tag_labels: crate::tags::label_sets(),
         lifetimes: lifetimes.into(),
         sites_by_tag: Owned::default(),
     };

@@ -267,26 +267,25 @@ fn truncate(name: &str) -> &str {
     &name[..end]
 }
 
-/// Every interned name, index = id (`[0]` = "" for untagged). Allocates: call inside the
-/// profiler guard, and drop the result there.
-pub(crate) fn names() -> Vec<Arc<str>> {
-    debug_assert!(crate::guard::in_profiler());
-    with_names(|n| n.list.clone())
+/// Every interned name, index = id (`[0]` = "" for untagged); the profiler's memory.
+pub(crate) fn names() -> Owned<Vec<Arc<str>>> {
+    with_names(|n| Owned::new(n.list.clone()))
 }
 
-/// Every interned label set as owned strings, index = id (`[0]` empty for untagged). Allocates:
-/// call inside the profiler guard, and drop the result there.
-pub(crate) fn label_sets() -> Vec<Vec<(String, String)>> {
-    debug_assert!(crate::guard::in_profiler());
+/// Every interned label set as owned strings, index = id (`[0]` empty for untagged); the
+/// profiler's memory.
+pub(crate) fn label_sets() -> Owned<Vec<Vec<(String, String)>>> {
     with_names(|n| {
-        n.labels
-            .iter()
-            .map(|set| {
-                set.iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect()
-            })
-            .collect()
+        Owned::new(
+            n.labels
+                .iter()
+                .map(|set| {
+                    set.iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect()
+                })
+                .collect(),
+        )
     })
 }
 
@@ -544,7 +543,7 @@ pub struct TagStats {
 /// estimates. Lock-free for the counts; copies the site table's buckets under its lock briefly.
 /// The returned vector is ordinary (counted) program memory.
 pub fn tag_stats() -> Vec<TagStats> {
-    let names = profiler_scope(|| Owned::new(names()));
+    let names = names();
     let mut out: Vec<TagStats> = names
         .iter()
         .enumerate()
