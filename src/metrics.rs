@@ -63,3 +63,65 @@ pub fn spawn_metrics_updater(interval: Duration) -> io::Result<JoinHandle<()>> {
             thread::sleep(interval);
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::sync::Mutex;
+
+    use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, SharedString, Unit};
+
+    use super::*;
+
+    /// Notes the names described and registered, and of which kind.
+    #[derive(Default)]
+    struct Names {
+        described: Mutex<BTreeSet<(String, Kind)>>,
+        registered: Mutex<BTreeSet<(String, Kind)>>,
+    }
+
+    impl metrics::Recorder for Names {
+        fn describe_counter(&self, key: KeyName, _: Option<Unit>, _: SharedString) {
+            let name = (key.as_str().to_string(), Kind::Counter);
+            self.described.lock().unwrap().insert(name);
+        }
+        fn describe_gauge(&self, key: KeyName, _: Option<Unit>, _: SharedString) {
+            let name = (key.as_str().to_string(), Kind::Gauge);
+            self.described.lock().unwrap().insert(name);
+        }
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {
+            unreachable!("heapsight publishes no histogram")
+        }
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            let name = (key.name().to_string(), Kind::Counter);
+            self.registered.lock().unwrap().insert(name);
+            Counter::noop()
+        }
+        fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+            let name = (key.name().to_string(), Kind::Gauge);
+            self.registered.lock().unwrap().insert(name);
+            Gauge::noop()
+        }
+        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+            unreachable!("heapsight publishes no histogram")
+        }
+    }
+
+    #[test]
+    fn publishes_the_series_of_the_metrics_endpoint() {
+        let rec = Names::default();
+        metrics::with_local_recorder(&rec, publish_metrics);
+        fn listed<T>(list: &[Series<T>]) -> BTreeSet<(String, Kind)> {
+            list.iter().map(|m| (m.name.to_string(), m.kind)).collect()
+        }
+        let stats = listed(&series::STATS);
+        let mut all = stats.clone();
+        all.extend(listed(&series::TAGS));
+        #[cfg(feature = "otlp")]
+        all.extend(listed(&series::OTLP));
+        let registered = rec.registered.into_inner().unwrap();
+        assert!(registered.is_superset(&stats), "{registered:?}");
+        assert!(registered.is_subset(&all), "{registered:?}");
+        assert_eq!(rec.described.into_inner().unwrap(), all);
+    }
+}

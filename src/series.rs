@@ -4,7 +4,7 @@
 use crate::{Stats, TagStats};
 
 /// Prometheus metric type.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 pub(crate) enum Kind {
     /// A total since start-up.
     Counter,
