@@ -139,11 +139,12 @@
 //!
 //! * **The hook.** Each thread has a `const`-initialised thread-local with no destructor: a byte
 //!   countdown to its next sample and a pointer to a counter slot only it writes. An unsampled
-//!   allocation subtracts its size from the countdown and adds to its own slot; a free checks one
-//!   byte of a filter of sampled addresses and adds to its own slot. No lock, no shared
-//!   read-modify-write, no allocation, no header on blocks: about 30 instructions per alloc+free
-//!   pair over the inner allocator through `__rust_alloc` (callgrind, README "Overhead"). Readers
-//!   sum the slots.
+//!   allocation subtracts its size from the countdown and adds to its own slot before it calls
+//!   the inner allocator; a free checks the low bits of its address (sampled blocks are allocated
+//!   at a 4 KiB alignment, so an address with any of them set is not a sample) and adds to its
+//!   own slot. No lock, no shared read-modify-write, no allocation, no header on blocks: 21–28
+//!   instructions per alloc+free pair over the inner allocator through `__rust_alloc` (callgrind,
+//!   README "Overhead"). Readers sum the slots.
 //! * **Sampling** (`sampler.rs`). Exponential gaps with mean = rate, as Go's `nextSample`; the
 //!   weight of a sample is fixed by the rate its countdown was drawn with, so estimates stay
 //!   unbiased across a rate change.
@@ -161,9 +162,10 @@
 //!
 //! # Caveats
 //!
-//! * `peak_inuse_bytes` is exact for a single-threaded program; threads publish their in-use
-//!   changes to one shared figure every sampling countdown (and after 1 MiB of frees), so with
-//!   several threads it can be off by about one countdown per thread. `measure()` is exact.
+//! * `peak_inuse_bytes` is taken at flushes (every sampling countdown, after 1 MiB of frees, at
+//!   `stats()`), not on every allocation: it can be below the true peak by less than one
+//!   countdown per thread (about the rate; 1 MiB at rate 0) and above it by less than 1 MiB per
+//!   other thread. `measure()` is exact.
 //! * Allocations of a thread whose thread-locals are already destroyed (late in thread exit) are
 //!   counted exactly but not sampled.
 //! * `fork()` is handled (the child can allocate and profile); see the README's "Guarantees and
@@ -229,6 +231,7 @@ compile_error!(
 );
 
 mod alloc;
+mod clock;
 mod config;
 mod counters;
 mod dump;
@@ -243,12 +246,14 @@ mod profile;
 mod sampler;
 #[cfg(any(feature = "http", feature = "metrics"))]
 mod series;
+mod setup;
 mod sites;
 mod snapshot;
 mod stack;
 mod symbols;
 mod sync;
 mod tags;
+mod thread;
 
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
@@ -302,9 +307,10 @@ pub struct Stats {
     pub inuse_objects: u64,
     /// Bytes live now.
     pub inuse_bytes: u64,
-    /// Highest `inuse_bytes` reached. Exact while one thread allocates at a time; with several
-    /// threads allocating at once it can be off by about what one thread allocates between two of
-    /// its samples (≈ the sample rate; 1 MiB at rate 0). See the crate docs.
+    /// Highest `inuse_bytes` reached, as seen at flushes: below the true peak by at most what
+    /// each thread allocated since its last flush (less than one sampling countdown, ≈ the
+    /// rate; 1 MiB at rate 0), above it by less than 1 MiB per other thread. Exact for a peak
+    /// made of blocks larger than the countdown. See the crate docs.
     pub peak_inuse_bytes: u64,
     /// The sample rate in force (bytes; 0 = off).
     pub sample_rate: u64,
@@ -334,7 +340,8 @@ pub fn stats() -> Stats {
         if own.is_null() {
             counters::totals()
         } else {
-            // Calling thread: also re-base our own peak candidate (see `counters`).
+            // Calling thread: also flush our own change into the shared in-use figure and the
+            // peak (see `counters`).
             // SAFETY: the non-null slot of this thread is owned by it and never freed.
             let own = unsafe { &*own };
             let t = counters::totals();
@@ -363,7 +370,7 @@ pub fn stats() -> Stats {
 /// another `#[global_allocator]` gets `false`, empty profiles and zero counters, and pays nothing
 /// at start-up: no constructor, no fork handlers, no thread.
 pub fn is_active() -> bool {
-    alloc::is_active()
+    thread::is_active()
 }
 
 /// What readers print instead of zeros when [`is_active`] is false.
@@ -377,24 +384,24 @@ pub(crate) const NOT_ACTIVE: &str = "heapsight is not the global allocator";
 /// about one interval of the old rate (1 MiB if it was 0). Samples already taken keep the weight of
 /// the rate they were taken at, so estimates stay unbiased across a change.
 pub fn set_sample_rate(bytes: u64) {
-    alloc::set_sample_rate(bytes)
+    setup::set_sample_rate(bytes)
 }
 
 /// The sampling rate in force, in bytes.
 pub fn sample_rate() -> u64 {
-    alloc::sample_rate()
+    sampler::rate()
 }
 
 /// Seeds the sampling generator, for reproducible profiles (tests, benchmarks). Reseeds the
 /// calling thread at once; threads started later derive their seeds from it in start order.
 pub fn set_sampling_seed(seed: u64) {
-    alloc::set_seed(seed)
+    setup::set_seed(seed)
 }
 
 /// Sets how many frames a sampled stack keeps (leaf-most; default 128, at most 256). Also
 /// `HEAPSIGHT_MAX_DEPTH`.
 pub fn set_max_depth(frames: usize) {
-    alloc::MAX_DEPTH.store(
+    setup::MAX_DEPTH.store(
         frames.clamp(1, stack::MAX_DEPTH_LIMIT),
         std::sync::atomic::Ordering::Relaxed,
     );
@@ -421,7 +428,7 @@ pub fn max_sites() -> usize {
 
 /// The stack depth in force (see [`set_max_depth`]).
 pub fn max_depth() -> usize {
-    alloc::MAX_DEPTH.load(std::sync::atomic::Ordering::Relaxed)
+    setup::MAX_DEPTH.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// The unwinder in force (see [`set_unwinder`]).
