@@ -241,8 +241,11 @@ mod filter;
 mod guard;
 pub mod history;
 mod measure;
+mod owned;
 mod profile;
 mod sampler;
+#[cfg(any(feature = "http", feature = "metrics"))]
+mod series;
 mod setup;
 mod sites;
 mod snapshot;
@@ -481,6 +484,13 @@ pub fn peak_profile() -> HeapProfile {
 
 #[doc(hidden)]
 pub use crate::sites::bench_snapshot_lock_hold;
+/// The mappings and ELF reading heapsight symbolizes with, for the dump-cost benchmarks that run
+/// other symbolizers on the same files (`examples/support/dump_measure.rs`). Not part of the
+/// stable API.
+#[doc(hidden)]
+pub mod bench_elf {
+    pub use crate::elf::{file_offset_to_vaddr, self_mappings, MappedFile, Mapping};
+}
 #[doc(hidden)]
 pub use crate::sites::table_counts as site_table_counts;
 
