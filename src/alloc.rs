@@ -426,18 +426,7 @@ unsafe fn realloc_slow<A: GlobalAlloc>(
     layout: Layout,
     new_size: usize,
 ) -> *mut u8 {
-    // As in `dealloc_maybe_sampled`: the thread's memo first, then the exact probe.
-    let epoch = filter::sample_epoch();
-    let sampled = filter::maybe_sampled_sized(ptr, layout.size())
-        && !THREAD.with(|t| t.known_not_sampled(ptr as usize, epoch))
-        && filter::is_sampled(ptr);
-    if !sampled && filter::maybe_sampled(ptr) {
-        THREAD.with(|t| {
-            if !t.known_not_sampled(ptr as usize, epoch) {
-                t.remember_not_sampled(ptr as usize, epoch)
-            }
-        });
-    }
+    let sampled = filter::maybe_sampled_sized(ptr, layout.size()) && filter::is_sampled(ptr);
     if !sampled && count_realloc_unsampled(layout.size(), new_size) {
         // An aligned block that only looked like a sample: the fast path after all.
         // SAFETY: the caller's guarantees, passed on unchanged.
