@@ -34,7 +34,7 @@
 //! window, by three tests that a burst, a step or sampling noise does not pass together.
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -43,7 +43,7 @@ use crate::guard::profiler_scope;
 use crate::sites::FxBuild;
 use crate::snapshot::{AddrKey, Estimates, HeapProfile, Record};
 use crate::symbols::{Frame, Symbol};
-use crate::sync::Lock;
+use crate::sync::{self, Lock};
 use crate::Stats;
 
 /// Time between two recorded points, by default.
@@ -195,29 +195,17 @@ fn capacity(interval: Duration, window: Duration) -> usize {
 /// The ring. Taken only by the recorder (to push a point) and by readers (to copy `Arc`s), never
 /// in the allocation hook, never while another heapsight lock is held; every holder is inside the
 /// profiler guard.
-static RING: Lock<Option<Ring>> = Lock::new(None);
-static STARTED: AtomicBool = AtomicBool::new(false);
+static RING: Lock<Option<Ring>> = Lock::new(&sync::HISTORY_RING_LOCK, None);
+/// The fork generation the recorder thread was started in, plus one; 0 if never. A forked child
+/// has none of its parent's threads, so there [`start`] may start a recorder again (the points
+/// recorded before the fork are kept).
+static RECORDER_STARTED_IN: AtomicU64 = AtomicU64::new(0);
 
-/// `pthread_atfork` prepare: takes the ring's lock, so a child never inherits it held by the
-/// recorder (which does not exist there) and can still read and record its history.
-pub(crate) fn lock_for_fork() {
-    RING.raw_lock();
+/// What [`RECORDER_STARTED_IN`] holds for a recorder started in this process.
+fn this_generation() -> u64 {
+    sync::fork_generation() + 1
 }
 
-/// `pthread_atfork` parent and child: releases the lock taken by [`lock_for_fork`]. In the child,
-/// whose only thread is the one that forked, the recorder is gone: [`start`] may start one again
-/// (the points recorded before the fork are kept).
-///
-/// # Safety
-/// [`lock_for_fork`] must have been called by this thread (or, in a forked child, by the thread
-/// that forked) with no release since.
-pub(crate) unsafe fn unlock_after_fork(child: bool) {
-    if child {
-        STARTED.store(false, Ordering::SeqCst);
-    }
-    // SAFETY: per this function's contract the lock is held through `raw_lock`, with no guard.
-    unsafe { RING.raw_unlock() }
-}
 static EPOCH: OnceLock<Instant> = OnceLock::new();
 
 /// Starts recording: a background thread records a point now and every `interval` after,
@@ -228,7 +216,8 @@ static EPOCH: OnceLock<Instant> = OnceLock::new();
 /// Returns once the thread runs inside the profiler guard, so what std allocates to start it is
 /// behind the caller. The thread lives as long as the process.
 pub fn start(interval: Duration, window: Duration) -> io::Result<bool> {
-    if STARTED.swap(true, Ordering::SeqCst) {
+    let generation = this_generation();
+    if RECORDER_STARTED_IN.swap(generation, Ordering::SeqCst) == generation {
         return Ok(false);
     }
     let interval = interval.max(Duration::from_millis(1));
@@ -269,7 +258,7 @@ pub fn start(interval: Duration, window: Duration) -> io::Result<bool> {
             })
         });
     if let Err(e) = spawned {
-        STARTED.store(false, Ordering::SeqCst);
+        RECORDER_STARTED_IN.store(0, Ordering::SeqCst);
         return Err(e);
     }
     while !READY.load(Ordering::Acquire) {
@@ -280,7 +269,7 @@ pub fn start(interval: Duration, window: Duration) -> io::Result<bool> {
 
 /// Whether the recorder thread has been started.
 pub fn is_recording() -> bool {
-    STARTED.load(Ordering::Relaxed)
+    RECORDER_STARTED_IN.load(Ordering::Relaxed) == this_generation()
 }
 
 /// Records one point now (what the recorder thread does every interval). For tests that drive

@@ -264,11 +264,10 @@ pub use crate::dump::{dump_to_dir, dump_to_file};
 pub use crate::dump::{install_dump_signal, DumpSignalError};
 
 pub use crate::alloc::HeapSight;
-pub use crate::config::ParseError;
+pub use crate::config::{ParseError, Unwinder};
 pub use crate::measure::{measure, Usage};
 pub use crate::profile::{Distribution, SampleType, Top, UnknownSampleType};
 pub use crate::snapshot::{HeapProfile, Site};
-pub use crate::stack::Unwinder;
 pub use crate::symbols::{Frame, Symbol, Symbols};
 pub use crate::tags::{
     tag, tag_stats, try_tag, with_tag, Tag, TagError, TagFutureExt, TagGuard, TagStats, Tagged,
@@ -392,7 +391,7 @@ pub fn set_sampling_seed(seed: u64) {
 /// `HEAPSIGHT_MAX_DEPTH`.
 pub fn set_max_depth(frames: usize) {
     alloc::MAX_DEPTH.store(
-        frames.clamp(1, stack::MAX_DEPTH_LIMIT),
+        frames.clamp(1, config::MAX_DEPTH_LIMIT),
         std::sync::atomic::Ordering::Relaxed,
     );
 }
