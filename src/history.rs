@@ -279,7 +279,7 @@ pub fn record_now() {
     profiler_scope(|| {
         // The time of the counters, which the profile reads first.
         let at = EPOCH.get_or_init(Instant::now).elapsed();
-        let p = crate::profile();
+        let p = crate::snapshot::take(true);
         // Intern under the lock (a hash lookup per kept site), build the point's entries first.
         let mut kept: Vec<(&Arc<[Frame]>, Values)> = Vec::with_capacity(SITES_PER_POINT);
         let mut other = Values::default();
@@ -688,7 +688,7 @@ pub(crate) fn since(age: Duration) -> Option<HeapProfile> {
     profiler_scope(|| {
         let now_at = EPOCH.get_or_init(Instant::now).elapsed();
         let then = h.point_at(now_at, age)?.clone();
-        let mut p = crate::profile();
+        let mut p = crate::snapshot::take(true);
         let mut by_addr: HashMap<AddrKey, usize, FxBuild> = p
             .stacks
             .iter()

@@ -17,12 +17,11 @@ use std::path::{Path, PathBuf};
 /// Every module of `src/` with its layer, bottom first. The most specific row wins (so a single
 /// file under a directory could be ranked apart from it); a directory's row covers its files.
 const LAYERS: &[(&str, &str, u8)] = &[
-    // base: locks and fork handlers, settings, sampling maths, file readers.
+    // base: locks and fork handlers, settings, sampling maths, the ELF reader.
     ("sync", "base", 0),
     ("config", "base", 0),
     ("sampler", "base", 0),
     ("elf", "base", 0),
-    ("dwarf", "base", 0),
     // thread: per-thread state, the reentrancy guard, the exact counters, the freed-block filter.
     ("guard", "thread", 1),
     ("thread", "thread", 1),
@@ -33,9 +32,12 @@ const LAYERS: &[(&str, &str, u8)] = &[
     // tables: sampled sites and live samples, interned tags.
     ("sites", "tables", 3),
     ("tags", "tables", 3),
-    // snapshot: copies of the tables, symbolized.
+    // snapshot: copies of the tables and counters, symbolized (the DWARF line reader is the
+    // symbolizer's: it answers in `symbols::Symbol`s).
     ("snapshot", "snapshot", 4),
+    ("stats", "snapshot", 4),
     ("symbols", "snapshot", 4),
+    ("dwarf", "snapshot", 4),
     // encoders: pure functions from a snapshot to bytes.
     ("profile", "encoders", 5),
     // transports and scopes: where dumps leave the process, and the scopes users open.
@@ -151,9 +153,16 @@ fn check_file(
             // root's public paths exist: not an import of this module.
             continue;
         }
-        // A root re-export (`crate::HeapProfile`) names the module that defines the item.
+        // A root re-export (`crate::HeapProfile`, `crate::stats()`) names the module that
+        // defines the item; `crate::stats::x` is the module `stats`, a call `crate::stats()` the
+        // function the root re-exports under that name.
+        let names_module = modules
+            .iter()
+            .any(|m| m.len() == 1 && target.first() == m.first());
+        let called = target.len() == 2 && target[1] == CALL;
         if let Some((_, to)) = target
             .first()
+            .filter(|_| !names_module || called)
             .and_then(|first| reexports.iter().find(|(name, _)| name == first))
         {
             target.splice(..1, to.iter().cloned());
@@ -178,7 +187,10 @@ fn check_file(
         };
         if to_rank > rank {
             let name = if target_module.is_empty() {
-                "the crate root".to_string()
+                format!(
+                    "the crate root's {}",
+                    target.first().map_or("", String::as_str)
+                )
             } else {
                 target_module.join("::")
             };
@@ -344,7 +356,7 @@ fn raw_string_end(b: &[u8], i: usize) -> Option<usize> {
     }
     j += 1;
     let mut close = vec![b'"'];
-    close.extend(std::iter::repeat(b'#').take(hashes));
+    close.extend(std::iter::repeat_n(b'#', hashes));
     let at = b[j..].windows(close.len()).position(|w| w == close)?;
     Some(j + at + close.len())
 }
@@ -529,7 +541,7 @@ fn checker_follows_super_and_test_modules() {
 fn checker_counts_root_items_as_the_root() {
     assert_eq!(
         check_synthetic("src/dump.rs", "fn f() { let p = crate::profile(); }\n"),
-        ["src/dump.rs:1 imports the crate root (root, 8) from transports (6)"]
+        ["src/dump.rs:1 imports the crate root's profile (root, 8) from transports (6)"]
     );
     assert!(check_synthetic("src/dump.rs", "use crate::profile::pprof;\n").is_empty());
     // A re-export counts as its defining module; an exported macro's `$crate` path as nothing.
@@ -538,6 +550,10 @@ fn checker_counts_root_items_as_the_root() {
         ["src/sites.rs:1 imports snapshot (snapshot, 4) from tables (3)"]
     );
     assert!(check_synthetic("src/sites.rs", "m!{ $crate::profile() }\n").is_empty());
+    assert_eq!(
+        check_synthetic("src/sites.rs", "fn f() { crate::HeapProfile::new(); }\n"),
+        ["src/sites.rs:1 imports snapshot (snapshot, 4) from tables (3)"]
+    );
 }
 
 #[test]

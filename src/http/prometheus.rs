@@ -7,7 +7,7 @@ pub(crate) fn metrics_text() -> String {
         // No series rather than zeros that look like an idle heap.
         return format!(
             "# {}: no heapsight series.\n# HELP heapsight_active Whether heapsight is the global allocator.\n# TYPE heapsight_active gauge\nheapsight_active 0\n",
-            crate::NOT_ACTIVE
+            crate::stats::NOT_ACTIVE
         );
     }
     let s = crate::stats();
