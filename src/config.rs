@@ -224,15 +224,15 @@ pub(crate) fn getenv(name: &'static [u8]) -> Option<&'static [u8]> {
     }
 }
 
-/// A fixed-capacity line buffer for messages written from inside the allocator.
-pub(crate) struct Line {
+/// One line for stderr in a fixed buffer, for messages written from inside the allocator.
+pub(crate) struct StderrLine {
     buf: [u8; 512],
     len: usize,
 }
 
-impl Line {
+impl StderrLine {
     pub fn new() -> Self {
-        Line {
+        StderrLine {
             buf: [0; 512],
             len: 0,
         }
@@ -256,7 +256,7 @@ impl Line {
     }
 }
 
-impl fmt::Write for Line {
+impl fmt::Write for StderrLine {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         // Leave room for the newline; truncate what does not fit.
         let room = self.buf.len() - 1 - self.len;
@@ -277,7 +277,7 @@ pub(crate) fn complain(
     kept: &dyn fmt::Display,
 ) {
     use fmt::Write;
-    let mut l = Line::new();
+    let mut l = StderrLine::new();
     let _ = write!(l, "heapsight: ignoring ");
     write_assignment(&mut l, var, value);
     let _ = write!(l, ": {err}; expected {values}; keeping {kept}");
@@ -475,7 +475,7 @@ mod tests {
     #[test]
     fn line_truncates_without_panicking() {
         use core::fmt::Write;
-        let mut l = Line::new();
+        let mut l = StderrLine::new();
         for _ in 0..100 {
             let _ = l.write_str("0123456789");
         }

@@ -7,6 +7,49 @@
 //! per-site estimates in formats the tools you already run read: `go tool pprof`, Pyroscope,
 //! Parca, Grafana, inferno. Besides the estimates it keeps exact process-wide counters.
 //!
+//! # Layers
+//!
+//! The source is eight layers, bottom first; a module imports only from its own layer or a lower
+//! one (`tests/layers.rs` fails on any other import, and on a file with no layer). An allocation
+//! enters at the hook and goes down into thread state, capture and the tables; a dump enters at a
+//! transport and goes down through an encoder and the snapshot to the same tables.
+//!
+//! ```text
+//!  rank layer        files                                    allocation      dump
+//!   7   hook         alloc, setup                             enters ──┐
+//!   6   transports   dump, http/, otlp/, metrics, history,             │      enters ──┐
+//!                    tracing, measure                                  │               │
+//!   5   encoders     profile/                                          │      bytes  ◄─┤
+//!   4   snapshot     snapshot, stats, symbols, dwarf                   │      copy   ◄─┤
+//!   3   tables       sites, tags                              record ◄─┤      read   ◄─┤
+//!   2   capture      stack                                    stack  ◄─┤ (sampled)     │
+//!   1   thread       guard, thread, counters, filter          count  ◄─┘      sum    ◄─┘
+//!   0   base         sync, config, sampler, elf               (under every layer)
+//! ```
+//!
+//! What each layer's files own:
+//!
+//! * **base**: `sync` every lock word in its order, the DWARF unwinder's fork gate and the
+//!   `fork()` handlers; `config` the settings' defaults and limits (read from the environment
+//!   without allocating); `sampler` the sample rate and the exponential draws; `elf` nothing
+//!   (reads ELF files and `/proc/self/maps`).
+//! * **thread**: `guard` the calling thread's state and the reentrancy guard; `thread` a
+//!   thread's set-up (its counter slot and countdowns); `counters` the counter slots and the
+//!   process-wide peak; `filter` the filter of sampled block addresses checked on every free.
+//! * **capture**: `stack` the unwinder choice and the learned thread entries.
+//! * **tables**: `sites` the site table and the live-sample shards; `tags` the tag-name table.
+//! * **snapshot**: `snapshot` the trimmed-stack caches and [`HeapProfile`]; `stats` nothing
+//!   (sums the counters into [`Stats`]); `symbols` the symbol cache; `dwarf` nothing (reads
+//!   DWARF line tables for `symbols`).
+//! * **encoders**: `profile/` nothing: pure functions from a snapshot to bytes (pprof, Go text,
+//!   folded stacks, top, delta).
+//! * **transports and scopes**: `dump` the signal pipe and dump file numbers; `http/` the
+//!   server; `otlp/` the exporter thread; `metrics` the updater thread; `history` the ring of
+//!   recorded points; `tracing` the span-to-tag layer's entered spans; `measure` a thread's
+//!   open measurement.
+//! * **hook**: `alloc` the `GlobalAlloc` impl; `setup` the process activation (fork handlers,
+//!   exit dump, unwinder warm-up).
+//!
 //! # Set-up
 //!
 //! heapsight is not on crates.io yet: depend on a clone of its repository (or on the repository

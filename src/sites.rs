@@ -150,13 +150,13 @@ impl Slot {
 }
 
 /// Bucket index meaning "the overflow bucket", whose samples have mixed sizes and rates.
-const MIXED: u32 = u32::MAX;
+const OVERFLOW_BUCKET: u32 = u32::MAX;
 
 /// Weighted sums for the frame-less pseudo-site: samples past the caps, and the totals of
 /// reclaimed stacks. In-use sums are fixed point (2^-16 objects and bytes) so that adding and
 /// later subtracting the same sample's weight returns exactly to 0.
 #[derive(Clone, Copy, Default, Debug)]
-pub(crate) struct MixedSums {
+pub(crate) struct OverflowSums {
     pub samples: u64,
     pub frees: u64,
     pub alloc_objects: f64,
@@ -167,7 +167,7 @@ pub(crate) struct MixedSums {
 
 const FX_ONE: f64 = 65536.0;
 
-impl MixedSums {
+impl OverflowSums {
     fn fixed(size: u64, rate: u64) -> (i128, i128) {
         let w = sampler::weight(size, rate);
         ((w * FX_ONE) as i128, (w * size as f64 * FX_ONE) as i128)
@@ -230,7 +230,7 @@ pub(crate) fn life_bin_low(bin: usize) -> u64 {
 /// counts at the peak live in the buckets themselves (`Slot::at_peak`); here the rest.
 #[derive(Default)]
 pub(crate) struct Peak {
-    pub mixed: MixedSums,
+    pub overflow: OverflowSums,
     /// Sampled in-use byte estimate at the capture.
     pub inuse_bytes: f64,
     pub overflow_samples: u64,
@@ -267,6 +267,22 @@ struct Stack {
     next: u32,
 }
 
+impl Stack {
+    /// A stack with no samples, buckets or lifetime row, in no list.
+    fn unlinked(frames: &[usize], hash: u64) -> Stack {
+        Stack {
+            frames: Some(Arc::from(frames)),
+            hash,
+            same_hash: NONE,
+            live: 0,
+            buckets: NONE,
+            row: NONE,
+            prev: NONE,
+            next: NONE,
+        }
+    }
+}
+
 struct Table {
     stacks: Vec<Stack>,
     free_stacks: Vec<u32>,
@@ -282,7 +298,7 @@ struct Table {
     free_buckets: u32,
     buckets_used: usize,
     bucket_index: HashMap<BucketKey, u32, FxBuild>,
-    mixed: MixedSums,
+    overflow: OverflowSums,
     rows: Vec<LifeRow>,
     free_rows: Vec<u32>,
     /// Samples counted in and not yet out, and the most there ever were.
@@ -302,16 +318,7 @@ impl Table {
     fn new() -> Self {
         Table {
             // Stack 0 is the frame-less pseudo-site.
-            stacks: vec![Stack {
-                frames: Some(Arc::from(&[][..])),
-                hash: 0,
-                same_hash: NONE,
-                live: 0,
-                buckets: NONE,
-                row: NONE,
-                prev: NONE,
-                next: NONE,
-            }],
+            stacks: vec![Stack::unlinked(&[], 0)],
             free_stacks: Vec::new(),
             stacks_used: 0,
             stack_index: HashMap::default(),
@@ -321,7 +328,7 @@ impl Table {
             free_buckets: NONE,
             buckets_used: 0,
             bucket_index: HashMap::default(),
-            mixed: MixedSums::default(),
+            overflow: OverflowSums::default(),
             rows: Vec::new(),
             free_rows: Vec::new(),
             live: 0,
@@ -403,16 +410,7 @@ impl Table {
                 return OVERFLOW_STACK;
             }
         }
-        let stack = Stack {
-            frames: Some(Arc::from(frames)),
-            hash,
-            same_hash: NONE,
-            live: 0,
-            buckets: NONE,
-            row: NONE,
-            prev: NONE,
-            next: NONE,
-        };
+        let stack = Stack::unlinked(frames, hash);
         let id = match self.free_stacks.pop() {
             Some(id) => {
                 self.stacks[id as usize] = stack;
@@ -483,11 +481,11 @@ impl Table {
         while b != NONE {
             let slot = &mut self.buckets[b as usize];
             let key = slot.key;
-            self.mixed
+            self.overflow
                 .absorb(key.size, key.rate, slot.allocs, slot.frees);
             if self.peak.captured && !keep_for_peak {
                 let (a, f) = slot.at_peak(self.epoch);
-                self.peak.mixed.absorb(key.size, key.rate, a, f);
+                self.peak.overflow.absorb(key.size, key.rate, a, f);
             }
             let next = slot.next;
             slot.used = false;
@@ -588,7 +586,7 @@ impl Table {
         if self.buckets_used >= cap(self)
             && !(self.reclaim_one(key.stack) && self.buckets_used < cap(self))
         {
-            return MIXED;
+            return OVERFLOW_BUCKET;
         }
         let slot = |gen| Slot {
             key,
@@ -619,7 +617,7 @@ impl Table {
 
     /// Is `live` still counted in the bucket it names (not reclaimed since)?
     fn counted_in_bucket(&self, live: &Live) -> bool {
-        live.bucket != MIXED
+        live.bucket != OVERFLOW_BUCKET
             && self
                 .buckets
                 .get(live.bucket as usize)
@@ -630,24 +628,24 @@ impl Table {
     /// as counted: a restored sample whose stack was reclaimed meanwhile moves to the frame-less
     /// site, where the reclaimed stack's counts went.
     fn count_in(&mut self, mut live: Live, new_sample: bool) -> Live {
-        let (o, b) = MixedSums::fixed(live.size, live.rate);
+        let (o, b) = OverflowSums::fixed(live.size, live.rate);
         self.inuse_fx += b;
         self.live += 1;
         self.live_high = self.live_high.max(self.live);
         if !new_sample && !self.counted_in_bucket(&live) {
-            live.bucket = MIXED;
+            live.bucket = OVERFLOW_BUCKET;
         }
-        let stack = if live.bucket == MIXED {
+        let stack = if live.bucket == OVERFLOW_BUCKET {
             if new_sample {
                 let w = sampler::weight(live.size, live.rate);
-                self.mixed.samples += 1;
-                self.mixed.alloc_objects += w;
-                self.mixed.alloc_bytes += w * live.size as f64;
+                self.overflow.samples += 1;
+                self.overflow.alloc_objects += w;
+                self.overflow.alloc_bytes += w * live.size as f64;
             } else {
-                self.mixed.frees = self.mixed.frees.saturating_sub(1);
+                self.overflow.frees = self.overflow.frees.saturating_sub(1);
             }
-            self.mixed.inuse_objects_fx += o;
-            self.mixed.inuse_bytes_fx += b;
+            self.overflow.inuse_objects_fx += o;
+            self.overflow.inuse_bytes_fx += b;
             OVERFLOW_STACK
         } else {
             let epoch = self.epoch;
@@ -676,7 +674,7 @@ impl Table {
     /// Counts a sample out. `bin`: its lifetime bin (`None` when a stale entry is retired, whose
     /// death time is unknown).
     fn count_out(&mut self, live: &Live, bin: Option<usize>) {
-        let (o, b) = MixedSums::fixed(live.size, live.rate);
+        let (o, b) = OverflowSums::fixed(live.size, live.rate);
         self.inuse_fx -= b;
         self.live -= 1;
         let stack = if self.counted_in_bucket(live) {
@@ -690,9 +688,9 @@ impl Table {
         } else {
             // Overflow samples (a sample's stack is never reclaimed while it is live, so every
             // other sample is still in its bucket).
-            self.mixed.frees += 1;
-            self.mixed.inuse_objects_fx -= o;
-            self.mixed.inuse_bytes_fx -= b;
+            self.overflow.frees += 1;
+            self.overflow.inuse_objects_fx -= o;
+            self.overflow.inuse_bytes_fx -= b;
             OVERFLOW_STACK
         };
         if let Some(bin) = bin {
@@ -720,7 +718,7 @@ impl Table {
             }
             self.epoch = 1;
         }
-        self.peak.mixed = self.mixed;
+        self.peak.overflow = self.overflow;
         self.peak.inuse_bytes = inuse;
         self.peak.overflow_samples = self.overflow_samples;
         self.peak.live_samples = self.live;
@@ -809,7 +807,7 @@ pub(crate) fn record_sample(
             size,
             rate,
         });
-        let gen = if bucket == MIXED {
+        let gen = if bucket == OVERFLOW_BUCKET {
             0
         } else {
             t.buckets[bucket as usize].gen
@@ -857,7 +855,7 @@ pub(crate) struct RawTable {
     /// By stack id; `None` for a free id. Id 0 is the frame-less pseudo-site.
     pub stacks: StackList,
     pub buckets: Vec<Bucket>,
-    pub mixed: MixedSums,
+    pub overflow: OverflowSums,
     pub live_samples: usize,
     pub overflow_samples: u64,
     /// Lifetime rows of the stacks that have any, by stack id (sparse: most stacks of a long
@@ -886,7 +884,7 @@ fn copy_raw(t: &Table) -> RawTable {
     RawTable {
         stacks,
         buckets: used_buckets(t, |s| (s.allocs, s.frees)),
-        mixed: t.mixed,
+        overflow: t.overflow,
         live_samples: t.live,
         overflow_samples: t.overflow_samples,
         lifetimes,
@@ -943,7 +941,7 @@ pub(crate) fn peak_snapshot() -> Option<(RawTable, f64, u64)> {
         let raw = RawTable {
             stacks,
             buckets,
-            mixed: p.mixed,
+            overflow: p.overflow,
             live_samples: p.live_samples,
             overflow_samples: p.overflow_samples,
             lifetimes,
@@ -962,7 +960,7 @@ pub fn table_counts() -> (usize, u64, usize, usize) {
 }
 
 /// Runs a copy of the table under the lock, as `profile()` does, and returns how long the lock
-/// was held (for `benches/dump.rs`).
+/// was held (for `dev/benches/dump.rs`).
 #[doc(hidden)]
 pub fn bench_snapshot_lock_hold() -> std::time::Duration {
     crate::guard::profiler_scope(|| {

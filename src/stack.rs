@@ -403,11 +403,19 @@ mod tests {
         assert!(lo < a && a < hi, "{lo:#x} {a:#x} {hi:#x}");
     }
 
+    /// Whether this build has frame pointers to walk; says loudly that the test is SKIPPED when
+    /// it has not.
+    fn frame_pointers_or_skip() -> bool {
+        if !COMPILED_WITH_FP {
+            eprintln!("SKIPPED: built without frame pointers");
+        }
+        COMPILED_WITH_FP
+    }
+
     #[test]
     #[cfg_attr(heapsight_portable, ignore = "Linux stack bounds only")]
     fn frame_pointer_walk_sees_every_nested_frame() {
-        if !COMPILED_WITH_FP {
-            eprintln!("SKIPPED: built without frame pointers");
+        if !frame_pointers_or_skip() {
             return;
         }
         let mut buf = [0usize; 64];
@@ -422,8 +430,7 @@ mod tests {
     #[test]
     #[cfg_attr(heapsight_portable, ignore = "Linux stack bounds only")]
     fn dwarf_and_frame_pointers_agree_on_return_addresses() {
-        if !COMPILED_WITH_FP {
-            eprintln!("SKIPPED: built without frame pointers");
+        if !frame_pointers_or_skip() {
             return;
         }
         let mut fp = [0usize; 64];
