@@ -89,6 +89,70 @@ fn lower_layers_do_not_import_higher_ones() {
     );
 }
 
+/// The picture in the crate docs (`src/lib.rs`, "# Layers") lists each layer's modules on its
+/// rank's line; it must say what [`LAYERS`] says.
+#[test]
+fn crate_docs_picture_matches_the_table() {
+    let lib =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/lib.rs")).unwrap();
+    let drawn = picture_rows(&lib);
+    let mut want: Vec<(String, String, u8)> = LAYERS
+        .iter()
+        .map(|&(m, layer, rank)| (m.to_string(), layer.to_string(), rank))
+        .collect();
+    want.sort();
+    assert_eq!(
+        drawn, want,
+        "the crate docs' layer picture and LAYERS disagree"
+    );
+}
+
+/// (module, layer, rank) for every module named in the crate docs' layer picture: the lines of
+/// the first `text` block after `# Layers` that start with a rank, and their continuation lines.
+fn picture_rows(lib: &str) -> Vec<(String, String, u8)> {
+    let docs: Vec<&str> = lib
+        .lines()
+        .filter_map(|l| l.strip_prefix("//!"))
+        .map(|l| l.strip_prefix(' ').unwrap_or(l))
+        .collect();
+    let start = docs
+        .iter()
+        .position(|l| *l == "# Layers")
+        .expect("a # Layers section");
+    let open = start + docs[start..].iter().position(|l| *l == "```text").unwrap();
+    let close = open + 1 + docs[open + 1..].iter().position(|l| *l == "```").unwrap();
+    let mut rows = Vec::new();
+    let mut current: Option<(String, u8)> = None;
+    for line in &docs[open + 1..close] {
+        let cols: Vec<&str> = line
+            .split("  ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect();
+        let files = match cols.first().and_then(|c| c.parse::<u8>().ok()) {
+            Some(rank) if cols.len() >= 3 => {
+                current = Some((cols[1].to_string(), rank));
+                cols[2]
+            }
+            // A continuation of the layer above: its first column lists more modules.
+            None if current.is_some()
+                && cols
+                    .first()
+                    .is_some_and(|c| c.ends_with(',') || c.contains(", ")) =>
+            {
+                cols[0]
+            }
+            _ => continue,
+        };
+        let (layer, rank) = current.clone().unwrap();
+        for m in files.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+            rows.push((m.trim_end_matches('/').to_string(), layer.clone(), rank));
+        }
+    }
+    rows.sort();
+    rows
+}
+
 /// Every `.rs` file under `dir`.
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).unwrap() {
