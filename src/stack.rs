@@ -30,7 +30,7 @@ use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering::Relaxed};
 use crate::config::{Unwinder, MAX_DEPTH_LIMIT};
 use crate::sync;
 
-// The hook's depth setting starts from the default, named here with the capture it limits.
+// The hook's depth setting starts from it.
 pub(crate) use crate::config::DEFAULT_MAX_DEPTH;
 /// Frames of heapsight, `__rust_alloc` and `alloc::alloc` above the user's frames: captured in
 /// addition to the depth so that trimming them leaves `max_depth` user frames.
@@ -87,8 +87,8 @@ pub(crate) fn capture(buf: &mut [usize], bounds: (usize, usize)) -> usize {
     if !use_fp {
         let n = capture_dwarf(buf);
         if n == 0 {
-            // A fork is in progress (see `sync::DWARF_UNWIND_GATE`): a frame-pointer stack, however
-            // short, rather than none.
+            // A fork is in progress (see `sync::DWARF_UNWIND_GATE`): a frame-pointer stack,
+            // however short, rather than none.
             return walk_frame_pointers(buf, bounds).0;
         }
         return n;

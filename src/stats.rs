@@ -44,9 +44,9 @@ pub struct Stats {
 
 /// Reads the exact counters. Lock-free, allocation-free, safe to call from any thread at any time.
 ///
-/// Only allocations through [`HeapSight`](crate::HeapSight) are counted: in a program whose `#[global_allocator]`
-/// is something else every counter stays 0 — check [`is_active`](crate::is_active) before reading zeros as "no
-/// allocations".
+/// Only allocations through [`HeapSight`](crate::HeapSight) are counted: in a program whose
+/// `#[global_allocator]` is something else every counter stays 0 — check
+/// [`is_active`](crate::is_active) before reading zeros as "no allocations".
 ///
 /// Counters are summed over per-thread slots without stopping the threads, so while other threads
 /// allocate the result is a consistent-enough moment, not an atomic snapshot; in a quiet moment it
