@@ -582,6 +582,19 @@ fn checker_catches_nested_use_groups_and_expression_paths() {
 }
 
 #[test]
+fn checker_ignores_paths_in_literals_and_comments() {
+    let src = "/* crate::alloc /* nested */ crate::dump */\n\
+               const A: &str = r#\"crate::alloc \" still\"#;\n\
+               const B: u8 = b'\"'; const C: char = '\\''; const D: &str = \"\\\" crate::http\";\n\
+               fn f<'a>(x: &'a str) -> &'a str { x }\n\
+               use crate::alloc;\n";
+    assert_eq!(
+        check_synthetic("src/stack.rs", src),
+        ["src/stack.rs:5 imports alloc (hook, 7) from capture (2)"]
+    );
+}
+
+#[test]
 fn checker_follows_super_and_test_modules() {
     // `super::` from a file's test module is the file itself; from a directory's file it is
     // the directory's module; a test module's `crate::` path counts like the module's own.
