@@ -150,13 +150,13 @@ impl Slot {
 }
 
 /// Bucket index meaning "the overflow bucket", whose samples have mixed sizes and rates.
-const OVERFLOW_BUCKET: u32 = u32::MAX;
+const MIXED: u32 = u32::MAX;
 
 /// Weighted sums for the frame-less pseudo-site: samples past the caps, and the totals of
 /// reclaimed stacks. In-use sums are fixed point (2^-16 objects and bytes) so that adding and
 /// later subtracting the same sample's weight returns exactly to 0.
 #[derive(Clone, Copy, Default, Debug)]
-pub(crate) struct OverflowSums {
+pub(crate) struct MixedSums {
     pub samples: u64,
     pub frees: u64,
     pub alloc_objects: f64,
@@ -167,7 +167,7 @@ pub(crate) struct OverflowSums {
 
 const FX_ONE: f64 = 65536.0;
 
-impl OverflowSums {
+impl MixedSums {
     fn fixed(size: u64, rate: u64) -> (i128, i128) {
         let w = sampler::weight(size, rate);
         ((w * FX_ONE) as i128, (w * size as f64 * FX_ONE) as i128)
@@ -230,7 +230,7 @@ pub(crate) fn life_bin_low(bin: usize) -> u64 {
 /// counts at the peak live in the buckets themselves (`Slot::at_peak`); here the rest.
 #[derive(Default)]
 pub(crate) struct Peak {
-    pub overflow: OverflowSums,
+    pub mixed: MixedSums,
     /// Sampled in-use byte estimate at the capture.
     pub inuse_bytes: f64,
     pub overflow_samples: u64,
@@ -298,7 +298,7 @@ struct Table {
     free_buckets: u32,
     buckets_used: usize,
     bucket_index: HashMap<BucketKey, u32, FxBuild>,
-    overflow: OverflowSums,
+    mixed: MixedSums,
     rows: Vec<LifeRow>,
     free_rows: Vec<u32>,
     /// Samples counted in and not yet out, and the most there ever were.
@@ -328,7 +328,7 @@ impl Table {
             free_buckets: NONE,
             buckets_used: 0,
             bucket_index: HashMap::default(),
-            overflow: OverflowSums::default(),
+            mixed: MixedSums::default(),
             rows: Vec::new(),
             free_rows: Vec::new(),
             live: 0,
@@ -481,11 +481,11 @@ impl Table {
         while b != NONE {
             let slot = &mut self.buckets[b as usize];
             let key = slot.key;
-            self.overflow
+            self.mixed
                 .absorb(key.size, key.rate, slot.allocs, slot.frees);
             if self.peak.captured && !keep_for_peak {
                 let (a, f) = slot.at_peak(self.epoch);
-                self.peak.overflow.absorb(key.size, key.rate, a, f);
+                self.peak.mixed.absorb(key.size, key.rate, a, f);
             }
             let next = slot.next;
             slot.used = false;
@@ -586,7 +586,7 @@ impl Table {
         if self.buckets_used >= cap(self)
             && !(self.reclaim_one(key.stack) && self.buckets_used < cap(self))
         {
-            return OVERFLOW_BUCKET;
+            return MIXED;
         }
         let slot = |gen| Slot {
             key,
@@ -617,7 +617,7 @@ impl Table {
 
     /// Is `live` still counted in the bucket it names (not reclaimed since)?
     fn counted_in_bucket(&self, live: &Live) -> bool {
-        live.bucket != OVERFLOW_BUCKET
+        live.bucket != MIXED
             && self
                 .buckets
                 .get(live.bucket as usize)
@@ -628,24 +628,24 @@ impl Table {
     /// as counted: a restored sample whose stack was reclaimed meanwhile moves to the frame-less
     /// site, where the reclaimed stack's counts went.
     fn count_in(&mut self, mut live: Live, new_sample: bool) -> Live {
-        let (o, b) = OverflowSums::fixed(live.size, live.rate);
+        let (o, b) = MixedSums::fixed(live.size, live.rate);
         self.inuse_fx += b;
         self.live += 1;
         self.live_high = self.live_high.max(self.live);
         if !new_sample && !self.counted_in_bucket(&live) {
-            live.bucket = OVERFLOW_BUCKET;
+            live.bucket = MIXED;
         }
-        let stack = if live.bucket == OVERFLOW_BUCKET {
+        let stack = if live.bucket == MIXED {
             if new_sample {
                 let w = sampler::weight(live.size, live.rate);
-                self.overflow.samples += 1;
-                self.overflow.alloc_objects += w;
-                self.overflow.alloc_bytes += w * live.size as f64;
+                self.mixed.samples += 1;
+                self.mixed.alloc_objects += w;
+                self.mixed.alloc_bytes += w * live.size as f64;
             } else {
-                self.overflow.frees = self.overflow.frees.saturating_sub(1);
+                self.mixed.frees = self.mixed.frees.saturating_sub(1);
             }
-            self.overflow.inuse_objects_fx += o;
-            self.overflow.inuse_bytes_fx += b;
+            self.mixed.inuse_objects_fx += o;
+            self.mixed.inuse_bytes_fx += b;
             OVERFLOW_STACK
         } else {
             let epoch = self.epoch;
@@ -674,7 +674,7 @@ impl Table {
     /// Counts a sample out. `bin`: its lifetime bin (`None` when a stale entry is retired, whose
     /// death time is unknown).
     fn count_out(&mut self, live: &Live, bin: Option<usize>) {
-        let (o, b) = OverflowSums::fixed(live.size, live.rate);
+        let (o, b) = MixedSums::fixed(live.size, live.rate);
         self.inuse_fx -= b;
         self.live -= 1;
         let stack = if self.counted_in_bucket(live) {
@@ -688,9 +688,9 @@ impl Table {
         } else {
             // Overflow samples (a sample's stack is never reclaimed while it is live, so every
             // other sample is still in its bucket).
-            self.overflow.frees += 1;
-            self.overflow.inuse_objects_fx -= o;
-            self.overflow.inuse_bytes_fx -= b;
+            self.mixed.frees += 1;
+            self.mixed.inuse_objects_fx -= o;
+            self.mixed.inuse_bytes_fx -= b;
             OVERFLOW_STACK
         };
         if let Some(bin) = bin {
@@ -718,7 +718,7 @@ impl Table {
             }
             self.epoch = 1;
         }
-        self.peak.overflow = self.overflow;
+        self.peak.mixed = self.mixed;
         self.peak.inuse_bytes = inuse;
         self.peak.overflow_samples = self.overflow_samples;
         self.peak.live_samples = self.live;
@@ -807,7 +807,7 @@ pub(crate) fn record_sample(
             size,
             rate,
         });
-        let gen = if bucket == OVERFLOW_BUCKET {
+        let gen = if bucket == MIXED {
             0
         } else {
             t.buckets[bucket as usize].gen
@@ -855,7 +855,7 @@ pub(crate) struct RawTable {
     /// By stack id; `None` for a free id. Id 0 is the frame-less pseudo-site.
     pub stacks: StackList,
     pub buckets: Vec<Bucket>,
-    pub overflow: OverflowSums,
+    pub mixed: MixedSums,
     pub live_samples: usize,
     pub overflow_samples: u64,
     /// Lifetime rows of the stacks that have any, by stack id (sparse: most stacks of a long
@@ -884,7 +884,7 @@ fn copy_raw(t: &Table) -> RawTable {
     RawTable {
         stacks,
         buckets: used_buckets(t, |s| (s.allocs, s.frees)),
-        overflow: t.overflow,
+        mixed: t.mixed,
         live_samples: t.live,
         overflow_samples: t.overflow_samples,
         lifetimes,
@@ -941,7 +941,7 @@ pub(crate) fn peak_snapshot() -> Option<(RawTable, f64, u64)> {
         let raw = RawTable {
             stacks,
             buckets,
-            overflow: p.overflow,
+            mixed: p.mixed,
             live_samples: p.live_samples,
             overflow_samples: p.overflow_samples,
             lifetimes,
@@ -960,7 +960,7 @@ pub fn table_counts() -> (usize, u64, usize, usize) {
 }
 
 /// Runs a copy of the table under the lock, as `profile()` does, and returns how long the lock
-/// was held (for `dev/benches/dump.rs`).
+/// was held (for `benches/dump.rs`).
 #[doc(hidden)]
 pub fn bench_snapshot_lock_hold() -> std::time::Duration {
     crate::guard::profiler_scope(|| {

@@ -255,19 +255,19 @@ fn build(raw: sites::RawTable, symbolize: bool, stats: Stats, time_nanos: i64) -
             est: estimates(b.key.size, b.key.rate, b.allocs, b.frees),
         })
         .collect();
-    if raw.overflow.samples > 0 {
+    if raw.mixed.samples > 0 {
         records.push(Record {
             stack: 0,
             tag: 0,
             size: 0,
             rate: 0,
-            allocs: raw.overflow.samples,
-            frees: raw.overflow.frees,
+            allocs: raw.mixed.samples,
+            frees: raw.mixed.frees,
             est: Estimates {
-                alloc_objects: raw.overflow.alloc_objects,
-                alloc_bytes: raw.overflow.alloc_bytes,
-                inuse_objects: raw.overflow.inuse_objects(),
-                inuse_bytes: raw.overflow.inuse_bytes(),
+                alloc_objects: raw.mixed.alloc_objects,
+                alloc_bytes: raw.mixed.alloc_bytes,
+                inuse_objects: raw.mixed.inuse_objects(),
+                inuse_bytes: raw.mixed.inuse_bytes(),
             },
         });
     }
