@@ -47,7 +47,7 @@ use std::sync::Arc;
 
 use crate::counters::{self, MAX_TAGS};
 use crate::guard::{profiler_scope, THREAD};
-use crate::sync::{self, Lock};
+use crate::sync::Lock;
 
 /// Longest tag name in bytes; [`tag`] truncates longer names (at a character boundary).
 pub const MAX_TAG_LEN: usize = 128;
@@ -137,7 +137,7 @@ struct Names {
 
 /// The interning table. Taken only by `Tag::new` and readers, never by the allocation hook, and
 /// always inside the profiler guard (interning allocates). Held across `fork()` (see `sync`).
-static NAMES: Lock<Option<Names>> = Lock::new(&sync::TAG_NAMES_LOCK, None);
+static NAMES: Lock<Option<Names>> = Lock::new(&crate::sync::TAG_NAMES_LOCK, None);
 
 fn with_names<R>(f: impl FnOnce(&mut Names) -> R) -> R {
     profiler_scope(|| {
