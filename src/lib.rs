@@ -17,13 +17,13 @@
 //! ```text
 //!  rank layer        files                                    allocation      dump
 //!   7   hook         alloc, setup                             enters ──┐
-//!   6   transports   dump, http/, otlp/, metrics, history,             │      enters ──┐
-//!                    tracing, measure                                  │               │
+//!   6   transports   dump, http/, otlp/, metrics, series,              │      enters ──┐
+//!                    history, tracing, measure                         │               │
 //!   5   encoders     profile/                                          │      bytes  ◄─┤
 //!   4   snapshot     snapshot, stats, symbols, dwarf                   │      copy   ◄─┤
 //!   3   tables       sites, tags                              record ◄─┤      read   ◄─┤
 //!   2   capture      stack                                    stack  ◄─┤ (sampled)     │
-//!   1   thread       guard, thread, counters, filter          count  ◄─┘      sum    ◄─┘
+//!   1   thread       guard, thread, counters, filter, owned   count  ◄─┘      sum    ◄─┘
 //!   0   base         sync, config, sampler, elf               (under every layer)
 //! ```
 //!
@@ -35,7 +35,8 @@
 //!   (reads ELF files and `/proc/self/maps`).
 //! * **thread**: `guard` the calling thread's state and the reentrancy guard; `thread` a
 //!   thread's set-up (its counter slot and countdowns); `counters` the counter slots and the
-//!   process-wide peak; `filter` the filter of sampled block addresses checked on every free.
+//!   process-wide peak; `filter` the filter of sampled block addresses checked on every free;
+//!   `owned` nothing (`Owned<T>`: memory the profiler owns, dropped inside the guard).
 //! * **capture**: `stack` the unwinder choice and the learned thread entries.
 //! * **tables**: `sites` the site table and the live-sample shards; `tags` the tag-name table.
 //! * **snapshot**: `snapshot` the trimmed-stack caches and [`HeapProfile`]; `stats` nothing
@@ -44,7 +45,8 @@
 //! * **encoders**: `profile/` nothing: pure functions from a snapshot to bytes (pprof, Go text,
 //!   folded stacks, top, delta).
 //! * **transports and scopes**: `dump` the signal pipe and dump file numbers; `http/` the
-//!   server; `otlp/` the exporter thread; `metrics` the updater thread; `history` the ring of
+//!   server; `otlp/` the exporter thread; `metrics` the updater thread; `series` nothing (the
+//!   one list of metric series `/metrics` and `metrics` publish); `history` the ring of
 //!   recorded points; `tracing` the span-to-tag layer's entered spans; `measure` a thread's
 //!   open measurement.
 //! * **hook**: `alloc` the `GlobalAlloc` impl; `setup` the process activation (fork handlers,

@@ -27,6 +27,7 @@ const LAYERS: &[(&str, &str, u8)] = &[
     ("thread", "thread", 1),
     ("counters", "thread", 1),
     ("filter", "thread", 1),
+    ("owned", "thread", 1),
     // capture: the stack of a sampled allocation.
     ("stack", "capture", 2),
     // tables: sampled sites and live samples, interned tags.
@@ -45,6 +46,7 @@ const LAYERS: &[(&str, &str, u8)] = &[
     ("http", "transports", 6),
     ("otlp", "transports", 6),
     ("metrics", "transports", 6),
+    ("series", "transports", 6),
     ("history", "transports", 6),
     ("tracing", "transports", 6),
     ("measure", "transports", 6),
