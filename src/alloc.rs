@@ -1,24 +1,27 @@
 //! `HeapSight<A>`: the `GlobalAlloc` wrapper. This file runs on every allocation and free.
 //!
-//! The fast path is one thread-local subtract-and-branch and own-thread counter stores:
+//! The fast path counts *before* it calls the inner allocator, so that after the call there is
+//! nothing left to do but check for null:
 //!
-//! * **alloc**: subtract `size` from the countdown; still positive? count into this thread's
-//!   slot, done. Otherwise the `#[cold]` [`alloc_slow`]: a new thread, the profiler guard, an
-//!   exited thread, or a sample.
-//! * **free**: subtract `size` from the free countdown (`free_left`, 0 for threads without a
-//!   slot); still positive and the sampled-block filter byte zero? count, done. Otherwise
-//!   [`free_slow`]: a flush (every [`counters::FREE_FLUSH`] bytes), a thread without a slot, or a
-//!   block that may be sampled.
+//! * **alloc**: subtract `size` from the sampling countdown; still positive? count into this
+//!   thread's slot, remember `size` (to take the count back if the call fails), call `A`.
+//!   Otherwise the `#[cold]` [`alloc_slow`]: a new thread, the profiler guard, a `measure()`
+//!   scope, an exited thread, a flush, or a sample.
+//! * **free**: the sampled-block filter byte zero, and `size` subtracted from the free countdown
+//!   (`free_left`, 0 for threads without a slot) still positive? count, tail-call `A`. Otherwise
+//!   [`dealloc_slow`]: a flush (every [`counters::FREE_FLUSH`] bytes), a thread without a slot,
+//!   or a block that may be sampled.
+//! * **realloc**: both at once, the free of the old block and the allocation of the new.
 //!
 //! No lock, no shared read-modify-write, no allocation, no hashing but the filter's shift-and-mask.
 //! Blocks carry no header: the inner allocator sees exactly the caller's layout.
 use core::alloc::{GlobalAlloc, Layout};
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::*};
+use core::sync::atomic::Ordering::Relaxed;
 use std::alloc::System;
 
 use crate::counters::{self, Slot};
-use crate::guard::{InProfiler, ThreadState, LIFE_ACTIVE, LIFE_EXITED, LIFE_NEW, THREAD};
-use crate::{config, filter, sampler, sites, stack};
+use crate::guard::{InProfiler, Life, ThreadState, THREAD};
+use crate::{clock, filter, setup, sites, stack, thread};
 
 /// A `#[global_allocator]` that profiles the heap of the program it serves.
 ///
@@ -61,23 +64,34 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for HeapSight<A> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         debug_assert!(layout.align().is_power_of_two());
-        // SAFETY: forwarded with the caller's layout, for which the caller vouches.
-        let p = unsafe { self.inner.alloc(layout) };
-        if !p.is_null() {
-            on_alloc(p, layout.size());
+        if count_alloc(layout.size()) {
+            // SAFETY: forwarded with the caller's layout, for which the caller vouches.
+            let p = unsafe { self.inner.alloc(layout) };
+            if p.is_null() {
+                uncount_failed_alloc();
+            }
+            p
+        } else {
+            // SAFETY: `alloc_slow` calls the closure once, with `layout` or `layout` with a larger
+            // power-of-two alignment (same size), which `A` accepts as it accepts `layout`.
+            alloc_slow(layout, |l| unsafe { self.inner.alloc(l) })
         }
-        p
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         debug_assert!(layout.align().is_power_of_two());
-        // SAFETY: as in `alloc`.
-        let p = unsafe { self.inner.alloc_zeroed(layout) };
-        if !p.is_null() {
-            on_alloc(p, layout.size());
+        if count_alloc(layout.size()) {
+            // SAFETY: as in `alloc`.
+            let p = unsafe { self.inner.alloc_zeroed(layout) };
+            if p.is_null() {
+                uncount_failed_alloc();
+            }
+            p
+        } else {
+            // SAFETY: as in `alloc`.
+            alloc_slow(layout, |l| unsafe { self.inner.alloc_zeroed(l) })
         }
-        p
     }
 
     #[inline]
@@ -86,13 +100,18 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for HeapSight<A> {
         // Count (and retire a sample) before the block can be handed out again by `A`: another
         // thread could otherwise be given and sample this address before we remove ours.
         // Both branches end in a tail call, so the fast path needs no stack frame of its own.
-        if on_free(ptr, layout.size()) {
+        // The filter first: a block that may be sampled leaves before the countdown is touched,
+        // and the filter's load can feed a compare on memory.
+        if filter::maybe_sampled(ptr) {
             // SAFETY: the caller guarantees `ptr` was allocated by this allocator with `layout`,
             // hence by `A` with `layout`.
+            unsafe { dealloc_slow(&self.inner, ptr, layout, 0) }
+        } else if count_free(layout.size()) {
+            // SAFETY: as above.
             unsafe { self.inner.dealloc(ptr, layout) }
         } else {
             // SAFETY: as above.
-            unsafe { dealloc_slow(&self.inner, ptr, layout) }
+            unsafe { dealloc_slow(&self.inner, ptr, layout, layout.size()) }
         }
     }
 
@@ -103,90 +122,73 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for HeapSight<A> {
             Layout::from_size_align(new_size, layout.align()).is_ok(),
             "realloc to a size that overflows when rounded to the alignment"
         );
-        // The old block may be a live sample: that case (and the filter's false positives) goes
-        // out of line, so the common path keeps no sample on its stack.
-        if filter::maybe_sampled(ptr) {
+        // One free of the old block and one allocation of the new one, as Go's growslice does.
+        if count_realloc(ptr, layout.size(), new_size) {
+            // SAFETY: forwarded unchanged; the caller's guarantees about `ptr`, `layout` and
+            // `new_size` are the ones `A::realloc` requires.
+            let new = unsafe { self.inner.realloc(ptr, layout, new_size) };
+            if new.is_null() {
+                uncount_failed_realloc();
+            }
+            new
+        } else {
             // SAFETY: the caller's guarantees, passed on unchanged.
-            return unsafe { realloc_maybe_sampled(&self.inner, ptr, layout, new_size) };
+            unsafe { realloc_slow(&self.inner, ptr, layout, new_size) }
         }
-        // SAFETY: forwarded unchanged; the caller's guarantees about `ptr`, `layout` and
-        // `new_size` are the ones `A::realloc` requires.
-        let new = unsafe { self.inner.realloc(ptr, layout, new_size) };
-        if !new.is_null() {
-            // One free of the old block and one allocation of the new one, as Go's growslice does.
-            on_free_counted(ptr, layout.size());
-            on_alloc(new, new_size);
-        }
-        new
     }
 }
 
-/// `realloc` of a block whose filter byte is set: takes its sample out (if it is one) before `A`
-/// may free the block (see `dealloc`), and puts it back if `A` fails.
-///
-/// # Safety
-/// As `GlobalAlloc::realloc`: `ptr` was allocated by `inner` with `layout`, and `new_size`
-/// rounded up to `layout.align()` does not overflow `isize`.
-#[cold]
-#[inline(never)]
-unsafe fn realloc_maybe_sampled<A: GlobalAlloc>(
-    inner: &A,
-    ptr: *mut u8,
-    layout: Layout,
-    new_size: usize,
-) -> *mut u8 {
-    let taken = if filter::is_sampled(ptr) {
-        take_sample_for_realloc(ptr)
-    } else {
-        None
-    };
-    // SAFETY: the caller's guarantees, passed on unchanged.
-    let new = unsafe { inner.realloc(ptr, layout, new_size) };
-    if new.is_null() {
-        // The old block is untouched and still the caller's: put its sample back.
-        if let Some(live) = taken {
-            crate::guard::profiler_scope(|| sites::restore_sample(ptr, live));
-        }
-        return new;
-    }
-    on_free_counted(ptr, layout.size());
-    on_alloc(new, new_size);
-    new
-}
-
+/// The allocation fast path: counts an allocation of `size` and returns `true`, or returns
+/// `false` (having changed nothing) when it needs [`alloc_slow`].
 #[inline(always)]
-fn on_alloc(ptr: *mut u8, size: usize) {
+fn count_alloc(size: usize) -> bool {
     THREAD.with(|t| {
         // Subtract first, test the borrow after: `countdown > size` is "no borrow and not zero",
-        // so this compiles to one `sub` on the thread-local and one `jbe` (3 instructions fewer
-        // than load, compare, branch, subtract, store). The slow path adds `size` back before
-        // anything else, so the countdown is never seen wrapped (see `alloc_slow`).
+        // so this compiles to one `sub` on the thread-local and one branch. The slow path adds
+        // `size` back before anything else, so the countdown is never seen wrapped.
         let (c, borrow) = t.countdown.get().overflowing_sub(size as u64);
         t.countdown.set(c);
         if !borrow & (c != 0) {
+            t.pending_alloc.set(size as u64);
             // SAFETY: `countdown > 0` only while this thread owns a slot that is installed in
-            // `t.slot` (thread init sets the slot before the countdown; the guard and thread exit
-            // clear both), and slots are never freed.
-            unsafe { (*t.slot.get()).add_alloc(size) }
+            // `t.slot` (thread init sets the slot before the countdown; the guard, scopes and
+            // thread exit zero the countdown whenever the slot is not installed), and slots are
+            // never freed.
+            unsafe { (*t.slot.get()).add_alloc(size) };
+            true
         } else {
-            alloc_slow(t, ptr, size)
+            false
         }
     })
 }
 
-/// The free fast path: counts the free and returns `true`, or returns `false` (having changed
-/// nothing) when it needs [`dealloc_slow`].
+/// The inner allocator returned null after [`count_alloc`] counted: a failed allocation is not
+/// an allocation, so take it back (count and countdown), from the size the fast path saved.
+#[cold]
+#[inline(never)]
+fn uncount_failed_alloc() {
+    THREAD.with(|t| {
+        let size = t.pending_alloc.get();
+        t.countdown.set(t.countdown.get().wrapping_add(size));
+        // SAFETY: the fast path just counted into this installed slot, and the inner call in
+        // between cannot change it (it does not call back into heapsight on this thread).
+        unsafe { (*t.slot.get()).sub_alloc(size as usize) };
+    })
+}
+
+/// The free fast path for a block the filter cleared: counts the free and returns `true`, or
+/// returns `false` (having subtracted `size` from `free_left`) when it needs [`dealloc_slow`].
 #[inline(always)]
-fn on_free(ptr: *mut u8, size: usize) -> bool {
+fn count_free(size: usize) -> bool {
     THREAD.with(|t| {
         // As on alloc: subtract first, test after. `free_left` is 0 without a slot (new thread,
         // guard, exiting), so this one test also catches those; the slow path adds `size` back.
         let (c, borrow) = t.free_left.get().overflowing_sub(size as u64);
         t.free_left.set(c);
-        if !borrow & (c != 0) & !filter::maybe_sampled(ptr) {
+        if !borrow & (c != 0) {
             // SAFETY: `free_left > 0` only while this thread's slot is installed in `t.slot`
-            // (`set_slot` and the guard zero it whenever the slot is cleared), and slots are
-            // never freed.
+            // (`set_slot` and the guard zero it whenever the slot is not), and slots are never
+            // freed.
             unsafe { (*t.slot.get()).add_free(size) };
             true
         } else {
@@ -197,32 +199,238 @@ fn on_free(ptr: *mut u8, size: usize) -> bool {
     })
 }
 
+/// Both halves of a `realloc` on the fast path, or `false` (nothing changed) when either half
+/// needs the slow path or the old block may be sampled.
+#[inline(always)]
+fn count_realloc(ptr: *mut u8, old_size: usize, new_size: usize) -> bool {
+    THREAD.with(|t| {
+        let (f, fb) = t.free_left.get().overflowing_sub(old_size as u64);
+        let (c, cb) = t.countdown.get().overflowing_sub(new_size as u64);
+        if !fb & (f != 0) & !cb & (c != 0) & !filter::maybe_sampled(ptr) {
+            t.free_left.set(f);
+            t.countdown.set(c);
+            t.pending_alloc.set(new_size as u64);
+            t.pending_free.set(old_size as u64);
+            // SAFETY: both countdowns are nonzero only while the slot is installed (as in
+            // `count_alloc` and `count_free`).
+            let slot = unsafe { &*t.slot.get() };
+            slot.add_free(old_size);
+            slot.add_alloc(new_size);
+            true
+        } else {
+            false
+        }
+    })
+}
+
+/// The inner `realloc` failed after [`count_realloc`] counted: the old block is still the
+/// caller's and no new one exists, so take both halves back.
+#[cold]
+#[inline(never)]
+fn uncount_failed_realloc() {
+    THREAD.with(|t| {
+        let (a, f) = (t.pending_alloc.get(), t.pending_free.get());
+        t.countdown.set(t.countdown.get().wrapping_add(a));
+        t.free_left.set(t.free_left.get().wrapping_add(f));
+        // SAFETY: as in `uncount_failed_alloc`.
+        let slot = unsafe { &*t.slot.get() };
+        slot.sub_alloc(a as usize);
+        slot.sub_free(f as usize);
+    })
+}
+
+/// The rare allocation: undoes the fast path's subtraction, plans the allocation (a sample is
+/// asked of `A` with its alignment raised; see `filter`), calls the inner allocator (`call`), and
+/// counts (and maybe samples) the block it returned.
+#[cold]
+#[inline(never)]
+fn alloc_slow(layout: Layout, call: impl Fn(Layout) -> *mut u8) -> *mut u8 {
+    let size = layout.size();
+    let mut plan = THREAD.with(|t| {
+        // Undo the fast path's subtraction: the countdown is back to what it was before this
+        // call (0 under the guard, in a scope, before thread init and after exit), so no
+        // allocation sees it wrapped.
+        t.countdown.set(t.countdown.get().wrapping_add(size as u64));
+        plan_alloc(t, layout)
+    });
+    let mut p = call(plan.inner_layout(layout));
+    if p.is_null() && plan.inner_layout(layout) != layout {
+        // `A` refused the raised alignment: allocate as asked and let this sample go (the next
+        // allocation draws a fresh countdown, so no later one is biased by it).
+        plan = plan.unsampled();
+        p = call(layout);
+    }
+    if !p.is_null() {
+        THREAD.with(|t| finish_alloc(t, plan, p, size));
+    }
+    p
+}
+
+/// What the slow path does with an allocation, decided before the inner call.
+#[derive(Clone, Copy)]
+enum Plan {
+    /// The profiler's own memory (inside the guard): forwarded, counted as the profiler's.
+    Profiler,
+    /// A thread without a slot (exiting): counted in the shared fallback.
+    Orphan,
+    /// Counted in this thread's slot; `Some` when it is a sample: the rate its countdown was
+    /// drawn with and the alignment asked of the inner allocator.
+    Count(Option<(u64, usize)>),
+}
+
+impl Plan {
+    fn inner_layout(self, layout: Layout) -> Layout {
+        match self {
+            // `plan_alloc` checked that the size fits at this alignment (the fallback is never
+            // taken; it only avoids a panic path in the allocator).
+            Plan::Count(Some((_, align))) => {
+                Layout::from_size_align(layout.size(), align).unwrap_or(layout)
+            }
+            _ => layout,
+        }
+    }
+
+    fn unsampled(self) -> Plan {
+        match self {
+            Plan::Count(Some(_)) => Plan::Count(None),
+            p => p,
+        }
+    }
+}
+
+fn plan_alloc(t: &ThreadState, layout: Layout) -> Plan {
+    if t.in_profiler.get() {
+        return Plan::Profiler;
+    }
+    if t.life.get() == Life::New {
+        init_this_thread(t);
+    }
+    if t.life.get() != Life::Active {
+        return Plan::Orphan;
+    }
+    let rate = t.drawn_rate.get();
+    if t.sampling_countdown() > layout.size() as u64 || rate == 0 {
+        return Plan::Count(None);
+    }
+    // A sample: its address must pass the free check (see `filter`), so it is asked at the
+    // sample alignment (the site table widens the check to it when it records the sample).
+    let align = filter::sample_align(rate).max(layout.align());
+    if Layout::from_size_align(layout.size(), align).is_err() {
+        // Too large to align further (within a page of `isize::MAX`): no sample this time.
+        return Plan::Count(None);
+    }
+    Plan::Count(Some((rate, align)))
+}
+
+fn finish_alloc(t: &ThreadState, plan: Plan, ptr: *mut u8, size: usize) {
+    let sample = match plan {
+        Plan::Profiler => return counters::profiler_alloc(size),
+        Plan::Orphan => return counters::orphan_alloc(size),
+        Plan::Count(sample) => sample,
+    };
+    // SAFETY: an active thread outside the guard has its slot installed (`plan_alloc`).
+    let slot: &Slot = unsafe { &*t.slot.get() };
+    slot.add_alloc(size);
+    if t.scope_depth.get() > 0 {
+        counters::note_scope_alloc(slot);
+    }
+    let c = t.sampling_countdown();
+    if c > size as u64 {
+        // In a scope, or just after thread init (a fresh countdown does not cover this
+        // allocation yet).
+        t.set_countdown(c - size as u64);
+        return;
+    }
+    // The countdown fell inside this allocation: a fresh one, and a flush (constant time
+    // whatever the thread count: one shared `fetch_add`; see `counters`).
+    thread::rearm(t);
+    counters::resync(slot);
+    if let Some((rate, align)) = sample {
+        // Sampled with the weight of the rate its countdown was drawn with.
+        take_sample(t, ptr, size as u64, rate, align);
+    }
+}
+
 /// The rare free: new thread, guard, exiting thread, flush due, or a block that may be sampled.
+/// `undo` is what the fast path subtracted from `free_left` (see `count_free`), added back first.
 ///
 /// # Safety
 /// As `GlobalAlloc::dealloc`: `ptr` was allocated by `inner` with `layout` and is not used
 /// after this call.
 #[cold]
 #[inline(never)]
-unsafe fn dealloc_slow<A: GlobalAlloc>(inner: &A, ptr: *mut u8, layout: Layout) {
-    THREAD.with(|t| undo_and_free_slow(t, ptr, layout.size(), true));
-    // SAFETY: the caller's guarantees, passed on unchanged.
-    unsafe { inner.dealloc(ptr, layout) }
+unsafe fn dealloc_slow<A: GlobalAlloc>(inner: &A, ptr: *mut u8, layout: Layout, undo: usize) {
+    let align = THREAD.with(|t| {
+        t.free_left.set(t.free_left.get().wrapping_add(undo as u64));
+        count_free_slow(t, ptr, layout.size(), true)
+    });
+    // SAFETY: the caller's guarantees, passed on unchanged, with the alignment the block was
+    // allocated with from `A` (the caller's, or the larger one it was sampled with).
+    unsafe {
+        inner.dealloc(
+            ptr,
+            Layout::from_size_align_unchecked(layout.size(), align.max(layout.align())),
+        )
+    }
 }
 
-/// Counts a free whose sample, if any, was already taken out (realloc).
-#[inline(always)]
-fn on_free_counted(ptr: *mut u8, size: usize) {
-    THREAD.with(|t| {
-        let (c, borrow) = t.free_left.get().overflowing_sub(size as u64);
-        t.free_left.set(c);
-        if !borrow & (c != 0) {
-            // SAFETY: as in `on_free`.
-            unsafe { (*t.slot.get()).add_free(size) }
-        } else {
-            undo_and_free_slow(t, ptr, size, false)
+/// `realloc` off the fast path: takes the old block's sample out (if it is one) before `A` may
+/// free the block (see `dealloc`), puts it back if `A` fails, and counts both halves through the
+/// slow paths. When the old block or the new one has a sample alignment that is not the
+/// caller's, the block is moved (allocate, copy, free): `A` must see one layout per block.
+///
+/// # Safety
+/// As `GlobalAlloc::realloc`: `ptr` was allocated by `inner` with `layout`, and `new_size`
+/// rounded up to `layout.align()` does not overflow `isize`.
+#[cold]
+#[inline(never)]
+unsafe fn realloc_slow<A: GlobalAlloc>(
+    inner: &A,
+    ptr: *mut u8,
+    layout: Layout,
+    new_size: usize,
+) -> *mut u8 {
+    let taken = if filter::maybe_sampled(ptr) && filter::is_sampled(ptr) {
+        take_sample_for_realloc(ptr)
+    } else {
+        None
+    };
+    let old_align = taken.map_or(layout.align(), |l| l.inner_align().max(layout.align()));
+    // SAFETY: `old_align` is the alignment `A` allocated the block with (a power of two, and the
+    // block exists, so its size rounded up to it fits).
+    let old_inner = unsafe { Layout::from_size_align_unchecked(layout.size(), old_align) };
+    // SAFETY: the caller guarantees `new_size` rounded up to `layout.align()` fits.
+    let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+    let plan = THREAD.with(|t| plan_alloc(t, new_layout));
+    let new_inner = plan.inner_layout(new_layout);
+    let new = if old_inner == layout && new_inner == new_layout {
+        // SAFETY: the caller's guarantees, passed on unchanged.
+        unsafe { inner.realloc(ptr, layout, new_size) }
+    } else {
+        // SAFETY: `new_inner` is the caller's new size with a power-of-two alignment; the old block is valid for `layout.size()` bytes, the new one for `new_size`, they do
+        // not overlap (both live at once), and the old one is freed with the layout `A`
+        // allocated it with.
+        unsafe {
+            let n = inner.alloc(new_inner);
+            if !n.is_null() {
+                core::ptr::copy_nonoverlapping(ptr, n, layout.size().min(new_size));
+                inner.dealloc(ptr, old_inner);
+            }
+            n
         }
-    })
+    };
+    if new.is_null() {
+        // The old block is untouched and still the caller's: put its sample back.
+        if let Some(live) = taken {
+            crate::guard::profiler_scope(|| sites::restore_sample(ptr, live));
+        }
+        return new;
+    }
+    THREAD.with(|t| {
+        count_free_slow(t, ptr, layout.size(), false);
+        finish_alloc(t, plan, new, new_size);
+    });
+    new
 }
 
 #[cold]
@@ -236,99 +444,31 @@ fn take_sample_for_realloc(ptr: *mut u8) -> Option<sites::Live> {
     })
 }
 
-/// Where a thread's slot goes at exit: a thread-local whose destructor hands the slot back.
-/// Its destructor is registered by the thread's first slow-path call, inside the guard (the
-/// registration may allocate).
-struct ExitHook;
-
-impl Drop for ExitHook {
-    fn drop(&mut self) {
-        THREAD.with(|t| {
-            if t.life.get() != LIFE_ACTIVE {
-                return;
-            }
-            let slot = t.own_slot();
-            t.life.set(LIFE_EXITED);
-            t.set_slot(core::ptr::null());
-            if !slot.is_null() {
-                // SAFETY: slots are never freed.
-                counters::release_slot(unsafe { &*slot });
-            }
-        })
-    }
-}
-
-thread_local! {
-    static EXIT_HOOK: ExitHook = const { ExitHook };
-}
-
-#[cold]
-#[inline(never)]
-fn alloc_slow(t: &ThreadState, ptr: *mut u8, size: usize) {
-    // Undo the fast path's subtraction: the countdown is back to what it was before this call
-    // (0 under the guard, before thread init and after exit), so no allocation sees it wrapped.
-    t.countdown.set(t.countdown.get().wrapping_add(size as u64));
-    if t.in_profiler.get() {
-        counters::profiler_alloc(size);
-        return;
-    }
-    if t.life.get() == LIFE_NEW {
-        init_thread(t);
-    }
-    if t.life.get() != LIFE_ACTIVE {
-        counters::orphan_alloc(size);
-        return;
-    }
-    // SAFETY: an active thread outside the guard has its slot installed.
-    let slot: &Slot = unsafe { &*t.slot.get() };
-    slot.add_alloc(size);
-    let c = t.countdown.get();
-    if c > size as u64 {
-        // Only after thread init: the fresh countdown does not cover this allocation.
-        t.countdown.set(c - size as u64);
-        return;
-    }
-    // The countdown fell inside this allocation: it is sampled, with the weight of the rate the
-    // countdown was drawn with.
-    let rate = t.drawn_rate.get();
-    rearm(t);
-    // Constant time whatever the thread count (one shared `fetch_add`; see `counters`).
-    counters::resync(slot);
-    if rate != 0 {
-        take_sample(t, ptr, size as u64, rate);
-    }
-}
-
-/// The free slow path, entered right after the fast path subtracted `size` from `free_left`:
-/// adds it back first, so the countdown is as before this free (0 for threads without a slot)
-/// and no reader of it sees a wrapped value.
-#[cold]
-#[inline(never)]
-fn undo_and_free_slow(t: &ThreadState, ptr: *mut u8, size: usize, check_sample: bool) {
-    t.free_left.set(t.free_left.get().wrapping_add(size as u64));
-    free_slow(t, ptr, size, check_sample)
-}
-
-#[inline(always)]
-fn free_slow(t: &ThreadState, ptr: *mut u8, size: usize, check_sample: bool) {
+/// Counts a free off the fast path; retires its sample first when `check_sample` (a `realloc`
+/// took it out already). Returns the alignment the block was allocated with from the inner
+/// allocator when it was a sample (see `filter`), else 1.
+fn count_free_slow(t: &ThreadState, ptr: *mut u8, size: usize, check_sample: bool) -> usize {
     if t.in_profiler.get() {
         // The profiler's own memory; never sampled, so no table look-up (we may hold its lock).
         counters::profiler_free(size);
-        return;
+        return 1;
     }
+    let mut align = 1;
     // Known to be sampled (exact, lock-free) before the clock is read or the lock taken.
     if check_sample && filter::maybe_sampled(ptr) && filter::is_sampled(ptr) {
         if let Some(_g) = InProfiler::enter(t) {
-            sites::remove_sample(ptr);
+            if let Some(live) = sites::remove_sample(ptr) {
+                align = live.inner_align();
+            }
         }
     }
-    if t.life.get() == LIFE_NEW {
-        init_thread(t);
+    if t.life.get() == Life::New {
+        init_this_thread(t);
     }
     let slot = t.slot.get();
     if slot.is_null() {
         counters::orphan_free(size);
-        return;
+        return align;
     }
     // SAFETY: this thread's owned, never-freed slot.
     let slot: &Slot = unsafe { &*slot };
@@ -341,28 +481,35 @@ fn free_slow(t: &ThreadState, ptr: *mut u8, size: usize, check_sample: bool) {
         counters::resync(slot);
         t.free_left.set(counters::FREE_FLUSH);
     }
+    align
 }
 
-/// Draws this thread's next countdown from the current global rate.
-fn rearm(t: &ThreadState) {
-    let rate = RATE.load(Relaxed);
-    let mut rng = t.rng.get();
-    let gap = sampler::next_gap(&mut rng, rate);
-    t.rng.set(rng);
-    t.drawn_rate.set(rate);
-    t.set_countdown(gap);
+/// A thread's first slow-path call: the process set-up if this is the first thread, then the
+/// thread's own (both inside the guard, so what they allocate is the profiler's).
+#[cold]
+#[inline(never)]
+fn init_this_thread(t: &ThreadState) {
+    setup::init_global();
+    let Some(g) = InProfiler::enter(t) else {
+        return;
+    };
+    setup::activate();
+    thread::init_thread(t, &g);
 }
 
 #[cold]
 #[inline(never)]
-fn take_sample(t: &ThreadState, ptr: *mut u8, size: u64, rate: u64) {
+fn take_sample(t: &ThreadState, ptr: *mut u8, size: u64, rate: u64, inner_align: usize) {
+    // Never `None`: a sample is planned only outside the guard (`plan_alloc`), and nothing
+    // between the plan and here enters it. (The block's raised alignment is recorded below; a
+    // sample that were not recorded would be freed with the caller's layout.)
     let Some(_g) = InProfiler::enter(t) else {
         return;
     };
-    // Zero only the `depth` slots the capture may use, not the whole 2 KiB buffer: zeroing all
-    // of it was ~60% of the instructions of a sampled alloc+free (callgrind, benches/callgrind.py).
+    // Zero only the `depth` slots the capture may use, not the whole 2 KiB buffer (most of a
+    // sampled allocation's cost if zeroed in full; docs/benches.md).
     let mut storage = core::mem::MaybeUninit::<[usize; stack::BUF_LEN]>::uninit();
-    let depth = (MAX_DEPTH.load(Relaxed) + stack::ENTRY_FRAMES).min(stack::BUF_LEN);
+    let depth = (setup::MAX_DEPTH.load(Relaxed) + stack::ENTRY_FRAMES).min(stack::BUF_LEN);
     let p = storage.as_mut_ptr() as *mut usize;
     // SAFETY: `p` points to `BUF_LEN` usizes on our stack and `depth <= BUF_LEN`; the first
     // `depth` are initialised (zeroed) before the slice over them is made.
@@ -371,194 +518,13 @@ fn take_sample(t: &ThreadState, ptr: *mut u8, size: u64, rate: u64) {
         core::slice::from_raw_parts_mut(p, depth)
     };
     let n = stack::capture(buf, (t.stack_lo.get(), t.stack_hi.get()));
-    sites::record_sample(&buf[..n], ptr, size, rate, t.tag.get(), now_ns());
-}
-
-/// Monotonic nanoseconds (vDSO clock_gettime: no system call, no allocation).
-pub(crate) fn now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// This thread's counter slot, initialising the thread first if it has not allocated yet (so a
-/// scope or tag entered before the first allocation still counts it). `None` inside the
-/// profiler, once the thread's slot was handed back at exit, and while no allocation went through
-/// `HeapSight` yet (then heapsight is not the global allocator, or the process has not allocated
-/// at all: the Rust runtime allocates before `main`, so a program's own code does not see that).
-pub(crate) fn thread_slot(t: &ThreadState) -> Option<&'static Slot> {
-    if t.in_profiler.get() {
-        return None;
-    }
-    if t.life.get() == LIFE_NEW {
-        if !is_active() {
-            // Initialising here would activate heapsight (fork handlers, warm-up) in a program
-            // whose allocations never reach it.
-            return None;
-        }
-        init_thread(t);
-    }
-    let s = t.slot.get();
-    // SAFETY: a non-null slot outside the guard is this thread's owned slot; slots are never
-    // freed.
-    (!s.is_null()).then(|| unsafe { &*s })
-}
-
-/// Gives this thread a slot, an exit hook, stack bounds, a seeded generator and a countdown.
-/// Leaves `life` as ACTIVE on success, EXITED if the thread is already tearing down.
-#[cold]
-#[inline(never)]
-fn init_thread(t: &ThreadState) {
-    init_global();
-    let Some(_g) = InProfiler::enter(t) else {
-        return;
-    };
-    activate();
-    // The exit hook is a thread-local with a destructor; if this thread's destructors are already
-    // running we cannot get one, and a slot taken now would never be handed back.
-    if EXIT_HOOK.try_with(|_| ()).is_err() {
-        t.life.set(LIFE_EXITED);
-        return;
-    }
-    let slot = counters::acquire_slot();
-    let (lo, hi) = stack::thread_stack_bounds();
-    t.stack_lo.set(lo);
-    t.stack_hi.set(hi);
-    let n = THREAD_SEQ.fetch_add(1, Relaxed);
-    t.rng.set(sampler::mix_seed(
-        seed().wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
-    ));
-    t.set_slot(slot);
-    t.set_free_left(counters::FREE_FLUSH);
-    t.life.set(LIFE_ACTIVE);
-    counters::resync(slot);
-    rearm(t);
-}
-
-static RATE: AtomicU64 = AtomicU64::new(sampler::DEFAULT_RATE);
-pub(crate) static MAX_DEPTH: AtomicUsize = AtomicUsize::new(stack::DEFAULT_MAX_DEPTH);
-static SEED: AtomicU64 = AtomicU64::new(0);
-static THREAD_SEQ: AtomicU64 = AtomicU64::new(0);
-static GLOBAL_STATE: AtomicU8 = AtomicU8::new(0);
-
-fn seed() -> u64 {
-    let s = SEED.load(Relaxed);
-    if s != 0 {
-        return s;
-    }
-    let fresh = sampler::mix_seed(
-        now_ns() ^ ((std::process::id() as u64) << 32) ^ (&SEED as *const _ as u64),
+    sites::record_sample(
+        &buf[..n],
+        ptr,
+        size,
+        rate,
+        t.tag.get(),
+        clock::now_ns(),
+        inner_align,
     );
-    match SEED.compare_exchange(0, fresh, Relaxed, Relaxed) {
-        Ok(_) => fresh,
-        Err(s) => s,
-    }
-}
-
-pub(crate) fn sample_rate() -> u64 {
-    RATE.load(Relaxed)
-}
-
-/// Sets the rate and re-arms the calling thread at once; other threads pick it up at their next
-/// countdown expiry (within about one interval of the old rate, 1 MiB if it was 0).
-pub(crate) fn set_sample_rate(rate: u64) {
-    init_global();
-    RATE.store(rate, Relaxed);
-    THREAD.with(|t| {
-        if t.life.get() == LIFE_ACTIVE {
-            rearm(t)
-        }
-    })
-}
-
-pub(crate) fn set_seed(seed: u64) {
-    init_global();
-    SEED.store(sampler::mix_seed(seed), Relaxed);
-    THREAD_SEQ.store(0, Relaxed);
-    THREAD.with(|t| {
-        t.rng.set(sampler::mix_seed(seed));
-        if t.life.get() == LIFE_ACTIVE {
-            rearm(t)
-        }
-    })
-}
-
-/// The configuration from the environment, once. Runs on the first slow-path call (normally the
-/// process's first allocation, before `main`) and before a setting is changed through the API
-/// (so a later first allocation does not overwrite it); a thread that finds it in progress
-/// carries on with the defaults rather than wait inside the allocator.
-pub(crate) fn init_global() {
-    if GLOBAL_STATE.load(Acquire) == 2 {
-        return;
-    }
-    if GLOBAL_STATE
-        .compare_exchange(0, 1, Acquire, Relaxed)
-        .is_err()
-    {
-        return;
-    }
-    read_env();
-    GLOBAL_STATE.store(2, Release);
-}
-
-/// Set by the first thread initialised through [`HeapSight`]'s allocation hook.
-static ACTIVE: AtomicBool = AtomicBool::new(false);
-static SET_UP: AtomicBool = AtomicBool::new(false);
-
-/// Whether heapsight is the global allocator: true once an allocation went through [`HeapSight`].
-pub(crate) fn is_active() -> bool {
-    ACTIVE.load(Relaxed)
-}
-
-/// The one-time process set-up of a program whose allocator heapsight is: fork handlers, the
-/// exit dump, the unwinder warm-up. A program that only links the crate never gets here, so it
-/// pays nothing (no constructor runs at start-up).
-///
-/// Runs on the first thread initialisation, inside the profiler guard (what it allocates is
-/// forwarded uncounted) and before that thread takes any heapsight lock: locks are only taken
-/// under the guard, and the guard's slow path returns before thread initialisation. So the DWARF
-/// warm-up, whose first call runs libgcc's set-up (it walks the loaded objects under the
-/// loader's lock and may allocate), happens while this thread holds no heapsight lock and no
-/// sampled allocation is in flight on it; a concurrent thread's sample may find the set-up still
-/// running, and libgcc serialises its own first-call initialisation.
-fn activate() {
-    ACTIVE.store(true, Relaxed);
-    if SET_UP.swap(true, AcqRel) {
-        return;
-    }
-    #[cfg(unix)]
-    // SAFETY: the handlers are `extern "C"` functions that only take and release heapsight's
-    // locks and the unwinder's fork gate, in the order `sync` documents.
-    unsafe {
-        libc::pthread_atfork(
-            Some(crate::sync::atfork_prepare),
-            Some(crate::sync::atfork_parent),
-            Some(crate::sync::atfork_child),
-        );
-    }
-    if config::getenv(b"HEAPSIGHT_DUMP_ON_EXIT\0").is_some_and(|v| !v.is_empty()) {
-        // SAFETY: registers a plain `extern "C" fn()` that catches its own panics.
-        unsafe { libc::atexit(crate::dump::dump_at_exit) };
-    }
-    stack::warm_up_dwarf();
-}
-
-fn read_env() {
-    let env = config::env_settings();
-    if let Some(r) = env.sample_rate {
-        RATE.store(r, Relaxed);
-    }
-    if let Some(d) = env.max_depth {
-        MAX_DEPTH.store(d, Relaxed);
-    }
-    if let Some(n) = env.max_sites {
-        sites::MAX_SITES.store(n, Relaxed);
-    }
-    if let Some(u) = env.unwinder {
-        stack::set_unwinder(u);
-    }
 }

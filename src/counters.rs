@@ -11,36 +11,26 @@
 //! those operations go to [`ORPHAN`] with atomic `fetch_add`. That is rare and keeps the counters
 //! exact.
 //!
-//! # Peak in-use bytes without a shared counter on the fast path
+//! # The shared in-use figure and the peak, off the fast path
 //!
-//! No thread sees the exact global in-use count as it changes. Each slot keeps `high_water`, the
-//! highest *own* net byte count (`alloc_bytes - free_bytes` of this slot) since the slot's last
-//! *flush*, and `others`, the in-use bytes of everybody else as [`INUSE`] knew them at that flush.
-//! `others + high_water` is the slot's peak candidate.
+//! No thread sees the exact global in-use count as it changes, and the fast path does not try:
+//! it only adds to its own slot. [`INUSE`] is the one shared in-use figure: each thread adds its
+//! net change since its previous flush ([`resync`]) with one `fetch_add`, at three moments only:
+//! when its allocation countdown expires (every ~rate bytes allocated, every 1 MiB at rate 0),
+//! when its free countdown expires (every [`FREE_FLUSH`] bytes freed) and when it calls
+//! [`crate::stats`]. The global peak ([`PEAK`]) is the highest value INUSE reached at a flush or
+//! that a reader summed. So a flush costs the same whatever the number of threads, and no
+//! allocation or free walks the slot list (only [`totals`], the reader behind `stats()`, does:
+//! linear in the number of slots ever created).
 //!
-//! [`INUSE`] is the one shared in-use figure: each thread adds its net change since its previous
-//! flush ([`resync`]) with one `fetch_add`, at three moments only: when its allocation countdown
-//! expires (every ~rate bytes allocated, every 1 MiB at rate 0), when its free countdown expires
-//! (every [`FREE_FLUSH`] bytes freed) and when it calls [`crate::stats`]. So the cost of a flush
-//! does not depend on the number of threads, and no allocation or free walks the slot list (only
-//! [`totals`], the reader behind `stats()`, does: linear in the number of slots ever created).
-//!
-//! Bound: `INUSE` lags the true in-use count by every thread's unflushed change, which lies
-//! between `-FREE_FLUSH` (frees since its flush) and its allocation countdown (allocations since
-//! its flush: about `rate`, at most ~18 × rate, 1 MiB at rate 0). A candidate takes the others as
-//! of its owner's last flush: it is too high by what they freed since, but by no more than what
-//! the owner allocated before its next flush (one countdown), and too low by what they allocated
-//! since. So the global peak is exact for a single-threaded program, and otherwise off by at
-//! most about one countdown per thread (`tests/threads.rs` checks a thread that only frees).
-//!
-//! The slot stores `high_water` as `headroom = high_water - net`: how far the own net count can
-//! still grow before it makes a new high. An allocation subtracts its size; if that borrows, the
-//! net count has just passed the old high and is itself the new one (`headroom = 0`). A free adds
-//! its size. On x86-64 that is one `sub` on memory and a rarely taken branch per allocation and
-//! one `add` per free, instead of computing `alloc_bytes - free_bytes` and comparing it with the
-//! mark on every allocation: 3 instructions fewer per alloc+free pair (`benches/callgrind.py`).
-//! Readers compute `high_water = net + headroom` ([`Slot::high_water`]); "reset the mark to the
-//! current net" is `headroom = 0`.
+//! Bound: INUSE lags the true in-use count by every thread's unflushed change, which lies between
+//! `-FREE_FLUSH` (frees since its flush) and its allocation countdown (allocations since its
+//! flush: about `rate`, at most ~18 × rate, 1 MiB at rate 0). So the reported peak is below the
+//! true one by at most the sum over threads of what each allocated since its last flush (for one
+//! thread: less than one countdown), and above it by at most what the other threads freed since
+//! their last flush (each less than `FREE_FLUSH`). An allocation larger than the countdown always
+//! flushes, so a peak made of large blocks is exact. `tests/fast_path.rs` checks both sides;
+//! [`crate::measure`]'s peak is exact (below).
 //!
 //! # Scopes: `measure()` and tags, with nothing added to the fast path
 //!
@@ -56,11 +46,11 @@
 //!   is the owner), so a reader never counts an interval both as open and as flushed. The per-tag
 //!   totals live in a [`TagCounts`] block allocated the first time the slot's thread uses a tag,
 //!   and kept with the slot like its other counts.
-//! * **Peak within a scope.** `high_water` is reset at every resync, so on its own it only knows
-//!   the maximum since the last one. `scope_hw` keeps the maximum across resyncs: a resync folds
-//!   `high_water` into it before resetting. A measured scope saves `scope_hw`, sets it to the
-//!   current net, and at the end reads `max(scope_hw, high_water)`; it then folds its own maximum
-//!   back into the saved value so an enclosing scope sees it.
+//! * **Peak within a scope.** While a `measure()` scope is open its thread's allocations take
+//!   the slow path (see `guard::ThreadState::enter_scope`), which raises `scope_hw` to the slot's
+//!   own net count after counting each one ([`note_scope_alloc`]): the exact maximum, since the
+//!   net only rises at allocations. A scope saves `scope_hw`, sets it to the current net, and at
+//!   the end folds its own maximum back into the saved value so an enclosing scope sees it.
 use core::ptr;
 use core::sync::atomic::{
     fence, AtomicBool, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering::*,
@@ -72,11 +62,6 @@ pub(crate) struct Slot {
     pub alloc_bytes: AtomicU64,
     pub free_objects: AtomicU64,
     pub free_bytes: AtomicU64,
-    /// Highest `alloc_bytes - free_bytes` of this slot since its last flush, minus the current
-    /// `alloc_bytes - free_bytes` (see the module docs). Never negative.
-    pub headroom: AtomicU64,
-    /// In-use bytes of everybody else according to [`INUSE`] at this slot's last flush.
-    pub others: AtomicI64,
     /// This slot's net bytes (`alloc_bytes - free_bytes`) as of its last flush into [`INUSE`].
     /// Read and written by the owner only (and by [`acquire_slot`]'s next owner, after the
     /// `owned` handover), hence `Relaxed`.
@@ -85,8 +70,8 @@ pub(crate) struct Slot {
     next: AtomicPtr<Slot>,
     // The fields below are written only when a scope begins or ends, a tag changes, or at a
     // resync; the fast path never touches them (they sit on the slot's second cache line).
-    /// Highest own net bytes across resyncs since the innermost `measure()` began (see the module
-    /// docs); meaningless outside one.
+    /// Highest own net bytes since the innermost `measure()` began (see the module docs);
+    /// meaningless outside one.
     scope_hw: AtomicI64,
     /// Seqlock over `open_*` and `tags`: odd while the owner is switching tags.
     tag_seq: AtomicU32,
@@ -116,8 +101,6 @@ impl Slot {
             alloc_bytes: AtomicU64::new(0),
             free_objects: AtomicU64::new(0),
             free_bytes: AtomicU64::new(0),
-            headroom: AtomicU64::new(0),
-            others: AtomicI64::new(0),
             flushed: AtomicI64::new(0),
             owned: AtomicBool::new(false),
             next: AtomicPtr::new(ptr::null_mut()),
@@ -138,79 +121,53 @@ impl Slot {
             .wrapping_sub(self.free_bytes.load(Relaxed)) as i64
     }
 
-    /// Highest own net count since the last resync (see the module docs).
-    pub fn high_water(&self) -> i64 {
-        // Read `alloc_bytes`, then `headroom`, then `free_bytes`: the owner lowers `headroom`
-        // before it raises `alloc_bytes`, and raises `free_bytes` before `headroom`. The Acquire
-        // load of `alloc_bytes` pairs with its Release store in `add_alloc` (so the lowered
-        // `headroom` is seen), the Acquire load of `headroom` with its Release store in
-        // `add_free` (so the raised `free_bytes` is seen): a reader racing with the owner under-
-        // but never over-estimates the mark.
-        let ab = self.alloc_bytes.load(Acquire);
-        let h = self.headroom.load(Acquire);
-        let fb = self.free_bytes.load(Relaxed);
-        (ab.wrapping_sub(fb) as i64).wrapping_add(h as i64)
-    }
-
     /// Counts one allocation. Only the owning thread calls this.
     #[inline(always)]
     pub fn add_alloc(&self, size: usize) {
-        let size = size as u64;
-        self.lower_headroom(size);
         self.alloc_objects
             .store(self.alloc_objects.load(Relaxed) + 1, Relaxed);
-        self.alloc_bytes
-            .store(self.alloc_bytes.load(Relaxed).wrapping_add(size), Release);
+        self.alloc_bytes.store(
+            self.alloc_bytes.load(Relaxed).wrapping_add(size as u64),
+            Relaxed,
+        );
     }
 
-    /// `headroom -= size`, and 0 if that borrows: the net count just passed the high-water mark,
-    /// so it is the new mark. (A reader that sees the wrapped value in between reads it as a
-    /// negative headroom: an underestimate of the mark, never an overestimate.)
-    #[inline(always)]
-    fn lower_headroom(&self, size: u64) {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `self.headroom` is a live, aligned `AtomicU64`, written only by this (the
-        // owning) thread. The `sub` is a read and an aligned 8-byte write of it, each
-        // single-copy atomic on x86-64: the same accesses as the `Relaxed` load and store of the
-        // portable version below, which the compiler does not fuse into one `sub` with a branch
-        // on its borrow (4 instructions instead of 2 on every allocation; benches/callgrind.py).
-        unsafe {
-            core::arch::asm!(
-                "sub qword ptr [{slot} + {h}], {size}",
-                "jae 2f",
-                "mov qword ptr [{slot} + {h}], 0",
-                "2:",
-                slot = in(reg) self as *const Slot,
-                h = const core::mem::offset_of!(Slot, headroom),
-                size = in(reg) size,
-                options(nostack),
-            );
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let (h, borrow) = self.headroom.load(Relaxed).overflowing_sub(size);
-            self.headroom.store(if borrow { 0 } else { h }, Relaxed);
-        }
+    /// Takes back an allocation counted by [`Self::add_alloc`] whose inner call failed. Only the
+    /// owning thread calls this, right after that call returned null.
+    pub fn sub_alloc(&self, size: usize) {
+        self.alloc_objects
+            .store(self.alloc_objects.load(Relaxed).wrapping_sub(1), Relaxed);
+        self.alloc_bytes.store(
+            self.alloc_bytes.load(Relaxed).wrapping_sub(size as u64),
+            Relaxed,
+        );
     }
 
     /// Counts one free. Only the owning thread calls this.
     ///
-    /// The `free_*` stores are `Release` (plain stores on x86-64, `stlr` on aarch64): they pair
-    /// with the `fence(Acquire)` in [`totals`] after it read the frees. A block freed here may
-    /// have been allocated by another thread; its allocation happened before this free, so a
-    /// reader that sees the free also sees the allocation in the other slot, and `alloc >= free`
-    /// holds in every sum. (`Relaxed` would give that only on x86.)
+    /// The stores are `Release` (plain stores on x86-64, `stlr` on aarch64): they pair with the
+    /// `fence(Acquire)` in [`totals`] after it read the frees. A block freed here may have been
+    /// allocated by another thread; its allocation happened before this free, so a reader that
+    /// sees the free also sees the allocation in the other slot, and `alloc >= free` holds in
+    /// every sum. (`Relaxed` would give that only on x86.)
     #[inline(always)]
     pub fn add_free(&self, size: usize) {
-        let size = size as u64;
         self.free_objects
             .store(self.free_objects.load(Relaxed) + 1, Release);
-        self.free_bytes
-            .store(self.free_bytes.load(Relaxed).wrapping_add(size), Release);
-        // Release, after `free_bytes`: pairs with the `Acquire` load of `headroom` in
-        // [`Slot::high_water`] (see there).
-        self.headroom
-            .store(self.headroom.load(Relaxed).wrapping_add(size), Release);
+        self.free_bytes.store(
+            self.free_bytes.load(Relaxed).wrapping_add(size as u64),
+            Release,
+        );
+    }
+
+    /// Takes back a free counted by [`Self::add_free`] (a `realloc` whose inner call failed).
+    pub fn sub_free(&self, size: usize) {
+        self.free_objects
+            .store(self.free_objects.load(Relaxed).wrapping_sub(1), Relaxed);
+        self.free_bytes.store(
+            self.free_bytes.load(Relaxed).wrapping_sub(size as u64),
+            Relaxed,
+        );
     }
 }
 
@@ -225,7 +182,7 @@ static INUSE: AtomicI64 = AtomicI64::new(0);
 static SLOTS: AtomicPtr<Slot> = AtomicPtr::new(ptr::null_mut());
 /// Counts of threads that had no slot (tearing down): shared, updated with `fetch_add`.
 static ORPHAN: Slot = Slot::new();
-/// Highest in-use byte count observed by any resync or reader.
+/// Highest in-use byte count observed by any flush or reader (see the module docs).
 static PEAK: AtomicU64 = AtomicU64::new(0);
 /// Bytes the profiler itself holds: site tables, live-sample index, symbol cache, snapshots.
 static PROFILER_BYTES: AtomicI64 = AtomicI64::new(0);
@@ -302,8 +259,7 @@ pub(crate) fn acquire_slot() -> &'static Slot {
     }
 }
 
-/// Hands a slot back at thread exit. Its totals stay in the sum; its peak candidate is folded
-/// into the global peak first, because an unowned slot's candidate is not read.
+/// Hands a slot back at thread exit. Its totals stay in the sum.
 pub(crate) fn release_slot(s: &'static Slot) {
     // Close the open tag interval: the next owner starts untagged, and its allocations must not
     // count for this thread's last tag (a leaked `TagGuard` would otherwise leave it open).
@@ -311,13 +267,8 @@ pub(crate) fn release_slot(s: &'static Slot) {
     // Flush: the slot's net change goes into INUSE (and its candidate into PEAK) before nobody
     // owns it. The next owner starts from `flushed` = the slot's net then.
     resync(s);
-    PEAK.fetch_max(candidate(s), Relaxed);
     // Release: pairs with the `Acquire` CAS in `acquire_slot`, so the next owner sees `flushed`.
     s.owned.store(false, Release);
-}
-
-fn candidate(s: &Slot) -> u64 {
-    s.others.load(Relaxed).saturating_add(s.high_water()).max(0) as u64
 }
 
 /// Raw sums over all slots. Frees are read before allocations so that, for operations that
@@ -354,27 +305,18 @@ pub(crate) fn totals() -> Totals {
         t.alloc_bytes = t.alloc_bytes.wrapping_add(s.alloc_bytes.load(Relaxed));
     };
     add_allocs(&ORPHAN);
-    for_each_slot(|s| {
-        add_allocs(s);
-        if s.owned.load(Relaxed) {
-            peak = peak.max(candidate(s));
-        }
-    });
+    for_each_slot(add_allocs);
     peak = peak.max(t.inuse_bytes());
     PEAK.fetch_max(peak, Relaxed);
     t.peak = peak;
     t
 }
 
-/// Flushes this slot into the shared in-use figure and re-bases its peak candidate on it: folds
-/// the old candidate into the global peak, adds the slot's net change since its last flush to
-/// [`INUSE`] (one `fetch_add`), and sets `others` = everybody else's in-use as INUSE now knows it
-/// and `high_water` = own net now. Constant time: no slot but this one is read. Only the slot's
-/// owner calls this (and `release_slot` on the owner's behalf, at its exit).
+/// Flushes this slot into the shared in-use figure: adds the slot's net change since its last
+/// flush to [`INUSE`] (one `fetch_add`) and raises [`PEAK`] to the sum. Constant time: no slot
+/// but this one is read. Only the slot's owner calls this (and `release_slot` on the owner's
+/// behalf, at its exit).
 pub(crate) fn resync(own: &Slot) {
-    PEAK.fetch_max(candidate(own), Relaxed);
-    // Keep the maximum for an enclosing `measure()` before `high_water` forgets it.
-    fold_scope_hw(own);
     let net = own.net();
     let delta = net.wrapping_sub(own.flushed.load(Relaxed));
     own.flushed.store(net, Relaxed);
@@ -382,8 +324,6 @@ pub(crate) fn resync(own: &Slot) {
     // every earlier flush; nothing else is published through INUSE.
     let inuse = INUSE.fetch_add(delta, Relaxed).wrapping_add(delta);
     PEAK.fetch_max(inuse.max(0) as u64, Relaxed);
-    own.others.store(inuse.wrapping_sub(net), Relaxed);
-    own.headroom.store(0, Relaxed);
 }
 
 /// A thread's own counts, exact, for `measure()`: allocations, bytes allocated, frees, bytes
@@ -397,32 +337,27 @@ pub(crate) fn own_counts(own: &Slot) -> [u64; 4] {
     ]
 }
 
-fn fold_scope_hw(own: &Slot) {
-    let hw = own.high_water();
-    if hw > own.scope_hw.load(Relaxed) {
-        own.scope_hw.store(hw, Relaxed);
+/// After the slow path counted an allocation inside a `measure()` scope: the own net count only
+/// rises at allocations, so raising `scope_hw` here keeps the scope's exact maximum.
+pub(crate) fn note_scope_alloc(own: &Slot) {
+    let net = own.net();
+    if net > own.scope_hw.load(Relaxed) {
+        own.scope_hw.store(net, Relaxed);
     }
 }
 
 /// Starts a measured scope on the owner's slot: returns the enclosing scope's running maximum
 /// (to hand back to [`end_scope`]) and starts tracking from the current net. No allocation, no
-/// lock; one shared `fetch_max` (not on the allocation path).
+/// lock, no shared write.
 pub(crate) fn begin_scope(own: &Slot) -> i64 {
-    // Resetting `high_water` below would lose the peak candidate it carries: fold it into the
-    // global peak first, exactly as a resync would.
-    PEAK.fetch_max(candidate(own), Relaxed);
-    let enclosing = own.scope_hw.load(Relaxed).max(own.high_water());
-    let net = own.net();
-    // `others + net` is still a valid candidate (what the process held if the others did not
-    // move since the last resync), only no longer the highest since then, which PEAK now has.
-    own.headroom.store(0, Relaxed);
-    own.scope_hw.store(net, Relaxed);
+    let enclosing = own.scope_hw.load(Relaxed);
+    own.scope_hw.store(own.net(), Relaxed);
     enclosing
 }
 
 /// The highest own net bytes reached since the innermost [`begin_scope`].
 pub(crate) fn peek_scope_max(own: &Slot) -> i64 {
-    own.scope_hw.load(Relaxed).max(own.high_water())
+    own.scope_hw.load(Relaxed)
 }
 
 /// Ends a measured scope: folds its maximum into the enclosing scope's, which [`begin_scope`]

@@ -1,86 +1,88 @@
-//! The free side's sampled-block filter: may this block be a live sample?
+//! The free side's check: may this block be a live sample?
 //!
-//! Every free asks, so the answer must come from one load, without a lock, a hash or a branch
-//! that depends on more than one byte. The filter is a table of saturating 8-bit counters indexed
-//! by address bits, raised for every live sample ([`raise`]) and lowered when it is freed
-//! ([`lower`]); a zero byte proves the block is not sampled ([`maybe_sampled`]), a nonzero one
-//! sends the free to the exact level and then the site table. Every address whose free reads a
-//! given byte belongs to one shard ([`shard_of`]), and a byte and its shard are written only under
-//! that shard's lock in the site table; readers are the free paths of every thread, lock-free.
+//! Every free asks, so the answer must come from the block's address alone, with no table read
+//! on the common path. Sampled blocks are made recognisable by where they are: a sampled
+//! allocation is asked of the inner allocator with its alignment raised to [`sample_align`]
+//! (4 KiB at the default rate), so the low bits of a sampled block's address are zero, and a free
+//! whose address has any of those bits set ([`CHECK_MASK`]) is certainly not a sample: one
+//! `test` against a word that stays in L1, whatever the number of live samples.
 //!
 //! # Cost and precision
 //!
-//! 2^18 bytes (256 KiB). A free reads one byte at an address-dependent offset: one byte per 16 B
-//! of address, so one 64-byte line of the filter covers 1 KiB of heap and 32 KiB of it (an L1)
-//! covers 512 KiB. A program whose frees spread over more than that reads filter lines that are
-//! not all in L1 (the D1 misses in docs/benches.md). With `L` live samples at most `L` bytes are nonzero, so at most a
-//! fraction `L / 2^18` of unsampled frees take the slow path (0.8% at 2,000 live samples, a 1 GiB
-//! heap at the default rate; ~17% at 50,000, ~53% at 200,000 — see docs/benches.md). A one-hash
-//! filter needs about 100 entries per live sample for 1% false positives, so no filter of this
-//! kind stays L1-sized beyond a few hundred live samples; that trade-off is measured in
-//! docs/benches.md rather than hidden here.
+//! A free whose address *is* aligned that much (a false positive) asks [`is_sampled`], an exact,
+//! lock-free set of the live sampled addresses, before it reads the clock or takes a lock. How
+//! often that happens depends on the inner allocator, not on the number of live samples: glibc's
+//! small blocks are 16-byte aligned chunks, so about 1 in 256 lands on a 4 KiB boundary; blocks
+//! from size classes that are multiples of 4 KiB (mimalloc, jemalloc) always do, and pay one
+//! probe on a free that costs the allocator far more. docs/benches.md has the measured rates.
 //!
-//! # The exact second level
+//! The price is memory: a sampled block may take up to `sample_align` more bytes in the inner
+//! allocator (alignment padding), and its `realloc` moves it (allocate, copy, free) rather than
+//! resize it in place, since the inner allocator must see one layout for a block throughout.
+//! [`sample_align`] is at most `rate / 128`, so the padding is at most ~0.8% of the bytes the
+//! samples stand for.
 //!
-//! A nonzero byte is only "maybe". Before a free reads the clock or takes the site lock it asks
-//! [`is_sampled`], an exact, lock-free set of the live sampled addresses (open addressing, linear
-//! probing, tombstones): a false positive of the byte filter costs one short probe sequence, not
-//! a lock. It is split into [`SHARDS`] independent sets, one per shard. Writers (under the shard
-//! lock) insert and delete in place; when tombstones or growth
-//! call for it they rebuild into a second table and publish it. Tables are never freed (a
-//! reader may still probe an old one): a retired table is reused as the next rebuild target when
-//! it has the right capacity, and capacities only grow, so all tables together take at most
-//! four times the largest. A rebuild sizes the table to 2–4 slots (8 bytes each) per live
-//! sample: at 200,000 live samples 2^19 slots, 4 MiB. A reader that
-//! may have probed a table while it was rebuilt sees the rebuild's sequence number and probes
-//! again (a seqlock whose only writer holds the shard lock).
-use core::sync::atomic::{fence, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering::*};
+//! # The exact level
+//!
+//! [`is_sampled`] is an exact, lock-free set of the live sampled addresses (open addressing,
+//! linear probing, tombstones). It is split into [`SHARDS`] independent sets, one per live-sample
+//! shard of the site table ([`shard_of`]): shard `i` is written only under that shard's lock (its
+//! only writer), readers are the free paths of every thread, lock-free. Writers insert and delete
+//! in place; when tombstones or growth call for it they rebuild into a second table and publish
+//! it. Tables are never freed (a reader may still probe an old one): a retired table is reused as
+//! the next rebuild target when it has the right capacity, and capacities only grow, so all
+//! tables together take at most four times the largest. A rebuild sizes the table to 2–4 slots (8
+//! bytes each) per live sample: at 200,000 live samples 2^19 slots, 4 MiB. A reader that may have
+//! probed a table while it was rebuilt sees the rebuild's sequence number and probes again (a
+//! seqlock whose only writer holds the shard lock).
+use core::sync::atomic::{fence, AtomicPtr, AtomicU64, AtomicUsize, Ordering::*};
 
-const FILTER_BITS: u32 = 18;
-const FILTER_LEN: usize = 1 << FILTER_BITS;
-static FILTER: [AtomicU8; FILTER_LEN] = [const { AtomicU8::new(0) }; FILTER_LEN];
+/// The largest alignment a sample is given: 4 KiB (a page).
+const MAX_SAMPLE_ALIGN: usize = 4096;
 
-#[inline(always)]
-fn index(ptr: usize) -> usize {
-    // Blocks are at least 16-byte aligned; bits 4..22 differ between neighbouring blocks.
-    (ptr >> 4) & (FILTER_LEN - 1)
+/// The least inner alignment of any live sample, minus one ([`set_check_mask`]): every live
+/// sampled block has these address bits zero. 4 KiB − 1 while no sample is live.
+static CHECK_MASK: AtomicUsize = AtomicUsize::new(MAX_SAMPLE_ALIGN - 1);
+
+/// The alignment a sample taken at `rate` asks of the inner allocator: the largest power of two
+/// up to `rate / 128` (so its padding costs at most 1/128 of what the sample stands for), at
+/// most 4 KiB. Below 32 (rates under 4 KiB, where most allocations are samples) it is 1: no
+/// block is raised, and every free checks the exact set.
+pub(crate) fn sample_align(rate: u64) -> usize {
+    let cap = (rate / 128).min(MAX_SAMPLE_ALIGN as u64) as usize;
+    if cap < 32 {
+        return 1;
+    }
+    1 << (usize::BITS - 1 - cap.leading_zeros())
 }
 
-/// May `ptr` be a live sampled block? `false` is certain; `true` must be checked in the table.
-/// The free fast path's test.
-///
-/// Relaxed is enough: the byte of a sampled block was raised (under the site lock) before the
-/// allocation that sampled it returned the block, and a free of that block happens after that
-/// return in any program without a data race on the pointer, so the free's load sees the raise
-/// (or a later value) by coherence. A sample raised for another block at the same index between
-/// can only make the answer a conservative `true`.
+/// Makes the free check catch every block aligned to `align` (a power of two): called by the
+/// site table, under its lock, with the least alignment of any live sample, before a new sample
+/// is handed out and after one is freed.
+pub(crate) fn set_check_mask(align: usize) {
+    // Relaxed: a sample's block is handed to the program only after this store, and its free
+    // happens after that (in any program without a data race on the pointer), so the free's load
+    // sees this value or a later one by coherence; every later one is also at most the block's
+    // alignment minus one while the block is live.
+    CHECK_MASK.store(align - 1, Relaxed);
+}
+
+/// May `ptr` be a live sampled block? `false` is certain; `true` must be checked with
+/// [`is_sampled`]. The free fast path's test.
 #[inline(always)]
 pub(crate) fn maybe_sampled(ptr: *mut u8) -> bool {
-    FILTER[index(ptr as usize)].load(Relaxed) != 0
+    ptr as usize & CHECK_MASK.load(Relaxed) == 0
 }
 
 /// Counts a new live sample at `ptr`. Call with the lock of `ptr`'s shard ([`shard_of`]) held
-/// (the only writer of its filter byte and its exact shard), inside the profiler guard (a
-/// rebuild of the exact set allocates).
+/// (the only writer of its exact set), inside the profiler guard (a rebuild allocates).
 pub(crate) fn raise(ptr: usize) {
     set_insert(ptr);
-    let cell = &FILTER[index(ptr)];
-    let v = cell.load(Relaxed);
-    // 255 is sticky: a cell that saturated can no longer count its samples out, so it stays set
-    // (frees through it then always check the table, which stays correct).
-    if v < u8::MAX {
-        cell.store(v + 1, Relaxed);
-    }
 }
 
 /// Takes a live sample at `ptr` out. Call with the lock of `ptr`'s shard held.
 pub(crate) fn lower(ptr: usize) {
     set_remove(ptr);
-    let cell = &FILTER[index(ptr)];
-    let v = cell.load(Relaxed);
-    if v > 0 && v < u8::MAX {
-        cell.store(v - 1, Relaxed);
-    }
 }
 
 /// An open-addressing set of addresses. Slots hold an address, [`EMPTY`] or [`TOMB`].
@@ -128,12 +130,10 @@ impl Set {
 /// only under that shard's lock (its only writer), so shards never need a lock of their own.
 pub(crate) const SHARDS: usize = 32;
 
-/// The shard of an address: a hash of its filter byte, so that every address whose free reads a
-/// given filter byte is in one shard, and that byte is only written under that shard's lock.
-/// (Hashed rather than masked: page-aligned blocks share their low address bits.)
+/// The shard of an address (hashed: sampled blocks share their low address bits).
 pub(crate) fn shard_of(ptr: usize) -> usize {
-    let i = index(ptr) as u64;
-    (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - SHARDS.trailing_zeros())) as usize
+    ((ptr as u64 >> 4).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - SHARDS.trailing_zeros()))
+        as usize
 }
 
 /// One shard of the exact level.
@@ -230,7 +230,7 @@ fn set_insert(ptr: usize) {
         }
     };
     // Relaxed: the block is handed to the program only after the allocation returns, and its
-    // free happens after that (see `maybe_sampled`).
+    // free happens after that (see `set_check_mask`).
     set.slots[at].store(ptr, Relaxed);
     l2.live.store(live + 1, Relaxed);
 }
@@ -312,34 +312,34 @@ fn rebuild(l2: &Level2, min_cap: usize) -> *mut Set {
 mod tests {
     use super::*;
 
-    /// One test (the filter and the set are process-wide): per-byte counting, then a heap-like
-    /// layout with 200,000 live samples among 4,000,000 blocks, against the naive oracle (the
-    /// list of sampled blocks): the exact level never errs, the byte filter's false-positive
-    /// fraction is printed (docs/benches.md quotes it), and everything lowers back to zero.
     #[test]
-    fn filter_and_exact_set_against_the_oracle() {
-        // Addresses far above any heap of the test process.
-        let a = 0x7fff_0000_0000usize;
-        let b = a + (FILTER_LEN << 4);
-        let c = a + 16;
-        assert!(!maybe_sampled(a as *mut u8));
-        raise(a);
-        raise(b);
-        assert!(maybe_sampled(a as *mut u8) && maybe_sampled(b as *mut u8));
-        assert!(!maybe_sampled(c as *mut u8));
-        assert!(is_sampled(a as *mut u8) && is_sampled(b as *mut u8));
-        assert!(
-            !is_sampled(c as *mut u8),
-            "same byte as neither, not in the set"
-        );
-        lower(a);
-        assert!(maybe_sampled(b as *mut u8), "b is still live");
-        assert!(!is_sampled(a as *mut u8) && is_sampled(b as *mut u8));
-        lower(b);
-        assert!(!maybe_sampled(a as *mut u8) && !is_sampled(b as *mut u8));
+    fn sample_alignment_follows_the_rate() {
+        assert_eq!(sample_align(512 * 1024), 4096);
+        assert_eq!(sample_align(1 << 30), 4096);
+        assert_eq!(sample_align(64 * 1024), 512);
+        assert_eq!(sample_align(100 * 1024), 512);
+        assert_eq!(sample_align(4096), 32);
+        assert_eq!(sample_align(4095), 1);
+        assert_eq!(sample_align(1), 1);
+        assert_eq!(sample_align(0), 1);
+        for r in [1u64, 1000, 4096, 65536, 100_000, 524_288, 1 << 40] {
+            let a = sample_align(r);
+            assert!(a.is_power_of_two() && (1..=4096).contains(&a));
+            assert!(
+                a as u64 <= (r / 128).max(1),
+                "rate {r}: padding above 1/128"
+            );
+        }
+    }
 
-        // A heap: 4M contiguous blocks of 16..1024 bytes (16-byte multiples); 200k of them
-        // sampled, chosen by a fixed generator.
+    /// One test (the set is process-wide): a heap-like layout with 200,000 live samples among
+    /// 4,000,000 blocks, against the naive oracle (the list of sampled blocks): the exact level
+    /// never errs, every sampled (4 KiB-aligned) block passes the address check, the fraction of
+    /// unsampled blocks that pass it is printed (docs/benches.md quotes it), and everything
+    /// lowers back to zero.
+    #[test]
+    fn check_and_exact_set_against_the_oracle() {
+        // Addresses far above any heap of the test process, 16-byte aligned like malloc's.
         let mut rng = 0x2545_F491_4F6C_DD1Du64;
         let mut next = || {
             rng ^= rng << 13;
@@ -348,7 +348,7 @@ mod tests {
             rng
         };
         let mut addr = 0x6000_0000_0000usize;
-        let blocks: Vec<usize> = (0..4_000_000)
+        let mut blocks: Vec<usize> = (0..4_000_000)
             .map(|_| {
                 let p = addr;
                 addr += 16 * (1 + (next() % 64) as usize);
@@ -361,6 +361,8 @@ mod tests {
             let i = (next() % blocks.len() as u64) as usize;
             if !sampled[i] {
                 sampled[i] = true;
+                // A sample is placed at a 4 KiB boundary (its inner alignment).
+                blocks[i] = 0x7000_0000_0000 + live * 4096;
                 raise(blocks[i]);
                 live += 1;
             }
@@ -376,7 +378,7 @@ mod tests {
             }
         }
         eprintln!(
-            "200000 live samples: {:.2}% of unsampled frees see a nonzero filter byte \
+            "200000 live samples: {:.3}% of unsampled frees pass the address check \
              (then one lock-free probe, no clock, no lock); exact set {} slots",
             100.0 * maybe as f64 / unsampled as f64,
             // SAFETY: tables are never freed.
@@ -385,13 +387,17 @@ mod tests {
                 .map(|l| unsafe { &*l.current.load(Relaxed) }.slots.len())
                 .sum::<usize>()
         );
+        assert!(
+            maybe * 100 < unsampled,
+            "more than 1% of frees leave the fast path"
+        );
         for (&p, &s) in blocks.iter().zip(&sampled) {
             if s {
                 lower(p);
             }
         }
         for &p in blocks.iter().step_by(97) {
-            assert!(!is_sampled(p as *mut u8) && !maybe_sampled(p as *mut u8));
+            assert!(!is_sampled(p as *mut u8));
         }
         assert!(LEVEL2.iter().all(|l| l.live.load(Relaxed) == 0));
     }

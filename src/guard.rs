@@ -15,7 +15,8 @@
 //! * `countdown` and `free_left` are 0 and `slot` null, so the *unchanged* fast path fails its
 //!   countdown check on alloc (`countdown > size`) and on free (`free_left > size`) and drops
 //!   into the cold path, which sees `in_profiler` and forwards the call with no counting, no
-//!   sampling and no lock. The fast path pays nothing for the guard.
+//!   sampling and no lock. The fast path pays nothing for the guard. (A `measure()` scope holds
+//!   the allocation fast path off the same way, so that the slow path can track its exact peak.)
 //! * The bytes are added to the profiler's own tally instead ([`crate::counters::profiler_bytes`]).
 //!
 //! The guard is entered *before* any lock is taken, so no lock of ours is ever awaited by a
@@ -25,12 +26,16 @@ use core::ptr;
 
 use crate::counters::Slot;
 
-/// Lifecycle of a thread as the hook sees it.
-pub(crate) const LIFE_NEW: u8 = 0;
-/// Owns a counter slot; the fast path is armed.
-pub(crate) const LIFE_ACTIVE: u8 = 1;
-/// Its slot was handed back at thread exit; later (de)allocations use the shared fallback.
-pub(crate) const LIFE_EXITED: u8 = 2;
+/// Where a thread is in its life, as the hook sees it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Life {
+    /// Has not been through the slow path yet: no counter slot.
+    New,
+    /// Owns a counter slot; the fast path is armed (outside the guard and `measure()` scopes).
+    Active,
+    /// Its slot was handed back at thread exit; later (de)allocations use the shared fallback.
+    Exited,
+}
 
 pub(crate) struct ThreadState {
     /// Bytes left before this thread's next sample. The fast path allocates without a second
@@ -47,8 +52,17 @@ pub(crate) struct ThreadState {
     pub drawn_rate: Cell<u64>,
     /// xorshift64* state for the exponential draws.
     pub rng: Cell<u64>,
-    pub life: Cell<u8>,
+    pub life: Cell<Life>,
     pub in_profiler: Cell<bool>,
+    /// Bytes the fast path counted as allocated (and, for `realloc`, as freed) before calling the
+    /// inner allocator, so that a failed call can be taken out again off the fast path.
+    pub pending_alloc: Cell<u64>,
+    pub pending_free: Cell<u64>,
+    /// Open `measure()` scopes on this thread. While there is one, every allocation takes the
+    /// slow path (which tracks the scope's exact peak) and the sampling countdown is parked in
+    /// `scope_countdown`.
+    pub scope_depth: Cell<u32>,
+    scope_countdown: Cell<u64>,
     saved_countdown: Cell<u64>,
     saved_free_left: Cell<u64>,
     saved_slot: Cell<*const Slot>,
@@ -67,8 +81,12 @@ impl ThreadState {
             free_left: Cell::new(0),
             drawn_rate: Cell::new(0),
             rng: Cell::new(0),
-            life: Cell::new(LIFE_NEW),
+            life: Cell::new(Life::New),
             in_profiler: Cell::new(false),
+            pending_alloc: Cell::new(0),
+            pending_free: Cell::new(0),
+            scope_depth: Cell::new(0),
+            scope_countdown: Cell::new(0),
             saved_countdown: Cell::new(0),
             saved_free_left: Cell::new(0),
             saved_slot: Cell::new(ptr::null()),
@@ -78,8 +96,8 @@ impl ThreadState {
         }
     }
 
-    /// The slot this thread counts into, whether or not the guard is held (null if none).
-    pub fn own_slot(&self) -> *const Slot {
+    /// The slot this thread owns, whether or not the fast path is armed (null if none).
+    pub fn owned_slot(&self) -> *const Slot {
         if self.in_profiler.get() {
             self.saved_slot.get()
         } else {
@@ -87,17 +105,32 @@ impl ThreadState {
         }
     }
 
-    /// Re-arms the fast path with a fresh countdown. Under the guard the value is parked and
-    /// installed when the guard drops.
+    /// The sampling countdown, wherever it is kept: in `countdown` while the fast path is armed,
+    /// parked while a `measure()` scope or the guard holds the fast path off.
+    pub fn sampling_countdown(&self) -> u64 {
+        if self.scope_depth.get() > 0 {
+            self.scope_countdown.get()
+        } else if self.in_profiler.get() {
+            self.saved_countdown.get()
+        } else {
+            self.countdown.get()
+        }
+    }
+
+    /// Sets the sampling countdown (see [`Self::sampling_countdown`]): into the fast path's
+    /// field only when nothing holds it off, so the guard's exit or a scope's end installs it.
     pub fn set_countdown(&self, c: u64) {
-        if self.in_profiler.get() {
+        if self.scope_depth.get() > 0 {
+            self.scope_countdown.set(c)
+        } else if self.in_profiler.get() {
             self.saved_countdown.set(c)
         } else {
             self.countdown.set(c)
         }
     }
 
-    /// Re-arms the free path's flush countdown; see [`Self::set_countdown`] for the guard case.
+    /// Re-arms the free path's flush countdown; under the guard it is parked until the guard
+    /// drops.
     pub fn set_free_left(&self, c: u64) {
         if self.in_profiler.get() {
             self.saved_free_left.set(c)
@@ -106,17 +139,40 @@ impl ThreadState {
         }
     }
 
-    /// Installs (or clears) the slot; see [`Self::set_countdown`] for the guard case. Clearing it
-    /// also zeroes both countdowns, so the fast paths stop counting into it at once.
+    /// Installs (or clears) the slot; under the guard it is parked until the guard drops.
+    /// Clearing it also zeroes both countdowns, so the fast paths stop counting into it at once.
     pub fn set_slot(&self, s: *const Slot) {
         if s.is_null() {
             self.set_countdown(0);
+            self.scope_countdown.set(0);
             self.set_free_left(0);
         }
         if self.in_profiler.get() {
             self.saved_slot.set(s)
         } else {
             self.slot.set(s)
+        }
+    }
+
+    /// Opens a `measure()` scope: the first one parks the sampling countdown and zeroes the fast
+    /// path's, so that every allocation until the last scope ends goes through the slow path.
+    /// Call outside the guard.
+    pub fn enter_scope(&self) {
+        debug_assert!(!self.in_profiler.get());
+        let d = self.scope_depth.get();
+        if d == 0 {
+            self.scope_countdown.set(self.countdown.replace(0));
+        }
+        self.scope_depth.set(d + 1);
+    }
+
+    /// Closes a scope; the last one re-arms the fast path with the parked countdown (0 if the
+    /// thread lost its slot meanwhile). Call outside the guard.
+    pub fn leave_scope(&self) {
+        let d = self.scope_depth.get().saturating_sub(1);
+        self.scope_depth.set(d);
+        if d == 0 {
+            self.countdown.set(self.scope_countdown.replace(0));
         }
     }
 }

@@ -11,8 +11,9 @@
 //!
 //! The source is eight layers, bottom first; a module imports only from its own layer or a lower
 //! one (`tests/layers.rs` fails on any other import, and on a file with no layer). An allocation
-//! enters at the hook and goes down into thread state, capture and the tables; a dump enters at a
-//! transport and goes down through an encoder and the snapshot to the same tables.
+//! enters at the hook and goes down into thread state, then (sampled) into capture and the
+//! tables; a dump enters at a transport and goes down through an encoder and the snapshot to
+//! the same tables and the counters.
 //!
 //! ```text
 //!  rank layer        files                                    allocation      dump
@@ -22,22 +23,23 @@
 //!   5   encoders     profile/                                          │      bytes  ◄─┤
 //!   4   snapshot     snapshot, stats, symbols, dwarf                   │      copy   ◄─┤
 //!   3   tables       sites, tags                              record ◄─┤      read   ◄─┤
-//!   2   capture      stack                                    stack  ◄─┤ (sampled)     │
-//!   1   thread       guard, thread, counters, filter, owned   count  ◄─┘      sum    ◄─┘
-//!   0   base         sync, config, sampler, elf               (under every layer)
+//!   2   thread       guard, thread, counters, filter, owned   count  ◄─┤      sum    ◄─┘
+//!   1   capture      stack                                    stack  ◄─┘ (sampled)
+//!   0   base         sync, config, sampler, clock, elf        (under every layer)
 //! ```
 //!
 //! What each layer's files own:
 //!
 //! * **base**: `sync` every lock word in its order, the DWARF unwinder's fork gate and the
 //!   `fork()` handlers; `config` the settings' defaults and limits (read from the environment
-//!   without allocating); `sampler` the sample rate and the exponential draws; `elf` nothing
-//!   (reads ELF files and `/proc/self/maps`).
+//!   without allocating); `sampler` the sample rate and the exponential draws; `clock` nothing
+//!   (the monotonic clock); `elf` nothing (reads ELF files and `/proc/self/maps`).
+//! * **capture**: `stack` the unwinder choice and the learned thread entries; it reads a
+//!   thread's stack bounds but keeps no thread state, so thread set-up can call it.
 //! * **thread**: `guard` the calling thread's state and the reentrancy guard; `thread` a
 //!   thread's set-up (its counter slot and countdowns); `counters` the counter slots and the
-//!   process-wide peak; `filter` the filter of sampled block addresses checked on every free;
+//!   process-wide peak; `filter` the exact set of live sampled addresses a free checks;
 //!   `owned` nothing (`Owned<T>`: memory the profiler owns, dropped inside the guard).
-//! * **capture**: `stack` the unwinder choice and the learned thread entries.
 //! * **tables**: `sites` the site table and the live-sample shards; `tags` the tag-name table.
 //! * **snapshot**: `snapshot` the trimmed-stack caches and [`HeapProfile`]; `stats` nothing
 //!   (sums the counters into [`Stats`]); `symbols` the symbol cache; `dwarf` nothing (reads
@@ -184,11 +186,12 @@
 //!
 //! * **The hook.** Each thread has a `const`-initialised thread-local with no destructor: a byte
 //!   countdown to its next sample and a pointer to a counter slot only it writes. An unsampled
-//!   allocation subtracts its size from the countdown and adds to its own slot; a free checks one
-//!   byte of a filter of sampled addresses and adds to its own slot. No lock, no shared
-//!   read-modify-write, no allocation, no header on blocks: about 30 instructions per alloc+free
-//!   pair over the inner allocator through `__rust_alloc` (callgrind, README "Overhead"). Readers
-//!   sum the slots.
+//!   allocation subtracts its size from the countdown and adds to its own slot before it calls
+//!   the inner allocator; a free checks the low bits of its address (sampled blocks are allocated
+//!   at a 4 KiB alignment, so an address with any of them set is not a sample) and adds to its
+//!   own slot. No lock, no shared read-modify-write, no allocation, no header on blocks: 21–28
+//!   instructions per alloc+free pair over the inner allocator through `__rust_alloc` (callgrind,
+//!   README "Overhead"). Readers sum the slots.
 //! * **Sampling** (`sampler.rs`). Exponential gaps with mean = rate, as Go's `nextSample`; the
 //!   weight of a sample is fixed by the rate its countdown was drawn with, so estimates stay
 //!   unbiased across a rate change.
@@ -206,9 +209,10 @@
 //!
 //! # Caveats
 //!
-//! * `peak_inuse_bytes` is exact for a single-threaded program; threads publish their in-use
-//!   changes to one shared figure every sampling countdown (and after 1 MiB of frees), so with
-//!   several threads it can be off by about one countdown per thread. `measure()` is exact.
+//! * `peak_inuse_bytes` is taken at flushes (every sampling countdown, after 1 MiB of frees, at
+//!   `stats()`), not on every allocation: it can be below the true peak by less than one
+//!   countdown per thread (about the rate; 1 MiB at rate 0) and above it by less than 1 MiB per
+//!   other thread. `measure()` is exact.
 //! * Allocations of a thread whose thread-locals are already destroyed (late in thread exit) are
 //!   counted exactly but not sampled.
 //! * `fork()` is handled (the child can allocate and profile); see the README's "Guarantees and
@@ -274,6 +278,7 @@ compile_error!(
 );
 
 mod alloc;
+mod clock;
 mod config;
 mod counters;
 mod dump;
@@ -285,6 +290,7 @@ pub mod history;
 mod measure;
 mod profile;
 mod sampler;
+mod setup;
 mod sites;
 mod snapshot;
 mod stack;
@@ -292,6 +298,7 @@ mod stats;
 mod symbols;
 mod sync;
 mod tags;
+mod thread;
 
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
@@ -329,7 +336,7 @@ pub const DEFAULT_SAMPLE_RATE: u64 = sampler::DEFAULT_RATE;
 /// another `#[global_allocator]` gets `false`, empty profiles and zero counters, and pays nothing
 /// at start-up: no constructor, no fork handlers, no thread.
 pub fn is_active() -> bool {
-    alloc::is_active()
+    thread::is_active()
 }
 
 /// Sets the sampling rate: on average one sample per `bytes` allocated (Go's `MemProfileRate`).
@@ -340,24 +347,24 @@ pub fn is_active() -> bool {
 /// about one interval of the old rate (1 MiB if it was 0). Samples already taken keep the weight of
 /// the rate they were taken at, so estimates stay unbiased across a change.
 pub fn set_sample_rate(bytes: u64) {
-    alloc::set_sample_rate(bytes)
+    setup::set_sample_rate(bytes)
 }
 
 /// The sampling rate in force, in bytes.
 pub fn sample_rate() -> u64 {
-    alloc::sample_rate()
+    sampler::rate()
 }
 
 /// Seeds the sampling generator, for reproducible profiles (tests, benchmarks). Reseeds the
 /// calling thread at once; threads started later derive their seeds from it in start order.
 pub fn set_sampling_seed(seed: u64) {
-    alloc::set_seed(seed)
+    setup::set_seed(seed)
 }
 
 /// Sets how many frames a sampled stack keeps (leaf-most; default 128, at most 256). Also
 /// `HEAPSIGHT_MAX_DEPTH`.
 pub fn set_max_depth(frames: usize) {
-    alloc::MAX_DEPTH.store(
+    setup::MAX_DEPTH.store(
         frames.clamp(1, config::MAX_DEPTH_LIMIT),
         std::sync::atomic::Ordering::Relaxed,
     );
@@ -384,7 +391,7 @@ pub fn max_sites() -> usize {
 
 /// The stack depth in force (see [`set_max_depth`]).
 pub fn max_depth() -> usize {
-    alloc::MAX_DEPTH.load(std::sync::atomic::Ordering::Relaxed)
+    setup::MAX_DEPTH.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// The unwinder in force (see [`set_unwinder`]).

@@ -3,10 +3,12 @@
 //! The thread's counter slot already holds its own exact counts (see `counters`), written only by
 //! this thread, so a measurement is two reads and a subtraction: no lock, no allocation, and no
 //! interference from other threads — parallel `cargo test` threads each measure their own work.
-//! The peak uses the slot's `high_water`/`scope_hw` pair; `counters::begin_scope` explains how a
-//! scope resets it without losing the process-wide peak that `Stats::peak_inuse_bytes` reports.
+//! The peak is exact too: while a scope is open, the thread's allocations take the slow path,
+//! which keeps the slot's `scope_hw` (see `counters`); frees cannot raise a peak, so they stay on
+//! the fast path.
 use crate::counters::{self, Slot};
 use crate::guard::THREAD;
+use crate::thread;
 
 /// What the current thread allocated and freed while a closure ran; from [`measure`].
 ///
@@ -69,7 +71,7 @@ impl Usage {
 /// Without heapsight as the `#[global_allocator]`, or on a thread that is exiting (inside a
 /// thread-local destructor), every field is 0.
 pub fn measure<R>(f: impl FnOnce() -> R) -> (R, Usage) {
-    let Some(slot) = THREAD.with(crate::alloc::thread_slot) else {
+    let Some(slot) = THREAD.with(thread::current_slot) else {
         return (f(), Usage::default());
     };
     let scope = Scope::begin(slot);
@@ -90,6 +92,7 @@ struct Scope {
 
 impl Scope {
     fn begin(slot: &'static Slot) -> Scope {
+        THREAD.with(|t| t.enter_scope());
         let enclosing = counters::begin_scope(slot);
         Scope {
             slot,
@@ -118,6 +121,7 @@ impl Scope {
 impl Drop for Scope {
     fn drop(&mut self) {
         counters::end_scope(self.slot, self.enclosing);
+        THREAD.with(|t| t.leave_scope());
     }
 }
 

@@ -1,8 +1,9 @@
 //! The sampling decision: a Poisson process over allocated bytes, and the weight of a sample.
 //!
-//! Pure arithmetic: no allocation, no shared state. The hook keeps, per thread, a countdown of
-//! bytes until the next sample; an allocation of `size` bytes is sampled when the countdown falls
-//! inside it (`countdown <= size`), after which a fresh gap is drawn with no carry-over.
+//! Pure arithmetic (no allocation) and one shared setting, the rate. The hook keeps, per thread,
+//! a countdown of bytes until the next sample; an allocation of `size` bytes is sampled when the
+//! countdown falls inside it (`countdown <= size`), after which a fresh gap is drawn with no
+//! carry-over.
 //!
 //! # Why exponential gaps
 //!
@@ -30,11 +31,25 @@
 //! sizes differ. It also depends on the rate the countdown was drawn with, which is why the hook
 //! remembers that rate and why the site table keys samples by `(stack, size, rate)`.
 
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
 /// Go's default `MemProfileRate`: one sample per 512 KiB allocated, on average.
 pub const DEFAULT_RATE: u64 = 512 * 1024;
 
+/// The process's sample rate. Threads read it when they draw a countdown, so a change reaches
+/// every thread within about one countdown of the old rate (1 MiB if it was 0).
+static RATE: AtomicU64 = AtomicU64::new(DEFAULT_RATE);
+
+pub(crate) fn rate() -> u64 {
+    RATE.load(Relaxed)
+}
+
+pub(crate) fn store_rate(rate: u64) {
+    RATE.store(rate, Relaxed)
+}
+
 /// The countdown used at rate 0 (sampling off): no sample is taken when it fires, but the thread
-/// resyncs its peak candidate and picks up a changed rate (see `counters`).
+/// flushes its counts and picks up a changed rate (see `counters`).
 pub(crate) const OFF_INTERVAL: u64 = 1 << 20;
 
 /// Largest mean gap we draw with, so `18 × mean` stays far from `u64` overflow.

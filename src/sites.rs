@@ -8,11 +8,10 @@
 //!   hash look-ups and counter updates; an index grows (rehash) only when a new stack or bucket
 //!   needs room, geometrically, so amortised O(1) and never on a free.
 //! * **Live-sample shards** ([`SHARDS`], 32 locks): `address -> Live` for sampled blocks not yet
-//!   freed, each shard a hash map of the addresses whose filter byte hashes to it. Frees and
-//!   allocations of different blocks on different threads meet here only when their addresses
-//!   share a shard; a shard's rehash moves only its own 1/32 of the live samples. A filter byte is
-//!   written only under the shard lock of the addresses that map to it, so its plain
-//!   load-and-store updates stay exact.
+//!   freed, each shard a hash map of the addresses that hash to it. Frees and allocations of
+//!   different blocks on different threads meet here only when their addresses share a shard; a
+//!   shard's rehash moves only its own 1/32 of the live samples. The free side's exact set of
+//!   sampled addresses (`filter`) is split the same way and written only under the same lock.
 //!
 //! * **Stacks** are interned: `stack id -> return addresses`. Ids are reused: when
 //!   `max_sites` stacks exist, a new stack first *reclaims* one with no live sample (least
@@ -201,7 +200,25 @@ pub(crate) struct Live {
     /// Set when the sample is taken out by a free: the lifetime bin it was counted in, so that
     /// `restore_sample` (a failed realloc) can take it back out exactly.
     died_bin: Option<u8>,
+    /// log2 of the alignment the block was allocated with from the inner allocator (see
+    /// `filter::sample_align`); its free and realloc must pass the same. A byte: `Live` stays
+    /// 40 bytes.
+    inner_align_log2: u8,
 }
+
+impl Live {
+    /// The alignment the block was allocated with from the inner allocator.
+    pub fn inner_align(&self) -> usize {
+        1 << self.inner_align_log2
+    }
+
+    fn align_class(&self) -> usize {
+        (self.inner_align_log2 as usize).min(ALIGN_CLASSES - 1)
+    }
+}
+
+/// Alignment classes 1, 2, 4, ... up to the largest sample alignment (4 KiB).
+const ALIGN_CLASSES: usize = 13;
 
 /// Lifetime bins per stack: half-octaves of nanoseconds from 2^8 ns (256 ns) to 2^48 ns (78 h).
 pub(crate) const LIFE_BINS: usize = 80;
@@ -304,6 +321,9 @@ struct Table {
     /// Samples counted in and not yet out, and the most there ever were.
     live: usize,
     live_high: usize,
+    /// Live samples by log2 of their inner alignment (capped at the largest sample alignment):
+    /// the free-side check must catch the least aligned of them (see `filter`).
+    live_by_align: [u32; ALIGN_CLASSES],
     samples: u64,
     overflow_samples: u64,
     reclaimed_stacks: u64,
@@ -333,6 +353,7 @@ impl Table {
             free_rows: Vec::new(),
             live: 0,
             live_high: 0,
+            live_by_align: [0; ALIGN_CLASSES],
             samples: 0,
             overflow_samples: 0,
             reclaimed_stacks: 0,
@@ -631,6 +652,9 @@ impl Table {
         let (o, b) = MixedSums::fixed(live.size, live.rate);
         self.inuse_fx += b;
         self.live += 1;
+        // Before the block is handed (back) to the program: its free must pass the check.
+        self.live_by_align[live.align_class()] += 1;
+        self.publish_check_mask();
         self.live_high = self.live_high.max(self.live);
         if !new_sample && !self.counted_in_bucket(&live) {
             live.bucket = MIXED;
@@ -671,12 +695,28 @@ impl Table {
         live
     }
 
+    /// Sets the free-side check to the least aligned live sample's alignment (all of it when
+    /// none is live). Under the table lock, so lowering for a new sample and raising after the
+    /// last sample of a class is freed never interleave; a free racing with a raise still finds
+    /// its own block, which is at least as aligned as the new mask asks.
+    fn publish_check_mask(&self) {
+        let class = self
+            .live_by_align
+            .iter()
+            .position(|&n| n > 0)
+            .unwrap_or(ALIGN_CLASSES - 1);
+        crate::filter::set_check_mask(1 << class);
+    }
+
     /// Counts a sample out. `bin`: its lifetime bin (`None` when a stale entry is retired, whose
     /// death time is unknown).
     fn count_out(&mut self, live: &Live, bin: Option<usize>) {
         let (o, b) = MixedSums::fixed(live.size, live.rate);
         self.inuse_fx -= b;
         self.live -= 1;
+        let class = &mut self.live_by_align[live.align_class()];
+        *class = class.saturating_sub(1);
+        self.publish_check_mask();
         let stack = if self.counted_in_bucket(live) {
             let epoch = self.epoch;
             let slot = &mut self.buckets[live.bucket as usize];
@@ -722,7 +762,7 @@ impl Table {
         self.peak.inuse_bytes = inuse;
         self.peak.overflow_samples = self.overflow_samples;
         self.peak.live_samples = self.live;
-        self.peak.at_ns = crate::alloc::now_ns();
+        self.peak.at_ns = crate::clock::now_ns();
         self.peak.captured = true;
     }
 }
@@ -745,8 +785,8 @@ type LiveMap = HashMap<usize, Live, FxBuild>;
 static SHARDS: Locks<Option<LiveMap>, SHARD_COUNT> =
     Locks::new(&sync::LIVE_SHARD_LOCKS, [const { None }; SHARD_COUNT]);
 
-/// The shard of an address: a hash of its filter byte, so that every address whose free reads a
-/// given filter byte is in one shard, and that byte is only written under that shard's lock.
+/// The shard of an address: the same as the free-side exact set's, so that each of its shards is
+/// written only under one shard lock here.
 /// (Hashed rather than masked: page-aligned blocks share their low address bits.)
 fn shard_of(ptr: usize) -> usize {
     crate::filter::shard_of(ptr)
@@ -792,6 +832,7 @@ pub(crate) fn record_sample(
     rate: u64,
     tag: u32,
     born_ns: u64,
+    inner_align: usize,
 ) {
     SAMPLES.fetch_add(1, Relaxed);
     let hash = frames_hash(frames);
@@ -819,6 +860,7 @@ pub(crate) fn record_sample(
             rate,
             born_ns,
             died_bin: None,
+            inner_align_log2: inner_align.trailing_zeros() as u8,
         };
         t.count_in(live, true)
     });
@@ -834,7 +876,7 @@ pub(crate) fn remove_sample(ptr: *mut u8) -> Option<Live> {
         Some(live)
     })?;
     // Read the clock outside the locks (vDSO, no allocation).
-    let now = crate::alloc::now_ns();
+    let now = crate::clock::now_ns();
     let bin = life_bin(now.saturating_sub(live.born_ns));
     with_table(|t| t.count_out(&live, Some(bin)));
     live.died_bin = Some(bin as u8);

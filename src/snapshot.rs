@@ -226,7 +226,7 @@ pub(crate) fn take_peak(symbolize: bool) -> HeapProfile {
     profiler_scope(|| match sites::peak_snapshot() {
         Some((raw, _inuse, at_ns)) => {
             // The capture has a monotonic time stamp; place it on the wall clock.
-            let ago = crate::alloc::now_ns().saturating_sub(at_ns) as i64;
+            let ago = crate::clock::now_ns().saturating_sub(at_ns) as i64;
             build(raw, symbolize, stats, unix_nanos() - ago)
         }
         None => build(sites::RawTable::default(), symbolize, stats, unix_nanos()),
@@ -274,7 +274,7 @@ fn build(raw: sites::RawTable, symbolize: bool, stats: Stats, time_nanos: i64) -
     let mut p = HeapProfile {
         time_nanos,
         duration_nanos: 0,
-        rate: crate::sample_rate(),
+        rate: crate::sampler::rate(),
         stats,
         stacks,
         records,
@@ -462,7 +462,7 @@ fn trimmed_stacks(
     raw: &[Option<Arc<[usize]>>],
     symbolize: bool,
 ) -> (Vec<Arc<[Frame]>>, Vec<usize>, usize) {
-    let max_depth = crate::alloc::MAX_DEPTH.load(std::sync::atomic::Ordering::Relaxed);
+    let max_depth = crate::setup::MAX_DEPTH.load(std::sync::atomic::Ordering::Relaxed);
     let key = |s: &Arc<[usize]>| s.as_ptr() as usize;
     let mut resolved: HashMap<usize, Resolved, FxBuild> = HashMap::default();
     let mut guard = loop {

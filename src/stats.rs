@@ -2,7 +2,7 @@
 //! the figures of the tables and the capture beside them.
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::{counters, guard, sites, stack};
+use crate::{counters, guard, sampler, sites, stack};
 
 /// Exact process-wide allocation counters, from [`stats`].
 ///
@@ -25,9 +25,10 @@ pub struct Stats {
     pub inuse_objects: u64,
     /// Bytes live now.
     pub inuse_bytes: u64,
-    /// Highest `inuse_bytes` reached. Exact while one thread allocates at a time; with several
-    /// threads allocating at once it can be off by about what one thread allocates between two of
-    /// its samples (≈ the sample rate; 1 MiB at rate 0). See the crate docs.
+    /// Highest `inuse_bytes` reached, as seen at flushes: below the true peak by at most what
+    /// each thread allocated since its last flush (less than one sampling countdown, ≈ the
+    /// rate; 1 MiB at rate 0), above it by less than 1 MiB per other thread. Exact for a peak
+    /// made of blocks larger than the countdown. See the crate docs.
     pub peak_inuse_bytes: u64,
     /// The sample rate in force (bytes; 0 = off).
     pub sample_rate: u64,
@@ -57,7 +58,8 @@ pub fn stats() -> Stats {
         if own.is_null() {
             counters::totals()
         } else {
-            // Calling thread: also re-base our own peak candidate (see `counters`).
+            // Calling thread: also flush our own change into the shared in-use figure and the
+            // peak (see `counters`).
             // SAFETY: the non-null slot of this thread is owned by it and never freed.
             let own = unsafe { &*own };
             let t = counters::totals();
@@ -73,7 +75,7 @@ pub fn stats() -> Stats {
         inuse_objects: t.alloc_objects.saturating_sub(t.free_objects),
         inuse_bytes: t.inuse_bytes(),
         peak_inuse_bytes: t.peak,
-        sample_rate: crate::alloc::sample_rate(),
+        sample_rate: sampler::rate(),
         samples: sites::SAMPLES.load(Relaxed),
         profiler_bytes: counters::profiler_bytes(),
         thread_slots: counters::slot_count() as u64,

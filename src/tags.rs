@@ -395,7 +395,7 @@ fn set_current(id: u32) -> u32 {
     THREAD.with(|t| {
         let prev = t.tag.replace(id);
         if prev != id {
-            if let Some(slot) = crate::alloc::thread_slot(t) {
+            if let Some(slot) = crate::thread::current_slot(t) {
                 counters::switch_tag(slot, id);
             }
         }

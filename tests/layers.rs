@@ -17,19 +17,22 @@ use std::path::{Path, PathBuf};
 /// Every module of `src/` with its layer, bottom first. The most specific row wins (so a single
 /// file under a directory could be ranked apart from it); a directory's row covers its files.
 const LAYERS: &[(&str, &str, u8)] = &[
-    // base: locks and fork handlers, settings, sampling maths, the ELF reader.
+    // base: locks and fork handlers, settings, sampling maths, the clock, the ELF reader.
     ("sync", "base", 0),
     ("config", "base", 0),
     ("sampler", "base", 0),
+    ("clock", "base", 0),
     ("elf", "base", 0),
-    // thread: per-thread state, the reentrancy guard, the exact counters, the freed-block filter.
-    ("guard", "thread", 1),
-    ("thread", "thread", 1),
-    ("counters", "thread", 1),
-    ("filter", "thread", 1),
-    ("owned", "thread", 1),
-    // capture: the stack of a sampled allocation.
-    ("stack", "capture", 2),
+    // capture: the stack of a sampled allocation, and a thread's stack bounds (it needs no
+    // thread state: bounds and buffers are handed to it, so it sits under the thread layer).
+    ("stack", "capture", 1),
+    // thread: per-thread state and set-up, the reentrancy guard, the exact counters, the
+    // sampled-block check, memory the profiler owns.
+    ("guard", "thread", 2),
+    ("thread", "thread", 2),
+    ("counters", "thread", 2),
+    ("filter", "thread", 2),
+    ("owned", "thread", 2),
     // tables: sampled sites and live samples, interned tags.
     ("sites", "tables", 3),
     ("tags", "tables", 3),
@@ -576,7 +579,7 @@ fn checker_catches_nested_use_groups_and_expression_paths() {
     assert_eq!(
         got,
         [
-            "src/sync.rs:1 imports guard (thread, 1) from base (0)",
+            "src/sync.rs:1 imports guard (thread, 2) from base (0)",
             "src/sync.rs:1 imports profile::maps (encoders, 5) from base (0)",
             "src/sync.rs:4 imports tags (tables, 3) from base (0)",
         ]
@@ -592,7 +595,7 @@ fn checker_ignores_paths_in_literals_and_comments() {
                use crate::alloc;\n";
     assert_eq!(
         check_synthetic("src/stack.rs", src),
-        ["src/stack.rs:5 imports alloc (hook, 7) from capture (2)"]
+        ["src/stack.rs:5 imports alloc (hook, 7) from capture (1)"]
     );
 }
 
@@ -607,7 +610,7 @@ fn checker_follows_super_and_test_modules() {
     );
     assert_eq!(
         got,
-        ["src/stack.rs:5 imports profile::maps (encoders, 5) from capture (2)"]
+        ["src/stack.rs:5 imports profile::maps (encoders, 5) from capture (1)"]
     );
     assert!(check_synthetic("src/profile/text.rs", "use super::{pprof, Site};\n").is_empty());
     assert_eq!(
@@ -651,8 +654,8 @@ fn checker_output_lists_each_line_once() {
     assert_eq!(
         check_synthetic("src/stack.rs", &s),
         [
-            "src/stack.rs:1 imports alloc (hook, 7) from capture (2)",
-            "src/stack.rs:2 imports alloc (hook, 7) from capture (2)",
+            "src/stack.rs:1 imports alloc (hook, 7) from capture (1)",
+            "src/stack.rs:2 imports alloc (hook, 7) from capture (1)",
         ]
     );
 }

@@ -112,6 +112,36 @@ fn failed_alloc_is_not_counted() {
             "rate {rate}: a failed allocation was sampled"
         );
         assert_eq!(live_samples(), live0, "rate {rate}");
+        // A failed realloc of a small block (both halves on the fast path at rates 0 and 4096,
+        // where they are counted before the inner call and taken back after it fails).
+        let base = exact();
+        let l = Layout::from_size_align(64, 8).unwrap();
+        // SAFETY: non-zero layout; the block is freed once, with the layout it has.
+        unsafe {
+            let p = FLAKY.alloc(l);
+            assert!(!p.is_null());
+            let with_block = exact();
+            FAIL.store(true, SeqCst);
+            assert!(FLAKY.realloc(p, l, 128).is_null());
+            FAIL.store(false, SeqCst);
+            assert_eq!(
+                exact(),
+                with_block,
+                "rate {rate}: a failed realloc was counted"
+            );
+            FLAKY.dealloc(p, l);
+        }
+        let after = exact();
+        assert_eq!(
+            four(after),
+            (
+                base.alloc_objects + 1,
+                base.alloc_bytes + 64,
+                base.free_objects + 1,
+                base.free_bytes + 64
+            ),
+            "rate {rate}"
+        );
     }
 }
 

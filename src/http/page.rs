@@ -72,7 +72,7 @@ pub(super) fn heapsight_page() -> String {
          .k{color:#666}#flamegraph svg{max-width:100%;height:auto}#timeline svg{max-width:100%;height:auto}\
          td.spark{padding:0 .4em}</style></head><body>\n<h1>heapsight</h1>\n",
     );
-    if !crate::is_active() {
+    if !crate::thread::is_active() {
         let _ = writeln!(
             h,
             "<p><b>{}</b>: this program's <code>#[global_allocator]</code> is another allocator, so \
