@@ -8,24 +8,13 @@
 //! it, and `profiler_bytes` (see `support/dump_measure.rs`). `--symbolizer backtrace |
 //! symtab-lines | helper` symbolizes the same profile's addresses another way instead, for the
 //! comparison in docs/symbols.md.
-use std::collections::HashMap;
-
 #[path = "support/dump_measure.rs"]
 mod dump_measure;
+#[path = "support/index_workload.rs"]
+mod index_workload;
 
 #[global_allocator]
 static GLOBAL: heapsight::HeapSight = heapsight::HeapSight::system();
-
-/// The seed workload of `examples/service`.
-fn build_index(round: usize) -> HashMap<String, Vec<String>> {
-    let mut m: HashMap<String, Vec<String>> = HashMap::new();
-    for i in 0..200_000 {
-        m.entry(format!("k{}", i % 10_000))
-            .or_default()
-            .push(format!("v{round}-{i}"));
-    }
-    m
-}
 
 fn main() -> std::io::Result<()> {
     if dump_measure::helper_main() {
@@ -34,16 +23,13 @@ fn main() -> std::io::Result<()> {
     let how = dump_measure::Symbolizer::from_args();
     let server = heapsight::http::serve("127.0.0.1:0")?;
     let addr = server.local_addr();
-    let mut keep = Vec::new();
-    for round in 0..6 {
-        keep.push(build_index(round));
-        if keep.len() > 3 {
-            keep.remove(0);
-        }
+    let mut indexes = index_workload::Indexes::default();
+    for _ in 0..6 {
+        indexes.round();
     }
     dump_measure::write_offsets_if_asked();
     dump_measure::measure("service", addr, how);
-    drop(keep);
+    drop(indexes);
     server.shutdown();
     Ok(())
 }

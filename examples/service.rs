@@ -10,22 +10,13 @@
 //!     open http://127.0.0.1:6060/debug/heapsight
 //!
 //! `--seconds N` stops after N seconds (default: run until interrupted).
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
+
+#[path = "support/index_workload.rs"]
+mod index_workload;
 
 #[global_allocator]
 static GLOBAL: heapsight::HeapSight = heapsight::HeapSight::system();
-
-/// The seed workload: a map of string vectors that grows by doubling, rebuilt every round.
-fn build_index(round: usize) -> HashMap<String, Vec<String>> {
-    let mut m: HashMap<String, Vec<String>> = HashMap::new();
-    for i in 0..200_000 {
-        m.entry(format!("k{}", i % 10_000))
-            .or_default()
-            .push(format!("v{round}-{i}"));
-    }
-    m
-}
 
 fn main() {
     if let Err(e) = run() {
@@ -55,20 +46,17 @@ fn run() -> std::io::Result<()> {
     );
     println!("try:  go tool pprof -http=:8080 http://{addr}/debug/pprof/heap");
     let start = Instant::now();
-    let mut keep = Vec::new();
-    let mut round = 0;
+    let mut indexes = index_workload::Indexes::default();
     while seconds.is_none_or(|s| start.elapsed() < Duration::from_secs(s)) {
-        keep.push(build_index(round));
-        if keep.len() > 3 {
-            keep.remove(0);
-        }
-        round += 1;
+        indexes.round();
         std::thread::sleep(Duration::from_millis(200));
     }
     let s = heapsight::stats();
     println!(
-        "{round} rounds; {} live bytes, peak {}",
-        s.inuse_bytes, s.peak_inuse_bytes
+        "{} rounds; {} live bytes, peak {}",
+        indexes.rounds(),
+        s.inuse_bytes,
+        s.peak_inuse_bytes
     );
     server.shutdown();
     Ok(())

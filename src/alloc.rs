@@ -105,7 +105,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for HeapSight<A> {
         if filter::maybe_sampled(ptr) {
             // SAFETY: the caller guarantees `ptr` was allocated by this allocator with `layout`,
             // hence by `A` with `layout`.
-            unsafe { dealloc_slow(&self.inner, ptr, layout, 0) }
+            unsafe { dealloc_maybe_sampled(&self.inner, ptr, layout) }
         } else if count_free(layout.size()) {
             // SAFETY: as above.
             unsafe { self.inner.dealloc(ptr, layout) }
@@ -203,10 +203,17 @@ fn count_free(size: usize) -> bool {
 /// needs the slow path or the old block may be sampled.
 #[inline(always)]
 fn count_realloc(ptr: *mut u8, old_size: usize, new_size: usize) -> bool {
+    // A block of `filter::LARGE` bytes or more fails the free countdown test (see there).
+    !filter::maybe_sampled(ptr) && count_realloc_unsampled(old_size, new_size)
+}
+
+/// [`count_realloc`] for an old block known not to be sampled.
+#[inline(always)]
+fn count_realloc_unsampled(old_size: usize, new_size: usize) -> bool {
     THREAD.with(|t| {
         let (f, fb) = t.free_left.get().overflowing_sub(old_size as u64);
         let (c, cb) = t.countdown.get().overflowing_sub(new_size as u64);
-        if !fb & (f != 0) & !cb & (c != 0) & !filter::maybe_sampled(ptr) {
+        if !fb & (f != 0) & !cb & (c != 0) {
             t.free_left.set(f);
             t.countdown.set(c);
             t.pending_alloc.set(new_size as u64);
@@ -314,7 +321,7 @@ fn plan_alloc(t: &ThreadState, layout: Layout) -> Plan {
     }
     // A sample: its address must pass the free check (see `filter`), so it is asked at the
     // sample alignment (the site table widens the check to it when it records the sample).
-    let align = filter::sample_align(rate).max(layout.align());
+    let align = filter::sample_layout_align(rate, layout.size(), layout.align());
     if Layout::from_size_align(layout.size(), align).is_err() {
         // Too large to align further (within a page of `isize::MAX`): no sample this time.
         return Plan::Count(None);
@@ -348,6 +355,27 @@ fn finish_alloc(t: &ThreadState, plan: Plan, ptr: *mut u8, size: usize) {
     if let Some((rate, align)) = sample {
         // Sampled with the weight of the rate its countdown was drawn with.
         take_sample(t, ptr, size as u64, rate, align);
+    }
+}
+
+/// A free whose address passed the sample check (see `filter`): the exact, lock-free look-up
+/// decides, and a block that is not a sample (an aligned block that merely looks like one) goes
+/// on as on the fast path.
+///
+/// # Safety
+/// As `GlobalAlloc::dealloc`.
+#[cold]
+#[inline(never)]
+unsafe fn dealloc_maybe_sampled<A: GlobalAlloc>(inner: &A, ptr: *mut u8, layout: Layout) {
+    if filter::is_sampled(ptr) {
+        // SAFETY: the caller's guarantees.
+        unsafe { dealloc_slow(inner, ptr, layout, 0) }
+    } else if count_free(layout.size()) {
+        // SAFETY: as above.
+        unsafe { inner.dealloc(ptr, layout) }
+    } else {
+        // SAFETY: as above.
+        unsafe { dealloc_slow(inner, ptr, layout, layout.size()) }
     }
 }
 
@@ -390,7 +418,17 @@ unsafe fn realloc_slow<A: GlobalAlloc>(
     layout: Layout,
     new_size: usize,
 ) -> *mut u8 {
-    let taken = if filter::maybe_sampled(ptr) && filter::is_sampled(ptr) {
+    let sampled = filter::maybe_sampled_sized(ptr, layout.size()) && filter::is_sampled(ptr);
+    if !sampled && count_realloc_unsampled(layout.size(), new_size) {
+        // An aligned block that only looked like a sample: the fast path after all.
+        // SAFETY: the caller's guarantees, passed on unchanged.
+        let new = unsafe { inner.realloc(ptr, layout, new_size) };
+        if new.is_null() {
+            uncount_failed_realloc();
+        }
+        return new;
+    }
+    let taken = if sampled {
         take_sample_for_realloc(ptr)
     } else {
         None
@@ -455,7 +493,7 @@ fn count_free_slow(t: &ThreadState, ptr: *mut u8, size: usize, check_sample: boo
     }
     let mut align = 1;
     // Known to be sampled (exact, lock-free) before the clock is read or the lock taken.
-    if check_sample && filter::maybe_sampled(ptr) && filter::is_sampled(ptr) {
+    if check_sample && filter::maybe_sampled_sized(ptr, size) && filter::is_sampled(ptr) {
         if let Some(_g) = InProfiler::enter(t) {
             if let Some(live) = sites::remove_sample(ptr) {
                 align = live.inner_align();

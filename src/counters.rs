@@ -171,8 +171,10 @@ impl Slot {
     }
 }
 
-/// Bytes a thread frees between two flushes into [`INUSE`] (its free path's countdown).
-pub(crate) const FREE_FLUSH: u64 = 1 << 20;
+/// Bytes a thread frees between two flushes into [`INUSE`] (its free path's countdown). Also
+/// `filter::LARGE`: a free of this much or more always fails the countdown test, which is how
+/// the fast path sends large blocks to the exact sample check without testing their size.
+pub(crate) const FREE_FLUSH: u64 = 64 * 1024;
 
 /// The process's in-use bytes as of every thread's last flush (see the module docs). Only
 /// flushes, orphan operations and slot hand-backs change it, each with one `fetch_add`.

@@ -11,17 +11,21 @@ use object::{Object, ObjectSegment};
 
 /// One executable mapping of this process.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Mapping {
+pub struct Mapping {
+    /// First address.
     pub start: u64,
+    /// One past the last address.
     pub limit: u64,
+    /// File offset of `start`.
     pub offset: u64,
+    /// The mapped file's path.
     pub file: String,
     /// Lower-case hex of the GNU build ID, or empty.
     pub build_id: String,
 }
 
 /// The executable mappings of this process, without build IDs; empty without procfs.
-pub(crate) fn self_mappings() -> Vec<Mapping> {
+pub fn self_mappings() -> Vec<Mapping> {
     parse_maps(&std::fs::read_to_string("/proc/self/maps").unwrap_or_default())
 }
 
@@ -71,14 +75,14 @@ pub(crate) fn parse_maps(text: &str) -> Vec<Mapping> {
 }
 
 /// A file mapped read-only and private, unmapped on drop.
-pub(crate) struct MappedFile {
+pub struct MappedFile {
     ptr: *mut libc::c_void,
     len: usize,
 }
 
 impl MappedFile {
     /// Maps the whole of `path`, or `None` if it cannot be opened or mapped (or is empty).
-    pub(crate) fn open(path: &str) -> Option<MappedFile> {
+    pub fn open(path: &str) -> Option<MappedFile> {
         let f = File::open(path).ok()?;
         let len = usize::try_from(f.metadata().ok()?.len()).ok()?;
         if len == 0 || len > isize::MAX as usize {
@@ -104,7 +108,7 @@ impl MappedFile {
     }
 
     /// The file's bytes.
-    pub(crate) fn bytes(&self) -> &[u8] {
+    pub fn bytes(&self) -> &[u8] {
         // SAFETY: `ptr..ptr+len` is a live read-only mapping owned by `self` until drop, so the
         // slice cannot outlive it, and nothing writes through a PROT_READ private mapping. The one
         // case this does not cover is another process truncating the file while it is mapped:
@@ -148,7 +152,7 @@ pub(crate) fn read_elf_info(path: &str) -> Option<ElfInfo> {
 
 /// The link-time virtual address of the byte at `file_offset`, through the `PT_LOAD` segment
 /// that holds it.
-pub(crate) fn file_offset_to_vaddr(file: &object::File<'_>, file_offset: u64) -> Option<u64> {
+pub fn file_offset_to_vaddr(file: &object::File<'_>, file_offset: u64) -> Option<u64> {
     file.segments().find_map(|s| {
         let (off, size) = s.file_range();
         (file_offset >= off && file_offset - off < size).then(|| file_offset - off + s.address())

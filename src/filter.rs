@@ -16,11 +16,15 @@
 //! from size classes that are multiples of 4 KiB (mimalloc, jemalloc) always do, and pay one
 //! probe on a free that costs the allocator far more. docs/benches.md has the measured rates.
 //!
-//! The price is memory: a sampled block may take up to `sample_align` more bytes in the inner
-//! allocator (alignment padding), and its `realloc` moves it (allocate, copy, free) rather than
-//! resize it in place, since the inner allocator must see one layout for a block throughout.
-//! [`sample_align`] is at most `rate / 128`, so the padding is at most ~0.8% of the bytes the
-//! samples stand for.
+//! Blocks of [`LARGE`] (64 KiB) or more are the exception: they are sampled at the caller's
+//! alignment and every free of one asks the exact set (one probe, next to the allocator's own
+//! cost of freeing 64 KiB).
+//!
+//! The price is memory and moves: a sampled small block may take up to `sample_align` more bytes
+//! in the inner allocator (alignment padding), and a `realloc` that takes a small block into or
+//! out of sampling moves it (allocate, copy, free) rather than resize it in place, since the
+//! inner allocator must see one layout for a block throughout. [`sample_align`] is at most
+//! `rate / 128`, so the padding is at most ~0.8% of the bytes the samples stand for.
 //!
 //! # The exact level
 //!
@@ -67,11 +71,34 @@ pub(crate) fn set_check_mask(align: usize) {
     CHECK_MASK.store(align - 1, Relaxed);
 }
 
-/// May `ptr` be a live sampled block? `false` is certain; `true` must be checked with
-/// [`is_sampled`]. The free fast path's test.
+/// Blocks of at least this many bytes are sampled at the caller's alignment and checked on every
+/// free: a `realloc` of a sampled block then resizes in place as `A` would (a large block is
+/// the one most likely to be sampled, and the costliest to move), and one probe is nothing next
+/// to what freeing 64 KiB costs the allocator. It is the free countdown's length, so such a free
+/// always leaves the fast path on the countdown test: the size costs the fast path nothing.
+pub(crate) const LARGE: usize = crate::counters::FREE_FLUSH as usize;
+
+/// May the block at `ptr` be a live sample, as far as its address tells? `false` is certain for
+/// blocks under [`LARGE`] bytes (larger ones never reach this test on the fast path; see
+/// [`maybe_sampled_sized`]); `true` must be checked with [`is_sampled`]. The free fast path's
+/// test.
 #[inline(always)]
 pub(crate) fn maybe_sampled(ptr: *mut u8) -> bool {
     ptr as usize & CHECK_MASK.load(Relaxed) == 0
+}
+
+/// [`maybe_sampled`] for a block of `size` bytes, off the fast path.
+pub(crate) fn maybe_sampled_sized(ptr: *mut u8, size: usize) -> bool {
+    maybe_sampled(ptr) || size >= LARGE
+}
+
+/// The alignment to ask of the inner allocator for a sample of `layout` taken at `rate`.
+pub(crate) fn sample_layout_align(rate: u64, size: usize, align: usize) -> usize {
+    if size >= LARGE {
+        align
+    } else {
+        sample_align(rate).max(align)
+    }
 }
 
 /// Counts a new live sample at `ptr`. Call with the lock of `ptr`'s shard ([`shard_of`]) held

@@ -40,8 +40,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::guard::profiler_scope;
-use crate::sites::FxBuild;
-use crate::snapshot::{AddrKey, Estimates, HeapProfile, Record};
+use crate::owned::Owned;
+use crate::sites::{Bucket, Estimates, FxBuild};
+use crate::snapshot::{AddrKey, HeapProfile};
 use crate::symbols::{Frame, Symbol};
 use crate::sync::{self, Lock};
 use crate::Stats;
@@ -352,19 +353,10 @@ pub fn reset(interval: Duration, window: Duration) {
 pub struct History {
     interval: Duration,
     cap: usize,
-    points: Vec<Arc<Point>>,
-    frames: Vec<Option<Arc<[Frame]>>>,
+    /// Copied inside the profiler guard.
+    points: Owned<Vec<Arc<Point>>>,
+    frames: Owned<Vec<Option<Arc<[Frame]>>>>,
     bytes: usize,
-}
-
-impl Drop for History {
-    fn drop(&mut self) {
-        // Allocated inside the profiler guard; freed there (see `impl Drop for HeapProfile`).
-        profiler_scope(|| {
-            drop(core::mem::take(&mut self.points));
-            drop(core::mem::take(&mut self.frames));
-        })
-    }
 }
 
 /// The history recorded so far (empty if nothing was recorded: see [`start`]).
@@ -375,15 +367,15 @@ pub(crate) fn snapshot() -> History {
             Some(r) => History {
                 interval: r.interval,
                 cap: r.cap,
-                points: r.points.iter().cloned().collect(),
-                frames: r.keys.frames.clone(),
+                points: Owned::new(r.points.iter().cloned().collect()),
+                frames: Owned::new(r.keys.frames.clone()),
                 bytes: r.bytes(),
             },
             None => History {
                 interval: DEFAULT_INTERVAL,
                 cap: capacity(DEFAULT_INTERVAL, DEFAULT_WINDOW),
-                points: Vec::new(),
-                frames: Vec::new(),
+                points: Owned::default(),
+                frames: Owned::default(),
                 bytes: 0,
             },
         }
@@ -487,7 +479,7 @@ impl History {
         let Some(last) = self.points.last() else {
             return Vec::new();
         };
-        let trends: Vec<(u32, Trend, Series)> = profiler_scope(|| {
+        let trends: Owned<Vec<(u32, Trend, Series)>> = profiler_scope(|| {
             let mut out = Vec::new();
             for e in last.sites.iter() {
                 let mut t = Vec::new();
@@ -520,7 +512,7 @@ impl History {
                     out.push((e.key, tr, series));
                 }
             }
-            out
+            Owned::new(out)
         });
         // The result is the caller's: built outside the guard, like any of its allocations.
         let mut out: Vec<GrowingSite<'_>> = Vec::with_capacity(trends.len());
@@ -537,7 +529,6 @@ impl History {
                 series: series.clone(),
             });
         }
-        profiler_scope(|| drop(trends));
         out.sort_by(|a, b| b.bytes_per_minute.total_cmp(&a.bytes_per_minute));
         out
     }
@@ -714,7 +705,7 @@ pub(crate) fn since(age: Duration) -> Option<HeapProfile> {
                     p.stacks.len() - 1
                 })
             };
-            p.records.push(Record {
+            p.buckets.push(Bucket {
                 stack,
                 tag: 0,
                 size: 0,
@@ -736,7 +727,7 @@ pub(crate) fn since(age: Duration) -> Option<HeapProfile> {
                     line: None,
                 }]),
             }]));
-            p.records.push(Record {
+            p.buckets.push(Bucket {
                 stack: p.stacks.len() - 1,
                 tag: 0,
                 size: 0,

@@ -209,9 +209,9 @@
 //!
 //! # Caveats
 //!
-//! * `peak_inuse_bytes` is taken at flushes (every sampling countdown, after 1 MiB of frees, at
+//! * `peak_inuse_bytes` is taken at flushes (every sampling countdown, after 64 KiB of frees, at
 //!   `stats()`), not on every allocation: it can be below the true peak by less than one
-//!   countdown per thread (about the rate; 1 MiB at rate 0) and above it by less than 1 MiB per
+//!   countdown per thread (about the rate; 1 MiB at rate 0) and above it by less than 64 KiB per
 //!   other thread. `measure()` is exact.
 //! * Allocations of a thread whose thread-locals are already destroyed (late in thread exit) are
 //!   counted exactly but not sampled.
@@ -288,8 +288,11 @@ mod filter;
 mod guard;
 pub mod history;
 mod measure;
+mod owned;
 mod profile;
 mod sampler;
+#[cfg(any(feature = "http", feature = "metrics"))]
+mod series;
 mod setup;
 mod sites;
 mod snapshot;
@@ -447,6 +450,13 @@ pub fn peak_profile() -> HeapProfile {
 
 #[doc(hidden)]
 pub use crate::sites::bench_snapshot_lock_hold;
+/// The mappings and ELF reading heapsight symbolizes with, for the dump-cost benchmarks that run
+/// other symbolizers on the same files (`examples/support/dump_measure.rs`). Not part of the
+/// stable API.
+#[doc(hidden)]
+pub mod bench_elf {
+    pub use crate::elf::{file_offset_to_vaddr, self_mappings, MappedFile, Mapping};
+}
 #[doc(hidden)]
 pub use crate::sites::table_counts as site_table_counts;
 

@@ -103,14 +103,82 @@ pub(crate) struct BucketKey {
     pub rate: u64,
 }
 
-/// A bucket's counts, as copied out of the table.
-#[derive(Clone, Copy, Debug)]
+/// One bucket's counts as copied out of the table: all samples of one stack, tag, size and rate.
+/// The snapshot keeps these very copies (`HeapProfile::buckets`), with `stack` renumbered to the
+/// profile's stacks and `est` filled outside the lock, and the encoders read them. The overflow
+/// bucket ([`OverflowSums`]) is written as one with `size == 0 && rate == 0`.
+#[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Bucket {
-    pub key: BucketKey,
+    /// The stack: a table stack id as copied, an index into `HeapProfile::stacks` in a profile.
+    pub stack: usize,
+    pub tag: u32,
+    pub size: u64,
+    pub rate: u64,
     /// Samples taken in this bucket.
     pub allocs: u64,
     /// Of those, samples whose block has been freed (or reallocated).
     pub frees: u64,
+    /// The unbiased estimates (all 0 in the table's copy: computed outside the lock).
+    pub est: Estimates,
+}
+
+impl Bucket {
+    fn copy(key: BucketKey, allocs: u64, frees: u64) -> Bucket {
+        Bucket {
+            stack: key.stack as usize,
+            tag: key.tag,
+            size: key.size,
+            rate: key.rate,
+            allocs,
+            frees,
+            est: Estimates::default(),
+        }
+    }
+
+    /// The overflow bucket of mixed sizes and rates (see [`OverflowSums`]).
+    pub(crate) fn is_overflow(&self) -> bool {
+        self.size == 0 && self.rate == 0
+    }
+
+    /// The allocation size a profile labels the bucket with: its size, or for the overflow
+    /// bucket the average (Go's `blockSize = AllocBytes / AllocObjects`).
+    pub(crate) fn label_size(&self) -> i64 {
+        if self.size == 0 && self.est.alloc_objects > 0.0 {
+            (self.est.alloc_bytes / self.est.alloc_objects).round() as i64
+        } else {
+            self.size as i64
+        }
+    }
+}
+
+/// Unbiased estimates for one bucket: raw sample counts times `1 / p(size, rate)`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct Estimates {
+    pub alloc_objects: f64,
+    pub alloc_bytes: f64,
+    pub inuse_objects: f64,
+    pub inuse_bytes: f64,
+}
+
+impl Estimates {
+    pub(crate) fn add(&mut self, o: &Estimates) {
+        self.alloc_objects += o.alloc_objects;
+        self.alloc_bytes += o.alloc_bytes;
+        self.inuse_objects += o.inuse_objects;
+        self.inuse_bytes += o.inuse_bytes;
+    }
+}
+
+/// The estimates of `allocs` samples of `size` bytes taken at `rate`, `frees` of them freed.
+pub(crate) fn estimates(size: u64, rate: u64, allocs: u64, frees: u64) -> Estimates {
+    let w = sampler::weight(size, rate);
+    let live = allocs.saturating_sub(frees) as f64;
+    Estimates {
+        alloc_objects: allocs as f64 * w,
+        alloc_bytes: allocs as f64 * w * size as f64,
+        inuse_objects: live * w,
+        inuse_bytes: live * w * size as f64,
+    }
 }
 
 /// A bucket in the table.
@@ -148,14 +216,15 @@ impl Slot {
     }
 }
 
-/// Bucket index meaning "the overflow bucket", whose samples have mixed sizes and rates.
-const MIXED: u32 = u32::MAX;
+/// Bucket index of the overflow bucket (see [`OverflowSums`]).
+const OVERFLOW_BUCKET: u32 = u32::MAX;
 
-/// Weighted sums for the frame-less pseudo-site: samples past the caps, and the totals of
-/// reclaimed stacks. In-use sums are fixed point (2^-16 objects and bytes) so that adding and
+/// The overflow bucket: weighted sums of what has no bucket of its own, on the frame-less
+/// [`OVERFLOW_STACK`]: samples past the caps (of mixed sizes and rates, hence sums, not counts),
+/// and the totals of reclaimed stacks. In-use sums are fixed point (2^-16 objects and bytes) so that adding and
 /// later subtracting the same sample's weight returns exactly to 0.
 #[derive(Clone, Copy, Default, Debug)]
-pub(crate) struct MixedSums {
+pub(crate) struct OverflowSums {
     pub samples: u64,
     pub frees: u64,
     pub alloc_objects: f64,
@@ -166,16 +235,30 @@ pub(crate) struct MixedSums {
 
 const FX_ONE: f64 = 65536.0;
 
-impl MixedSums {
+impl OverflowSums {
     fn fixed(size: u64, rate: u64) -> (i128, i128) {
         let w = sampler::weight(size, rate);
         ((w * FX_ONE) as i128, (w * size as f64 * FX_ONE) as i128)
     }
-    pub fn inuse_objects(&self) -> f64 {
+    fn inuse_objects(&self) -> f64 {
         self.inuse_objects_fx as f64 / FX_ONE
     }
-    pub fn inuse_bytes(&self) -> f64 {
+    fn inuse_bytes(&self) -> f64 {
         self.inuse_bytes_fx as f64 / FX_ONE
+    }
+    /// The overflow bucket as a profile holds it.
+    pub fn bucket(&self) -> Bucket {
+        Bucket {
+            allocs: self.samples,
+            frees: self.frees,
+            est: Estimates {
+                alloc_objects: self.alloc_objects,
+                alloc_bytes: self.alloc_bytes,
+                inuse_objects: self.inuse_objects(),
+                inuse_bytes: self.inuse_bytes(),
+            },
+            ..Bucket::default()
+        }
     }
     /// Adds a reclaimed bucket's `allocs` samples (of which `frees` freed, all of them when the
     /// bucket's stack had no live sample) of one size and rate.
@@ -247,7 +330,7 @@ pub(crate) fn life_bin_low(bin: usize) -> u64 {
 /// counts at the peak live in the buckets themselves (`Slot::at_peak`); here the rest.
 #[derive(Default)]
 pub(crate) struct Peak {
-    pub mixed: MixedSums,
+    pub overflow_sums: OverflowSums,
     /// Sampled in-use byte estimate at the capture.
     pub inuse_bytes: f64,
     pub overflow_samples: u64,
@@ -315,7 +398,7 @@ struct Table {
     free_buckets: u32,
     buckets_used: usize,
     bucket_index: HashMap<BucketKey, u32, FxBuild>,
-    mixed: MixedSums,
+    overflow_sums: OverflowSums,
     rows: Vec<LifeRow>,
     free_rows: Vec<u32>,
     /// Samples counted in and not yet out, and the most there ever were.
@@ -348,7 +431,7 @@ impl Table {
             free_buckets: NONE,
             buckets_used: 0,
             bucket_index: HashMap::default(),
-            mixed: MixedSums::default(),
+            overflow_sums: OverflowSums::default(),
             rows: Vec::new(),
             free_rows: Vec::new(),
             live: 0,
@@ -502,11 +585,11 @@ impl Table {
         while b != NONE {
             let slot = &mut self.buckets[b as usize];
             let key = slot.key;
-            self.mixed
+            self.overflow_sums
                 .absorb(key.size, key.rate, slot.allocs, slot.frees);
             if self.peak.captured && !keep_for_peak {
                 let (a, f) = slot.at_peak(self.epoch);
-                self.peak.mixed.absorb(key.size, key.rate, a, f);
+                self.peak.overflow_sums.absorb(key.size, key.rate, a, f);
             }
             let next = slot.next;
             slot.used = false;
@@ -607,7 +690,7 @@ impl Table {
         if self.buckets_used >= cap(self)
             && !(self.reclaim_one(key.stack) && self.buckets_used < cap(self))
         {
-            return MIXED;
+            return OVERFLOW_BUCKET;
         }
         let slot = |gen| Slot {
             key,
@@ -638,7 +721,7 @@ impl Table {
 
     /// Is `live` still counted in the bucket it names (not reclaimed since)?
     fn counted_in_bucket(&self, live: &Live) -> bool {
-        live.bucket != MIXED
+        live.bucket != OVERFLOW_BUCKET
             && self
                 .buckets
                 .get(live.bucket as usize)
@@ -649,7 +732,7 @@ impl Table {
     /// as counted: a restored sample whose stack was reclaimed meanwhile moves to the frame-less
     /// site, where the reclaimed stack's counts went.
     fn count_in(&mut self, mut live: Live, new_sample: bool) -> Live {
-        let (o, b) = MixedSums::fixed(live.size, live.rate);
+        let (o, b) = OverflowSums::fixed(live.size, live.rate);
         self.inuse_fx += b;
         self.live += 1;
         // Before the block is handed (back) to the program: its free must pass the check.
@@ -657,19 +740,19 @@ impl Table {
         self.publish_check_mask();
         self.live_high = self.live_high.max(self.live);
         if !new_sample && !self.counted_in_bucket(&live) {
-            live.bucket = MIXED;
+            live.bucket = OVERFLOW_BUCKET;
         }
-        let stack = if live.bucket == MIXED {
+        let stack = if live.bucket == OVERFLOW_BUCKET {
             if new_sample {
                 let w = sampler::weight(live.size, live.rate);
-                self.mixed.samples += 1;
-                self.mixed.alloc_objects += w;
-                self.mixed.alloc_bytes += w * live.size as f64;
+                self.overflow_sums.samples += 1;
+                self.overflow_sums.alloc_objects += w;
+                self.overflow_sums.alloc_bytes += w * live.size as f64;
             } else {
-                self.mixed.frees = self.mixed.frees.saturating_sub(1);
+                self.overflow_sums.frees = self.overflow_sums.frees.saturating_sub(1);
             }
-            self.mixed.inuse_objects_fx += o;
-            self.mixed.inuse_bytes_fx += b;
+            self.overflow_sums.inuse_objects_fx += o;
+            self.overflow_sums.inuse_bytes_fx += b;
             OVERFLOW_STACK
         } else {
             let epoch = self.epoch;
@@ -711,7 +794,7 @@ impl Table {
     /// Counts a sample out. `bin`: its lifetime bin (`None` when a stale entry is retired, whose
     /// death time is unknown).
     fn count_out(&mut self, live: &Live, bin: Option<usize>) {
-        let (o, b) = MixedSums::fixed(live.size, live.rate);
+        let (o, b) = OverflowSums::fixed(live.size, live.rate);
         self.inuse_fx -= b;
         self.live -= 1;
         let class = &mut self.live_by_align[live.align_class()];
@@ -728,9 +811,9 @@ impl Table {
         } else {
             // Overflow samples (a sample's stack is never reclaimed while it is live, so every
             // other sample is still in its bucket).
-            self.mixed.frees += 1;
-            self.mixed.inuse_objects_fx -= o;
-            self.mixed.inuse_bytes_fx -= b;
+            self.overflow_sums.frees += 1;
+            self.overflow_sums.inuse_objects_fx -= o;
+            self.overflow_sums.inuse_bytes_fx -= b;
             OVERFLOW_STACK
         };
         if let Some(bin) = bin {
@@ -758,7 +841,7 @@ impl Table {
             }
             self.epoch = 1;
         }
-        self.peak.mixed = self.mixed;
+        self.peak.overflow_sums = self.overflow_sums;
         self.peak.inuse_bytes = inuse;
         self.peak.overflow_samples = self.overflow_samples;
         self.peak.live_samples = self.live;
@@ -848,7 +931,7 @@ pub(crate) fn record_sample(
             size,
             rate,
         });
-        let gen = if bucket == MIXED {
+        let gen = if bucket == OVERFLOW_BUCKET {
             0
         } else {
             t.buckets[bucket as usize].gen
@@ -893,11 +976,11 @@ pub(crate) fn restore_sample(ptr: *mut u8, live: Live) {
 /// The lock boundary: copies what a profile needs and releases the lock. Stacks are immutable
 /// while interned, so they are shared (`Arc`), not copied.
 #[derive(Default)]
-pub(crate) struct RawTable {
+pub(crate) struct TableCopy {
     /// By stack id; `None` for a free id. Id 0 is the frame-less pseudo-site.
     pub stacks: StackList,
     pub buckets: Vec<Bucket>,
-    pub mixed: MixedSums,
+    pub overflow_sums: OverflowSums,
     pub live_samples: usize,
     pub overflow_samples: u64,
     /// Lifetime rows of the stacks that have any, by stack id (sparse: most stacks of a long
@@ -921,41 +1004,43 @@ fn stacks_and_rows(t: &Table) -> (StackList, Vec<(u32, LifeRow)>) {
     (stacks, rows)
 }
 
-fn copy_raw(t: &Table) -> RawTable {
+fn copy_table(t: &Table) -> TableCopy {
     let (stacks, lifetimes) = stacks_and_rows(t);
-    RawTable {
+    TableCopy {
         stacks,
-        buckets: used_buckets(t, |s| (s.allocs, s.frees)),
-        mixed: t.mixed,
+        buckets: used_buckets(t, 0, |s| (s.allocs, s.frees)),
+        overflow_sums: t.overflow_sums,
         live_samples: t.live,
         overflow_samples: t.overflow_samples,
         lifetimes,
     }
 }
 
-fn used_buckets(t: &Table, counts: impl Fn(&Slot) -> (u64, u64)) -> Vec<Bucket> {
-    t.buckets
-        .iter()
-        .filter(|s| s.used)
-        .map(|s| {
-            let (allocs, frees) = counts(s);
-            Bucket {
-                key: s.key,
-                allocs,
-                frees,
-            }
-        })
-        .filter(|b| b.allocs > 0)
-        .collect()
+/// The used buckets with counts, in a vector sized once for them, `extra` more and the overflow
+/// bucket the snapshot appends: no regrowth under the lock, and no spare capacity (up to half the
+/// vector, from doubling) kept in every profile.
+fn used_buckets(t: &Table, extra: usize, counts: impl Fn(&Slot) -> (u64, u64)) -> Vec<Bucket> {
+    let mut out = Vec::with_capacity(t.buckets_used + extra + 1);
+    out.extend(
+        t.buckets
+            .iter()
+            .filter(|s| s.used)
+            .map(|s| {
+                let (allocs, frees) = counts(s);
+                Bucket::copy(s.key, allocs, frees)
+            })
+            .filter(|b| b.allocs > 0),
+    );
+    out
 }
 
-pub(crate) fn snapshot() -> RawTable {
-    with_table(|t| copy_raw(t))
+pub(crate) fn copy() -> TableCopy {
+    with_table(|t| copy_table(t))
 }
 
 /// The table as of the last peak capture, or `None` if no sample was ever taken. Lifetime rows
 /// are the current ones (distributions so far).
-pub(crate) fn peak_snapshot() -> Option<(RawTable, f64, u64)> {
+pub(crate) fn copy_at_peak() -> Option<(TableCopy, f64, u64)> {
     with_table(|t| {
         if !t.peak.captured {
             return None;
@@ -963,7 +1048,12 @@ pub(crate) fn peak_snapshot() -> Option<(RawTable, f64, u64)> {
         let epoch = t.epoch;
         let (mut stacks, lifetimes) = stacks_and_rows(t);
         let p = &t.peak;
-        let mut buckets = used_buckets(t, |s| s.at_peak(epoch));
+        let retired = if p.retired_epoch == epoch {
+            p.retired.len()
+        } else {
+            0
+        };
+        let mut buckets = used_buckets(t, retired, |s| s.at_peak(epoch));
         if p.retired_epoch == epoch {
             // Reclaimed since the capture but live at it: extra stack ids past the table's.
             for (frames, key, allocs, frees) in &p.retired {
@@ -973,17 +1063,13 @@ pub(crate) fn peak_snapshot() -> Option<(RawTable, f64, u64)> {
                     stacks.push(Some(frames.clone()));
                 }
                 let stack = (stacks.len() - 1) as u32;
-                buckets.push(Bucket {
-                    key: BucketKey { stack, ..*key },
-                    allocs: *allocs,
-                    frees: *frees,
-                });
+                buckets.push(Bucket::copy(BucketKey { stack, ..*key }, *allocs, *frees));
             }
         }
-        let raw = RawTable {
+        let raw = TableCopy {
             stacks,
             buckets,
-            mixed: p.mixed,
+            overflow_sums: p.overflow_sums,
             live_samples: p.live_samples,
             overflow_samples: p.overflow_samples,
             lifetimes,
@@ -1002,7 +1088,7 @@ pub fn table_counts() -> (usize, u64, usize, usize) {
 }
 
 /// Runs a copy of the table under the lock, as `profile()` does, and returns how long the lock
-/// was held (for `benches/dump.rs`).
+/// was held (for `dev/benches/dump.rs` and `dev/examples/lock_hold.rs`).
 #[doc(hidden)]
 pub fn bench_snapshot_lock_hold() -> std::time::Duration {
     crate::guard::profiler_scope(|| {
@@ -1010,7 +1096,7 @@ pub fn bench_snapshot_lock_hold() -> std::time::Duration {
         let raw = {
             let start = std::time::Instant::now();
             let mut g = TABLE.lock();
-            let raw = copy_raw(g.get_or_insert_with(Table::new));
+            let raw = copy_table(g.get_or_insert_with(Table::new));
             drop(g);
             held += start.elapsed();
             raw
@@ -1023,7 +1109,7 @@ pub fn bench_snapshot_lock_hold() -> std::time::Duration {
 /// A copy of the buckets only (for per-tag estimates), so the weights are computed outside the
 /// lock. Must run inside the profiler guard.
 pub(crate) fn buckets() -> Vec<Bucket> {
-    with_table(|t| used_buckets(t, |s| (s.allocs, s.frees)))
+    with_table(|t| used_buckets(t, 0, |s| (s.allocs, s.frees)))
 }
 
 /// Runs `f` with every site lock held (see `crate::with_site_lock_held`). Inside the guard.
@@ -1039,6 +1125,18 @@ pub(crate) fn with_lock_held<R>(f: impl FnOnce() -> R) -> R {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unbiased_estimates_per_bucket() {
+        // One sample of 1 MiB at 512 KiB: p = 1 - e^-2.
+        let e = estimates(1 << 20, 1 << 19, 1, 0);
+        let w = 1.0 / (1.0 - (-2f64).exp());
+        assert!((e.alloc_objects - w).abs() < 1e-12);
+        assert!((e.inuse_bytes - w * (1 << 20) as f64).abs() < 1e-6);
+        let freed = estimates(1 << 20, 1 << 19, 3, 3);
+        assert_eq!(freed.inuse_objects, 0.0);
+        assert_eq!(freed.inuse_bytes, 0.0);
+    }
 
     /// The per-item costs docs/reliability.md states and tests/rel_bounded.rs's bound uses.
     #[test]

@@ -4,48 +4,20 @@
 //! 10,000 sites, under the site lock), releases the lock, then symbolizes, trims the allocator
 //! frames, merges stacks that become equal after trimming, and computes the estimates. Encoders
 //! work from the result and never touch the lock.
+//!
+//! A bucket has two forms on its way out, each for a reason: the table's slot (its chain, peak
+//! and generation fields are the table's business) and [`sites::Bucket`], copied once under the
+//! lock and then kept: renumbered to the profile's stacks and estimated in place, it is what every
+//! encoder reads. [`Site`], the public per-stack sum of buckets, is a summary, not a copy.
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::guard::profiler_scope;
-use crate::sampler;
-use crate::sites::{self, FxBuild, OVERFLOW_STACK};
+use crate::owned::Owned;
+use crate::sites::{self, Bucket, Estimates, FxBuild, OVERFLOW_STACK};
 use crate::symbols::{self, Frame, Symbol, Symbols};
 use crate::sync::{self, Locks};
 use crate::Stats;
-
-/// Unbiased estimates for one record: raw sample counts times `1 / p(size, rate)`.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub(crate) struct Estimates {
-    pub alloc_objects: f64,
-    pub alloc_bytes: f64,
-    pub inuse_objects: f64,
-    pub inuse_bytes: f64,
-}
-
-impl Estimates {
-    pub(crate) fn add(&mut self, o: &Estimates) {
-        self.alloc_objects += o.alloc_objects;
-        self.alloc_bytes += o.alloc_bytes;
-        self.inuse_objects += o.inuse_objects;
-        self.inuse_bytes += o.inuse_bytes;
-    }
-}
-
-/// One sampled bucket: all samples of one stack, tag, size and rate. `size == 0 && rate == 0`
-/// marks the overflow bucket of mixed sizes.
-#[derive(Clone, Debug)]
-pub(crate) struct Record {
-    /// Index into `HeapProfile::stacks`.
-    pub stack: usize,
-    pub tag: u32,
-    pub size: u64,
-    pub rate: u64,
-    /// Raw samples taken, and of those freed.
-    pub allocs: u64,
-    pub frees: u64,
-    pub est: Estimates,
-}
 
 /// A snapshot of the sampled heap: per call site, unbiased estimates of what was allocated and
 /// what is still live, with symbolized stacks. Returned by [`crate::profile`].
@@ -56,26 +28,28 @@ pub struct HeapProfile {
     pub(crate) rate: u64,
     pub(crate) stats: Stats,
     /// Trimmed, deduplicated stacks, leaf first. `stacks[0]` is the overflow pseudo-site.
-    pub(crate) stacks: Vec<Arc<[Frame]>>,
-    pub(crate) records: Vec<Record>,
-    pub(crate) sites: Vec<Site>,
+    pub(crate) stacks: Owned<Vec<Arc<[Frame]>>>,
+    /// The table's buckets, `stack` an index into `stacks`, heaviest in-use bytes first; the
+    /// overflow bucket is one of them.
+    pub(crate) buckets: Owned<Vec<Bucket>>,
+    pub(crate) sites: Owned<Vec<Site>>,
     pub(crate) symbolized: bool,
     pub(crate) live_samples: usize,
     pub(crate) overflow_samples: u64,
     pub(crate) symbol_cache_bytes: usize,
     /// What symbolization lacked (e.g. a stripped binary), one line per file; written as pprof
     /// comments and in the text trailer.
-    pub(crate) symbol_notes: Vec<String>,
+    pub(crate) symbol_notes: Owned<Vec<String>>,
     /// Tag names by tag id (0 = untagged); filled by the tagging API, empty until then.
-    pub(crate) tag_names: Vec<String>,
+    pub(crate) tag_names: Owned<Vec<String>>,
     /// Each tag's key/value labels by tag id, sorted by key (see `tags`); may be shorter than
     /// `tag_names`, and a tag without an entry is the single label `tag` = its name.
-    pub(crate) tag_labels: Vec<Vec<(String, String)>>,
+    pub(crate) tag_labels: Owned<Vec<Vec<(String, String)>>>,
     /// Lifetime bins of freed samples, one row per entry of `stacks` (see `sites::LIFE_BINS`).
     /// Sorted by stack; only stacks with freed samples have a row.
-    pub(crate) lifetimes: Vec<(usize, sites::LifeRow)>,
-    /// Sites split by (stack, tag); empty when no record carries a tag (then `sites` is the split).
-    pub(crate) sites_by_tag: Vec<Site>,
+    pub(crate) lifetimes: Owned<Vec<(usize, sites::LifeRow)>>,
+    /// Sites split by (stack, tag); empty when no bucket carries a tag (then `sites` is the split).
+    pub(crate) sites_by_tag: Owned<Vec<Site>>,
 }
 
 /// One call site: a distinct (trimmed) stack, with the four estimates Go's heap profile has.
@@ -181,40 +155,12 @@ impl HeapProfile {
     }
 }
 
-impl Drop for HeapProfile {
-    fn drop(&mut self) {
-        // Everything in here was allocated inside the profiler guard; free it there too, so the
-        // program's counters never see the profiler's memory come or go.
-        profiler_scope(|| {
-            drop(core::mem::take(&mut self.stacks));
-            drop(core::mem::take(&mut self.records));
-            drop(core::mem::take(&mut self.sites));
-            drop(core::mem::take(&mut self.tag_names));
-            drop(core::mem::take(&mut self.symbol_notes));
-            drop(core::mem::take(&mut self.tag_labels));
-            drop(core::mem::take(&mut self.lifetimes));
-            drop(core::mem::take(&mut self.sites_by_tag));
-        })
-    }
-}
-
-pub(crate) fn estimates(size: u64, rate: u64, allocs: u64, frees: u64) -> Estimates {
-    let w = sampler::weight(size, rate);
-    let live = allocs.saturating_sub(frees) as f64;
-    Estimates {
-        alloc_objects: allocs as f64 * w,
-        alloc_bytes: allocs as f64 * w * size as f64,
-        inuse_objects: live * w,
-        inuse_bytes: live * w * size as f64,
-    }
-}
-
 /// Takes a profile. `symbolize: false` keeps raw addresses (no trimming: the pprof encoder then
 /// tells pprof which frames to drop once it has symbolized them offline).
 pub(crate) fn take(symbolize: bool) -> HeapProfile {
     let stats = crate::stats();
     profiler_scope(|| {
-        let raw = sites::snapshot();
+        let raw = sites::copy();
         build(raw, symbolize, stats, unix_nanos())
     })
 }
@@ -223,18 +169,18 @@ pub(crate) fn take(symbolize: bool) -> HeapProfile {
 /// if nothing was sampled yet.
 pub(crate) fn take_peak(symbolize: bool) -> HeapProfile {
     let stats = crate::stats();
-    profiler_scope(|| match sites::peak_snapshot() {
+    profiler_scope(|| match sites::copy_at_peak() {
         Some((raw, _inuse, at_ns)) => {
             // The capture has a monotonic time stamp; place it on the wall clock.
             let ago = crate::clock::now_ns().saturating_sub(at_ns) as i64;
             build(raw, symbolize, stats, unix_nanos() - ago)
         }
-        None => build(sites::RawTable::default(), symbolize, stats, unix_nanos()),
+        None => build(sites::TableCopy::default(), symbolize, stats, unix_nanos()),
     })
 }
 
 /// Everything after the lock: symbolize, trim, merge stacks, estimate, build sites.
-fn build(raw: sites::RawTable, symbolize: bool, stats: Stats, time_nanos: i64) -> HeapProfile {
+fn build(raw: sites::TableCopy, symbolize: bool, stats: Stats, time_nanos: i64) -> HeapProfile {
     let (stacks, remap, cache_bytes) = trimmed_stacks(&raw.stacks, symbolize);
     // Lifetime rows follow the stacks they belong to (summed where trimming merged stacks).
     let lifetimes = merge_rows(
@@ -242,43 +188,23 @@ fn build(raw: sites::RawTable, symbolize: bool, stats: Stats, time_nanos: i64) -
             .iter()
             .map(|(id, row)| (remap[*id as usize], row)),
     );
-    let mut records: Vec<Record> = raw
-        .buckets
-        .iter()
-        .map(|b| Record {
-            stack: remap[b.key.stack as usize],
-            tag: b.key.tag,
-            size: b.key.size,
-            rate: b.key.rate,
-            allocs: b.allocs,
-            frees: b.frees,
-            est: estimates(b.key.size, b.key.rate, b.allocs, b.frees),
-        })
-        .collect();
-    if raw.mixed.samples > 0 {
-        records.push(Record {
-            stack: 0,
-            tag: 0,
-            size: 0,
-            rate: 0,
-            allocs: raw.mixed.samples,
-            frees: raw.mixed.frees,
-            est: Estimates {
-                alloc_objects: raw.mixed.alloc_objects,
-                alloc_bytes: raw.mixed.alloc_bytes,
-                inuse_objects: raw.mixed.inuse_objects(),
-                inuse_bytes: raw.mixed.inuse_bytes(),
-            },
-        });
+    // The table's copies become the profile's buckets: renumbered, estimated, in place.
+    let mut buckets = raw.buckets;
+    for b in &mut buckets {
+        b.stack = remap[b.stack];
+        b.est = sites::estimates(b.size, b.rate, b.allocs, b.frees);
+    }
+    if raw.overflow_sums.samples > 0 {
+        buckets.push(raw.overflow_sums.bucket());
     }
     let mut p = HeapProfile {
         time_nanos,
         duration_nanos: 0,
         rate: crate::sampler::rate(),
         stats,
-        stacks,
-        records,
-        sites: Vec::new(),
+        stacks: stacks.into(),
+        buckets: buckets.into(),
+        sites: Owned::default(),
         symbolized: symbolize,
         live_samples: raw.live_samples,
         overflow_samples: raw.overflow_samples,
@@ -287,51 +213,52 @@ fn build(raw: sites::RawTable, symbolize: bool, stats: Stats, time_nanos: i64) -
             symbols::notes()
         } else {
             Vec::new()
-        },
-        tag_names: crate::tags::names().iter().map(|n| n.to_string()).collect(),
+        }
+        .into(),
+        tag_names: Owned::new(crate::tags::names().iter().map(|n| n.to_string()).collect()),
         tag_labels: crate::tags::label_sets(),
-        lifetimes,
-        sites_by_tag: Vec::new(),
+        lifetimes: lifetimes.into(),
+        sites_by_tag: Owned::default(),
     };
     p.assemble();
     p
 }
 
 impl HeapProfile {
-    /// Derives `sites` from `records` (merged per stack) and puts both in display order. Must
-    /// run inside the profiler guard.
+    /// Derives `sites` from `buckets` (merged per stack) and puts both in display order. Must
+    /// run inside the profiler guard (it replaces the profiler's own vectors).
     pub(crate) fn assemble(&mut self) {
         let names: Vec<Arc<str>> = self
             .tag_names
             .iter()
             .map(|n| Arc::from(n.as_str()))
             .collect();
-        let sites = merge_sites(&self.records, &self.stacks, None);
-        let by_tag = if self.records.iter().any(|r| r.tag != 0) {
-            merge_sites(&self.records, &self.stacks, Some(&names))
+        let sites = merge_sites(&self.buckets, &self.stacks, None);
+        let by_tag = if self.buckets.iter().any(|r| r.tag != 0) {
+            merge_sites(&self.buckets, &self.stacks, Some(&names))
         } else {
             Vec::new()
         };
-        self.records.sort_by(|a, b| {
+        self.buckets.sort_by(|a, b| {
             b.est
                 .inuse_bytes
                 .total_cmp(&a.est.inuse_bytes)
                 .then(b.est.alloc_bytes.total_cmp(&a.est.alloc_bytes))
         });
-        drop(core::mem::replace(&mut self.sites, sites));
-        drop(core::mem::replace(&mut self.sites_by_tag, by_tag));
+        *self.sites = sites;
+        *self.sites_by_tag = by_tag;
     }
 }
 
-/// Merges records into sites: per stack, or per (stack, tag) when `names` is given (the tag
+/// Merges buckets into sites: per stack, or per (stack, tag) when `names` is given (the tag
 /// names, index = id). Heaviest in-use bytes first; ties in stack order.
 fn merge_sites(
-    records: &[Record],
+    buckets: &[Bucket],
     stacks: &[Arc<[Frame]>],
     names: Option<&[Arc<str>]>,
 ) -> Vec<Site> {
     let mut merged: HashMap<(usize, u32), (Estimates, u64), FxBuild> = HashMap::default();
-    for r in records {
+    for r in buckets {
         let tag = if names.is_some() { r.tag } else { 0 };
         let e = merged.entry((r.stack, tag)).or_default();
         e.0.add(&r.est);
@@ -706,17 +633,5 @@ mod tests {
         );
         assert_eq!(f[0].address, 3);
         assert_eq!(f[0].symbols.len(), 1);
-    }
-
-    #[test]
-    fn unbiased_estimates_per_bucket() {
-        // One sample of 1 MiB at 512 KiB: p = 1 - e^-2.
-        let e = estimates(1 << 20, 1 << 19, 1, 0);
-        let w = 1.0 / (1.0 - (-2f64).exp());
-        assert!((e.alloc_objects - w).abs() < 1e-12);
-        assert!((e.inuse_bytes - w * (1 << 20) as f64).abs() < 1e-6);
-        let freed = estimates(1 << 20, 1 << 19, 3, 3);
-        assert_eq!(freed.inuse_objects, 0.0);
-        assert_eq!(freed.inuse_bytes, 0.0);
     }
 }

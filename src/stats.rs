@@ -27,7 +27,7 @@ pub struct Stats {
     pub inuse_bytes: u64,
     /// Highest `inuse_bytes` reached, as seen at flushes: below the true peak by at most what
     /// each thread allocated since its last flush (less than one sampling countdown, ≈ the
-    /// rate; 1 MiB at rate 0), above it by less than 1 MiB per other thread. Exact for a peak
+    /// rate; 1 MiB at rate 0), above it by less than 64 KiB per other thread. Exact for a peak
     /// made of blocks larger than the countdown. See the crate docs.
     pub peak_inuse_bytes: u64,
     /// The sample rate in force (bytes; 0 = off).

@@ -376,41 +376,79 @@ pub(crate) fn cache_bytes() -> usize {
 /// sends `drop_frames`). Growth frames like `alloc::raw_vec::finish_grow` or hashbrown's
 /// `reserve_rehash` are *not* matched: they tell which container grew.
 pub(crate) fn is_allocator_frame(function: &str) -> bool {
-    // heapsight's own frames on the allocation path, by module, not all of `heapsight::`: the
-    // generic wrappers that run the program's code (`<heapsight::tags::Tagged<F>>::poll`,
-    // `heapsight::tags::with_tag`, `heapsight::measure::measure`) sit between a call site and its
-    // caller, and the code inlined into them is the program's.
-    const PREFIXES: &[&str] = &[
-        "heapsight::alloc::",
-        "<heapsight::alloc::",
-        "heapsight::guard::",
-        "heapsight::counters::",
-        "heapsight::sampler::",
-        "heapsight::sites::",
-        "heapsight::stack::",
-        "__rust_alloc",
-        "__rust_dealloc",
-        "__rust_realloc",
-        "__rg_",
-        "__rdl_",
-        "alloc::alloc::",
-        "<alloc::alloc::Global as core::alloc::Allocator>",
-        "std::alloc::",
-        "<std::alloc::System as core::alloc::global::GlobalAlloc>",
-        "core::alloc::",
-        "backtrace::",
-        "_Unwind_",
-    ];
-    PREFIXES.iter().any(|p| function.starts_with(p))
+    ALLOCATOR_FRAME_PREFIXES
+        .iter()
+        .any(|p| function.starts_with(p))
 }
 
-/// The regular expression pprof's `drop_frames` gets, for stacks written without symbols and
-/// symbolized later by `go tool pprof`: the same frames as [`is_allocator_frame`].
-pub const DROP_FRAMES_REGEX: &str = r"(<?heapsight::(alloc|guard|counters|sampler|sites|stack)::.*|__rust_alloc.*|__rust_dealloc.*|__rust_realloc.*|__rg_.*|__rdl_.*|alloc::alloc::.*|<alloc::alloc::Global as core::alloc::Allocator>.*|std::alloc::.*|core::alloc::.*|backtrace::.*|_Unwind_.*)";
+/// The names [`is_allocator_frame`] matches, by prefix; the one list, also sent to pprof as
+/// [`drop_frames_regex`].
+///
+/// heapsight's own frames on the allocation path are listed by module, not all of `heapsight::`:
+/// the generic wrappers that run the program's code (`<heapsight::tags::Tagged<F>>::poll`,
+/// `heapsight::tags::with_tag`, `heapsight::measure::measure`) sit between a call site and its
+/// caller, and the code inlined into them is the program's.
+const ALLOCATOR_FRAME_PREFIXES: &[&str] = &[
+    "heapsight::alloc::",
+    "<heapsight::alloc::",
+    "heapsight::guard::",
+    "heapsight::counters::",
+    "heapsight::sampler::",
+    "heapsight::sites::",
+    "heapsight::stack::",
+    "__rust_alloc",
+    "__rust_dealloc",
+    "__rust_realloc",
+    "__rg_",
+    "__rdl_",
+    "alloc::alloc::",
+    "<alloc::alloc::Global as core::alloc::Allocator>",
+    "std::alloc::",
+    "<std::alloc::System as core::alloc::global::GlobalAlloc>",
+    "core::alloc::",
+    "backtrace::",
+    "_Unwind_",
+];
+
+/// The regular expression (RE2, matched against whole names) pprof's `drop_frames` gets, for
+/// stacks written without symbols and symbolized later by `go tool pprof`: the frames of
+/// [`is_allocator_frame`], built from the same list.
+pub(crate) fn drop_frames_regex() -> String {
+    let mut re = String::from("(");
+    for (i, p) in ALLOCATOR_FRAME_PREFIXES.iter().enumerate() {
+        if i > 0 {
+            re.push('|');
+        }
+        for c in p.chars() {
+            if "\\.+*?()|[]{}^$".contains(c) {
+                re.push('\\');
+            }
+            re.push(c);
+        }
+        re.push_str(".*");
+    }
+    re.push(')');
+    re
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drop_frames_regex_lists_every_allocator_prefix() {
+        let re = drop_frames_regex();
+        let alternatives: Vec<&str> = re[1..re.len() - 1].split('|').collect();
+        assert_eq!(alternatives.len(), ALLOCATOR_FRAME_PREFIXES.len());
+        for (a, p) in alternatives.iter().zip(ALLOCATOR_FRAME_PREFIXES) {
+            // No prefix has a regex metacharacter today, so each is itself followed by `.*`.
+            assert_eq!(*a, format!("{p}.*"));
+        }
+        assert!(
+            re.starts_with("(heapsight::alloc::.*|<heapsight::alloc::.*|"),
+            "{re}"
+        );
+    }
 
     #[test]
     fn allocator_frames() {

@@ -47,6 +47,7 @@ use std::sync::Arc;
 
 use crate::counters::{self, MAX_TAGS};
 use crate::guard::{profiler_scope, THREAD};
+use crate::owned::Owned;
 use crate::sync::Lock;
 
 /// Longest tag name in bytes; [`tag`] truncates longer names (at a character boundary).
@@ -251,26 +252,25 @@ fn truncate(name: &str) -> &str {
     &name[..end]
 }
 
-/// Every interned name, index = id (`[0]` = "" for untagged). Allocates: call inside the
-/// profiler guard, and drop the result there.
-pub(crate) fn names() -> Vec<Arc<str>> {
-    debug_assert!(crate::guard::in_profiler());
-    with_names(|n| n.list.clone())
+/// Every interned name, index = id (`[0]` = "" for untagged); the profiler's memory.
+pub(crate) fn names() -> Owned<Vec<Arc<str>>> {
+    with_names(|n| Owned::new(n.list.clone()))
 }
 
-/// Every interned label set as owned strings, index = id (`[0]` empty for untagged). Allocates:
-/// call inside the profiler guard, and drop the result there.
-pub(crate) fn label_sets() -> Vec<Vec<(String, String)>> {
-    debug_assert!(crate::guard::in_profiler());
+/// Every interned label set as owned strings, index = id (`[0]` empty for untagged); the
+/// profiler's memory.
+pub(crate) fn label_sets() -> Owned<Vec<Vec<(String, String)>>> {
     with_names(|n| {
-        n.labels
-            .iter()
-            .map(|set| {
-                set.iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect()
-            })
-            .collect()
+        Owned::new(
+            n.labels
+                .iter()
+                .map(|set| {
+                    set.iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect()
+                })
+                .collect(),
+        )
     })
 }
 
@@ -342,8 +342,10 @@ impl Tag {
     pub fn labels(self) -> Vec<(String, String)> {
         let set = profiler_scope(|| {
             let list = NAMES.lock();
-            list.as_ref()
-                .and_then(|n| n.labels.get(self.0 as usize).cloned())
+            Owned::new(
+                list.as_ref()
+                    .and_then(|n| n.labels.get(self.0 as usize).cloned()),
+            )
         });
         let out = set
             .as_deref()
@@ -351,7 +353,6 @@ impl Tag {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        profiler_scope(|| drop(set));
         out
     }
 
@@ -370,16 +371,16 @@ impl Tag {
 
     /// The name (`""` for [`Tag::UNTAGGED`]).
     pub fn name(self) -> String {
+        // The `Arc` clone is made inside the guard; the table keeps the name alive, so dropping
+        // it frees nothing, but keep the rule simple: it is the profiler's.
         let name = profiler_scope(|| {
             let list = NAMES.lock();
-            list.as_ref()
-                .and_then(|n| n.list.get(self.0 as usize).cloned())
+            Owned::new(
+                list.as_ref()
+                    .and_then(|n| n.list.get(self.0 as usize).cloned()),
+            )
         });
-        let s = name.as_deref().unwrap_or("").to_string();
-        // The `Arc` clone was made inside the guard; the table keeps the name alive, so dropping
-        // it here frees nothing, but keep the rule simple and drop it there too.
-        profiler_scope(|| drop(name));
-        s
+        name.as_deref().unwrap_or("").to_string()
     }
 }
 
@@ -527,7 +528,7 @@ pub struct TagStats {
 /// estimates. Lock-free for the counts; copies the site table's buckets under its lock briefly.
 /// The returned vector is ordinary (counted) program memory.
 pub fn tag_stats() -> Vec<TagStats> {
-    let names = profiler_scope(names);
+    let names = names();
     let mut out: Vec<TagStats> = names
         .iter()
         .enumerate()
@@ -548,18 +549,17 @@ pub fn tag_stats() -> Vec<TagStats> {
     let mut est = [(0f64, 0f64, 0u64, 0u64); MAX_TAGS];
     profiler_scope(|| {
         for b in crate::sites::buckets() {
-            let tag = b.key.tag as usize;
+            let tag = b.tag as usize;
             if tag == 0 || tag >= names.len() {
                 continue;
             }
-            let e = crate::snapshot::estimates(b.key.size, b.key.rate, b.allocs, b.frees);
+            let e = crate::sites::estimates(b.size, b.rate, b.allocs, b.frees);
             let t = &mut est[tag];
             t.0 += e.inuse_objects;
             t.1 += e.inuse_bytes;
             t.2 += b.allocs;
             t.3 += b.allocs.saturating_sub(b.frees);
         }
-        drop(names);
     });
     for s in &mut out {
         let i = s.id as usize;

@@ -18,7 +18,7 @@ mod support;
 
 const MIB: usize = 1 << 20;
 /// Bytes a thread frees between two flushes (`counters::FREE_FLUSH`).
-const FREE_FLUSH: u64 = 1 << 20;
+const FREE_FLUSH: u64 = 64 * 1024;
 /// The longest countdown at rate 0 (`sampler::OFF_INTERVAL`), and the longest gap drawn at rate
 /// `r` (26 random bits: `26 ln 2 × r + 1`; see `sampler`).
 const OFF_INTERVAL: u64 = 1 << 20;

@@ -3,13 +3,13 @@
 
     python3 dev/benches/callgrind.py [N] [SAMPLED]
 
-Builds `examples/hotpath.rs` (release, frame pointers), runs it under
-`valgrind --tool=callgrind` once per case, collecting only inside that case's `case_*` function
-(`--toggle-collect`), and reads the total instructions (Ir). Each case does N 32 B alloc+free
-pairs (SAMPLED for the rate-1 cases, a tenth of that with DWARF), so Ir / N is the cost of one
-pair and the difference with the inner allocator's case is what heapsight adds. Instruction
-counts do not depend on machine load, unlike the criterion timings. Target: <= 20 added
-instructions per unsampled pair.
+Builds `dev/examples/hotpath.rs` (release, frame pointers), runs it under
+`valgrind --tool=callgrind` per case, collecting only inside that case's `case_*` function
+(`--toggle-collect`), at N and 2N 32 B alloc+free pairs (SAMPLED for the rate-1 cases, a tenth
+of that with DWARF): the slope of the instruction count (Ir) is the cost of one pair (see
+dev/callgrind_slope.py), and the difference with the inner allocator's case is what heapsight
+adds. Instruction counts do not depend on machine load, unlike the criterion timings. Target:
+<= 20 added instructions per unsampled pair.
 """
 import os
 import subprocess
@@ -18,6 +18,8 @@ import tempfile
 
 # The workspace root (this file is dev/benches/X.py): cargo runs there, target/ is there.
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "dev"))
+import callgrind_slope  # noqa: E402
 
 
 CASES = [
@@ -33,30 +35,6 @@ CASES = [
 ]
 
 
-def instructions(exe, case, n, tmp):
-    """Instructions executed inside `case_<case>` (inclusive), from callgrind's totals line."""
-    out = os.path.join(tmp, f"callgrind.{case}.out")
-    subprocess.run(
-        [
-            "valgrind",
-            "--tool=callgrind",
-            f"--toggle-collect=hotpath::case_{case}",
-            "--callgrind-out-file=" + out,
-            exe,
-            case,
-            str(n),
-        ],
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    with open(out) as f:
-        for line in f:
-            if line.startswith("totals:") or line.startswith("summary:"):
-                return int(line.split()[1])
-    sys.exit(f"no totals in {out}")
-
-
 def main():
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
     sampled = int(sys.argv[2]) if len(sys.argv) > 2 else 10_000
@@ -67,9 +45,12 @@ def main():
     per = {}
     with tempfile.TemporaryDirectory() as tmp:
         for _, case, _, k in CASES:
-            per[case] = instructions(exe, case, counts[k], tmp) / counts[k]
-    print(f"valgrind --tool=callgrind, 32 B alloc+free pairs (N={n:,} unsampled; "
-          f"{sampled:,} sampled with frame pointers, {counts['d']:,} with DWARF)")
+            n1 = counts[k]
+            per[case] = callgrind_slope.slope_in(
+                tmp, exe, [case], f"hotpath::case_{case}", n1, 2 * n1
+            )["Ir"]
+    print(f"valgrind --tool=callgrind, 32 B alloc+free pairs, slope between N and 2N (N={n:,} "
+          f"unsampled; {sampled:,} sampled with frame pointers, {counts['d']:,} with DWARF)")
     print(f"{'case':<36} {'instructions/pair':>18} {'added vs inner':>15}")
     worst = 0.0
     for label, case, base, k in CASES:

@@ -3,55 +3,18 @@
 //!
 //!     cargo bench -p heapsight-dev --bench dump
 //!
-//! 10,000 distinct stacks come from real calls: `step` walks 14 levels, going through `left` or
-//! `right` by the bits of a path number, and allocates at the bottom; at rate 1 every allocation
-//! is sampled, so every path is its own site.
-#![allow(clippy::vec_box)] // each leaf allocation must be its own heap block: `Vec<Box<_>>`
+//! The 10,000 distinct stacks come from real calls (see `sites10k`).
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 
+mod sites10k;
+use sites10k::{setup, SITES};
+
 #[global_allocator]
 static GLOBAL: heapsight::HeapSight = heapsight::HeapSight::system();
-
-const SITES: u32 = 10_000;
-const DEPTH: u32 = 14; // 2^14 > 10,000 paths
-
-#[inline(never)]
-fn left(bits: u32, depth: u32, out: &mut Vec<Box<[u8; 64]>>) -> usize {
-    black_box(step(bits, depth, out)) + 1
-}
-
-#[inline(never)]
-fn right(bits: u32, depth: u32, out: &mut Vec<Box<[u8; 64]>>) -> usize {
-    black_box(step(bits, depth, out)) + 2
-}
-
-#[inline(never)]
-fn step(bits: u32, depth: u32, out: &mut Vec<Box<[u8; 64]>>) -> usize {
-    if depth == 0 {
-        out.push(black_box(Box::new([0u8; 64])));
-        return out.len();
-    }
-    let n = if bits & 1 == 0 {
-        left(bits >> 1, depth - 1, out)
-    } else {
-        right(bits >> 1, depth - 1, out)
-    };
-    black_box(n)
-}
-
-fn setup() -> Vec<Box<[u8; 64]>> {
-    let mut live = Vec::with_capacity(SITES as usize);
-    heapsight::set_sample_rate(1);
-    for path in 0..SITES {
-        step(path, DEPTH, &mut live);
-    }
-    heapsight::set_sample_rate(0);
-    live
-}
 
 fn dump(c: &mut Criterion) {
     let live = setup();

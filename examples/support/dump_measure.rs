@@ -13,6 +13,8 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Instant;
 
+use heapsight::bench_elf;
+
 /// `VmRSS` and `VmHWM` in KiB.
 pub fn rss_kib() -> (u64, u64) {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -59,7 +61,7 @@ pub fn get(addr: SocketAddr, path: &str) -> usize {
 pub enum Symbolizer {
     /// `GET /debug/pprof/heap` from heapsight's server: heapsight's own symbolizer.
     Http,
-    /// `backtrace::resolve` per address, results cached forever (heapsight's previous symbolizer).
+    /// `backtrace::resolve` per address, results cached forever (the plain in-process way).
     Backtrace,
     /// Function names from the ELF symbol table, file:line from lazily parsed line programs
     /// (`addr2line::Context::find_location`), all dropped after the dump.
@@ -155,88 +157,45 @@ fn profile_addresses() -> Vec<usize> {
     a
 }
 
-/// The executable mapping of this binary: (start, offset, path).
-fn exe_mapping(addr: usize) -> Option<(u64, u64, String)> {
-    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-    maps.lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        let (lo, hi) = f[0].split_once('-')?;
-        let (lo, hi) = (
-            u64::from_str_radix(lo, 16).ok()?,
-            u64::from_str_radix(hi, 16).ok()?,
-        );
-        ((lo..hi).contains(&(addr as u64)) && f.len() >= 6)
-            .then(|| (lo, u64::from_str_radix(f[2], 16).unwrap(), f[5].to_string()))
-    })
-}
-
 /// File offsets (of `addr - 1`) of the addresses in this binary, and the binary's path.
 fn file_offsets(addrs: &[usize]) -> (String, Vec<u64>) {
-    let Some((_, _, path)) = exe_mapping(file_offsets as *const () as usize) else {
+    let maps = bench_elf::self_mappings();
+    let mapping_of = |a: usize| {
+        maps.iter()
+            .find(|m| (m.start..m.limit).contains(&(a as u64)))
+    };
+    let Some(exe) = mapping_of(file_offsets as *const () as usize) else {
         return (String::new(), Vec::new());
     };
     let mut offs = Vec::new();
     for &a in addrs {
-        if let Some((lo, off, p)) = exe_mapping(a) {
-            if p == path {
-                offs.push(a as u64 - 1 - lo + off);
-            }
+        if let Some(m) = mapping_of(a).filter(|m| m.file == exe.file) {
+            offs.push(a as u64 - 1 - m.start + m.offset);
         }
     }
-    (path, offs)
+    (exe.file.clone(), offs)
 }
 
 /// addr2line's `Context` on the whole file (what the helper process runs), in process and
 /// dropped after the dump.
 fn addr2line_in_process(addrs: &[usize]) -> usize {
     let (path, offs) = file_offsets(addrs);
-    let data = map_file(&path);
-    symbolize_offsets(&data, &offs, true).len()
+    let data = bench_elf::MappedFile::open(&path).expect("map the executable");
+    symbolize_offsets(data.bytes(), &offs, true).len()
 }
 
 /// Symbol-table names plus lazily parsed line tables, everything dropped at the end.
 fn symtab_lines(addrs: &[usize]) -> usize {
     let (path, offs) = file_offsets(addrs);
-    let data = map_file(&path);
-    symbolize_offsets(&data, &offs, false).len()
-}
-
-/// The whole file, mapped read-only (dropped = unmapped).
-struct Mapped(&'static [u8]);
-impl core::ops::Deref for Mapped {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        self.0
-    }
-}
-impl Drop for Mapped {
-    fn drop(&mut self) {
-        unsafe { libc::munmap(self.0.as_ptr() as *mut _, self.0.len()) };
-    }
-}
-fn map_file(path: &str) -> Mapped {
-    use std::os::unix::io::AsRawFd;
-    let f = std::fs::File::open(path).unwrap();
-    let len = f.metadata().unwrap().len() as usize;
-    let p = unsafe {
-        libc::mmap(
-            core::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_PRIVATE,
-            f.as_raw_fd(),
-            0,
-        )
-    };
-    assert_ne!(p, libc::MAP_FAILED);
-    Mapped(unsafe { core::slice::from_raw_parts(p as *const u8, len) })
+    let data = bench_elf::MappedFile::open(&path).expect("map the executable");
+    symbolize_offsets(data.bytes(), &offs, false).len()
 }
 
 /// One line per offset: `name file:line`, with inlined frames (`frames`) or the symbol table's
 /// name plus the line program's location.
 pub fn symbolize_offsets(data: &[u8], offs: &[u64], frames: bool) -> Vec<String> {
     use addr2line::gimli;
-    use object::{Object, ObjectSection, ObjectSegment};
+    use object::{Object, ObjectSection};
     let file = object::File::parse(data).unwrap();
     let endian = if file.is_little_endian() {
         gimli::RunTimeEndian::Little
@@ -264,15 +223,11 @@ pub fn symbolize_offsets(data: &[u8], offs: &[u64], frames: bool) -> Vec<String>
         }
     }
     let symtab = (!frames).then(|| file.symbol_map());
-    let vaddr = |off: u64| {
-        file.segments().find_map(|s| {
-            let (o, n) = s.file_range();
-            (off >= o && off - o < n).then(|| off - o + s.address())
-        })
-    };
     let mut out = Vec::new();
     for &off in offs {
-        let Some(v) = vaddr(off) else { continue };
+        let Some(v) = bench_elf::file_offset_to_vaddr(&file, off) else {
+            continue;
+        };
         let mut line = String::new();
         if frames {
             let mut it = ctx.find_frames(v).skip_all_loads().unwrap();
@@ -359,8 +314,8 @@ pub fn helper_main() -> bool {
         .lines()
         .filter_map(|l| u64::from_str_radix(l, 16).ok())
         .collect();
-    let data = map_file(&path);
-    let out = symbolize_offsets(&data, &offs, true);
+    let data = bench_elf::MappedFile::open(&path).expect("map the executable");
+    let out = symbolize_offsets(data.bytes(), &offs, true);
     let mut o = std::io::stdout().lock();
     for l in out {
         let _ = writeln!(o, "{l}");

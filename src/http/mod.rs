@@ -310,7 +310,7 @@ fn render(route: Route, symbolize: bool) -> Response {
             heapsight_page().into_bytes(),
         ),
         Route::Since { allocs, secs } => match crate::history::since(Duration::from_secs(secs)) {
-            Some(p) => pprof_response(&p, allocs),
+            Some(p) => profile_response(&p, false, allocs, "-since"),
             None => Response::text(
                 404,
                 "no history recorded yet: heapsight::history::start (http::serve starts it)".into(),
@@ -329,46 +329,30 @@ fn render(route: Route, symbolize: bool) -> Response {
                     take().delta(&before)
                 }
             };
-            let mut body = Vec::new();
-            let written = if debug {
-                profile.write_text(&mut body)
-            } else if allocs {
-                profile.write_pprof_allocs(&mut body)
-            } else {
-                profile.write_pprof(&mut body)
-            };
-            match written {
-                Ok(()) if debug => Response::new(200, "text/plain; charset=utf-8", body),
-                Ok(()) => {
-                    let mut r = Response::new(200, "application/octet-stream", body);
-                    let name = if allocs { "allocs" } else { "heap" };
-                    r.headers.push((
-                        "Content-Disposition",
-                        format!("attachment; filename=\"{name}\""),
-                    ));
-                    r
-                }
-                Err(e) => Response::text(500, format!("could not write the profile: {e}")),
-            }
+            profile_response(&profile, debug, allocs, "")
         }
     }
 }
 
-/// A pprof body for a `since` comparison.
-fn pprof_response(p: &crate::HeapProfile, allocs: bool) -> Response {
+/// A profile as Go's `debug=1` text, or as a pprof attachment named `heap` or `allocs` (plus
+/// `suffix`) as Go serves it.
+fn profile_response(p: &crate::HeapProfile, debug: bool, allocs: bool, suffix: &str) -> Response {
     let mut body = Vec::new();
-    let written = if allocs {
+    let written = if debug {
+        p.write_text(&mut body)
+    } else if allocs {
         p.write_pprof_allocs(&mut body)
     } else {
         p.write_pprof(&mut body)
     };
     match written {
+        Ok(()) if debug => Response::new(200, "text/plain; charset=utf-8", body),
         Ok(()) => {
             let mut r = Response::new(200, "application/octet-stream", body);
             let name = if allocs { "allocs" } else { "heap" };
             r.headers.push((
                 "Content-Disposition",
-                format!("attachment; filename=\"{name}-since\""),
+                format!("attachment; filename=\"{name}{suffix}\""),
             ));
             r
         }
@@ -425,73 +409,41 @@ mod tests {
 
     #[test]
     fn routes() {
-        assert_eq!(
-            parse("/debug/pprof/heap"),
+        let heap = |allocs, debug, seconds| {
             Ok(Route::Heap {
-                allocs: false,
-                debug: false,
-                seconds: None
+                allocs,
+                debug,
+                seconds,
             })
-        );
-        assert_eq!(
-            parse("/debug/pprof/heap?debug=1"),
-            Ok(Route::Heap {
-                allocs: false,
-                debug: true,
-                seconds: None
-            })
-        );
-        assert_eq!(
-            parse("/debug/pprof/allocs?gc=1"),
-            Ok(Route::Heap {
-                allocs: true,
-                debug: false,
-                seconds: None
-            })
-        );
-        assert_eq!(
-            parse("/debug/pprof/heap?seconds=5"),
-            Ok(Route::Heap {
-                allocs: false,
-                debug: false,
-                seconds: Some(5)
-            })
-        );
-        assert_eq!(parse("/debug/pprof/"), Ok(Route::Index));
-        assert_eq!(parse("/metrics"), Ok(Route::Metrics));
-        assert_eq!(parse("/debug/heapsight"), Ok(Route::Page));
+        };
+        for (target, route) in [
+            ("/debug/pprof/heap", heap(false, false, None)),
+            ("/debug/pprof/heap?debug=1", heap(false, true, None)),
+            ("/debug/pprof/allocs?gc=1", heap(true, false, None)),
+            ("/debug/pprof/heap?seconds=5", heap(false, false, Some(5))),
+            ("/debug/pprof/", Ok(Route::Index)),
+            ("/metrics", Ok(Route::Metrics)),
+            ("/debug/heapsight", Ok(Route::Page)),
+            ("/debug/pprof/heap?unknown=1&x", heap(false, false, None)),
+        ] {
+            assert_eq!(parse(target), route, "{target}");
+        }
         assert!(matches!(
             parse("/debug/pprof/goroutine"),
             Err(Refusal::NotFound(_))
         ));
-        assert!(matches!(
-            parse("/debug/pprof/heap?seconds=0"),
-            Err(Refusal::BadRequest(_))
-        ));
-        assert!(matches!(
-            parse("/debug/pprof/heap?seconds=301"),
-            Err(Refusal::BadRequest(_))
-        ));
-        assert!(matches!(
-            parse("/debug/pprof/heap?seconds=x"),
-            Err(Refusal::BadRequest(_))
-        ));
-        assert!(matches!(
-            parse("/debug/pprof/heap?debug=9"),
-            Err(Refusal::BadRequest(_))
-        ));
-        assert!(matches!(
-            parse("/debug/pprof/heap?debug=1&seconds=2"),
-            Err(Refusal::BadRequest(_))
-        ));
-        assert_eq!(
-            parse("/debug/pprof/heap?unknown=1&x"),
-            Ok(Route::Heap {
-                allocs: false,
-                debug: false,
-                seconds: None
-            })
-        );
+        for target in [
+            "/debug/pprof/heap?seconds=0",
+            "/debug/pprof/heap?seconds=301",
+            "/debug/pprof/heap?seconds=x",
+            "/debug/pprof/heap?debug=9",
+            "/debug/pprof/heap?debug=1&seconds=2",
+        ] {
+            assert!(
+                matches!(parse(target), Err(Refusal::BadRequest(_))),
+                "{target}"
+            );
+        }
     }
 
     #[test]

@@ -43,19 +43,9 @@ pub(super) fn escape_html(s: &str) -> String {
     o
 }
 
+/// Bytes for the page: one decimal (`1.2 MiB`).
 pub(super) fn human(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
+    crate::profile::Bytes(b as f64, 1).to_string()
 }
 
 /// The page a person reads: counters, top sites by live and by allocated bytes, tags, the

@@ -3,7 +3,7 @@
 //!
 //! Why an event loop in front of the workers: a worker blocked reading a connection that sends
 //! nothing (an idle keep-alive from a browser, a half-open socket, a port scanner) is a worker
-//! lost for the read timeout, and [`WORKERS`] such clients used to starve every real request. So
+//! lost for the read timeout, and [`WORKERS`] such clients would starve every real request. So
 //! one thread accepts, keeps every connection non-blocking in a `poll(2)` set until its request
 //! head is complete (or it times out, or it is the oldest of too many), and only then hands it to
 //! a worker. Idle connections cost a slot in that set, never a worker.
@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use super::{printable, respond, Response, IO_TIMEOUT, MAX_REQUEST_BYTES, WORKERS};
 use crate::guard::profiler_scope;
+use crate::owned::Owned;
 
 /// Connections waiting for their request head at once; past it the oldest is closed.
 const MAX_PENDING: usize = 256;
@@ -98,7 +99,7 @@ pub fn serve(addr: impl ToSocketAddrs) -> io::Result<Handle> {
     // too, by whichever of the threads (or the end of this function) drops it last.
     let (tx, rx) = profiler_scope(|| {
         let (tx, rx) = sync_channel::<Job>(QUEUE);
-        (tx, Arc::new(Mutex::new(rx)))
+        (Owned::new(tx), Owned::new(Arc::new(Mutex::new(rx))))
     });
     let mut threads = Vec::with_capacity(WORKERS + 1);
     for i in 0..WORKERS {
@@ -111,7 +112,6 @@ pub fn serve(addr: impl ToSocketAddrs) -> io::Result<Handle> {
                     profiler_scope(|| {
                         shared.ready.fetch_add(1, Release);
                         worker(&rx);
-                        drop(rx);
                     })
                 })?,
         );
@@ -130,7 +130,7 @@ pub fn serve(addr: impl ToSocketAddrs) -> io::Result<Handle> {
                 })?,
         );
     }
-    profiler_scope(|| drop(rx));
+    drop(rx);
     while shared.ready.load(Acquire) < WORKERS + 1 {
         thread::sleep(Duration::from_millis(1));
     }
@@ -254,7 +254,7 @@ fn parse_head(buf: &[u8]) -> Head {
     }
 }
 
-fn accept_loop(listener: &TcpListener, stop: &AtomicBool, jobs: SyncSender<Job>) {
+fn accept_loop(listener: &TcpListener, stop: &AtomicBool, jobs: Owned<SyncSender<Job>>) {
     let mut pending: Vec<Pending> = Vec::new();
     let mut fds: Vec<libc::pollfd> = Vec::new();
     while !stop.load(Relaxed) {

@@ -13,6 +13,7 @@
 //! scrape; pprof asks for the names of the few addresses it shows.
 use super::Response;
 use crate::guard::profiler_scope;
+use crate::owned::Owned;
 
 /// Most addresses answered per request (a profile has at most a few tens of thousands of
 /// locations; more is not a pprof request).
@@ -68,11 +69,9 @@ pub(crate) fn answer(input: &[u8]) -> Response {
                 let _ = writeln!(text, "{a:#x} {}", f.function);
             }
         }
-        text
+        Owned::new(text)
     });
-    let body = text.as_bytes().to_vec();
-    profiler_scope(|| drop(text));
-    Response::new(200, "text/plain; charset=utf-8", body)
+    Response::new(200, "text/plain; charset=utf-8", text.as_bytes().to_vec())
 }
 
 #[cfg(test)]

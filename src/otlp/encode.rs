@@ -24,7 +24,7 @@ use std::collections::HashMap;
 
 use crate::profile::maps::Mapping;
 use crate::profile::proto::Encoder;
-use crate::profile::{display_name, SampleType, OVERFLOW_NAME};
+use crate::profile::{display_name, SampleFrames, SampleType};
 use crate::sites::FxBuild;
 use crate::snapshot::HeapProfile;
 use crate::symbols::Frame;
@@ -177,36 +177,20 @@ type Sample = (i32, Vec<i32>, i64);
 
 /// The samples of `p` for the two sample types `types`, zero values left out.
 fn samples(p: &HeapProfile, types: [SampleType; 2], meta: &Meta, d: &mut Dict) -> [Vec<Sample>; 2] {
-    let overflow: [Frame; 1] = [Frame {
-        address: 0,
-        symbols: crate::symbols::Symbols::new(vec![crate::Symbol {
-            function: OVERFLOW_NAME.to_string(),
-            file: None,
-            line: None,
-        }]),
-    }];
+    let frames = SampleFrames::new();
     let mut out = [Vec::new(), Vec::new()];
-    for r in &p.records {
+    for r in &p.buckets {
         let values = types.map(|t| t.of(&r.est).round() as i64);
         if values == [0, 0] {
             continue;
         }
-        let frames: &[Frame] = if r.stack == 0 {
-            &overflow
-        } else {
-            &p.stacks[r.stack]
-        };
         let locs = frames
+            .of(p, r.stack)
             .iter()
             .map(|f| d.location(meta.mappings, f))
             .collect();
         let stack = d.stack(locs);
-        // The allocation size; for the overflow record of mixed sizes the average, as pprof's.
-        let size = if r.size == 0 && r.est.alloc_objects > 0.0 {
-            (r.est.alloc_bytes / r.est.alloc_objects).round() as i64
-        } else {
-            r.size as i64
-        };
+        let size = r.label_size();
         let mut attrs = vec![d.attribute("bytes", &Value::Int(size), "bytes")];
         if let Some(tag) = p.tag_name(r.tag) {
             attrs.push(d.attribute("tag", &Value::Str(tag.to_string()), ""));

@@ -4,21 +4,20 @@
 //! snapshots are per-bucket differences of raw counts, unbiased afresh with the bucket's weight
 //! (exact: one bucket has one size and one rate). In-use is the later snapshot's: what is live at
 //! its end, wherever it was allocated. Lifetimes are the per-stack differences: blocks freed in
-//! between. The overflow record of mixed sizes has only weighted sums, so its difference is taken
+//! between. The overflow bucket of mixed sizes has only weighted sums, so its difference is taken
 //! on the estimates. A stack the site table reclaimed between the two snapshots moved its counts
-//! into that record: its earlier counts are taken out of the record's difference (they were
+//! into that bucket: its earlier counts are taken out of the bucket's difference (they were
 //! made before `earlier`), and its earlier lifetimes out of the frame-less site's row.
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use crate::sites::FxBuild;
-use crate::snapshot::{estimates, Estimates, HeapProfile, Record};
-use crate::symbols::Frame;
+use crate::owned::Owned;
+use crate::sites::{estimates, Bucket, Estimates, FxBuild};
+use crate::snapshot::HeapProfile;
 
-/// A record's identity across two profiles: stack addresses, tag, size, rate.
+/// A bucket's identity across two profiles: stack addresses, tag, size, rate.
 type Key = (Vec<usize>, u32, u64, u64);
 
-fn key(p: &HeapProfile, r: &Record) -> Key {
+fn key(p: &HeapProfile, r: &Bucket) -> Key {
     (
         p.stacks[r.stack].iter().map(|f| f.address).collect(),
         r.tag,
@@ -28,8 +27,8 @@ fn key(p: &HeapProfile, r: &Record) -> Key {
 }
 
 pub(crate) fn delta(later: &HeapProfile, earlier: &HeapProfile) -> HeapProfile {
-    let before: HashMap<Key, &Record, FxBuild> = earlier
-        .records
+    let before: HashMap<Key, &Bucket, FxBuild> = earlier
+        .buckets
         .iter()
         .map(|r| (key(earlier, r), r))
         .collect();
@@ -40,17 +39,16 @@ pub(crate) fn delta(later: &HeapProfile, earlier: &HeapProfile) -> HeapProfile {
         .map(|i| (stack_addrs(earlier, i), i))
         .collect();
 
-    // Records of `earlier` that `later` no longer has: reclaimed stacks, whose counts are now in
-    // the mixed record (and lifetimes in stack 0's row).
+    // Buckets of `earlier` that `later` no longer has: reclaimed stacks, whose counts are now in
+    // the overflow bucket (and lifetimes in stack 0's row).
     let later_keys: std::collections::HashSet<Key, FxBuild> =
-        later.records.iter().map(|r| key(later, r)).collect();
+        later.buckets.iter().map(|r| key(later, r)).collect();
     let later_stacks: std::collections::HashSet<Vec<usize>, FxBuild> = (0..later.stacks.len())
         .map(|i| stack_addrs(later, i))
         .collect();
-    let mixed = |r: &Record| r.size == 0 && r.rate == 0;
     let mut gone = (0u64, 0u64, 0f64, 0f64);
-    for r in &earlier.records {
-        if !mixed(r) && !later_keys.contains(&key(earlier, r)) {
+    for r in &earlier.buckets {
+        if !r.is_overflow() && !later_keys.contains(&key(earlier, r)) {
             gone.0 += r.allocs;
             gone.1 += r.frees;
             gone.2 += r.est.alloc_objects;
@@ -65,19 +63,19 @@ pub(crate) fn delta(later: &HeapProfile, earlier: &HeapProfile) -> HeapProfile {
             }
         }
     }
-    let mut records = Vec::new();
-    for r in &later.records {
-        let mixed = mixed(r);
+    let mut buckets = Vec::new();
+    for r in &later.buckets {
+        let overflow = r.is_overflow();
         let old = before.get(&key(later, r));
         let (old_allocs, old_frees) = old.map_or((0, 0), |o| (o.allocs, o.frees));
-        let (old_allocs, old_frees) = if mixed {
+        let (old_allocs, old_frees) = if overflow {
             (old_allocs + gone.0, old_frees + gone.1)
         } else {
             (old_allocs, old_frees)
         };
         let allocs = r.allocs - old_allocs.min(r.allocs);
-        let est = if mixed {
-            // Mixed overflow record: weighted sums only.
+        let est = if overflow {
+            // The overflow bucket: weighted sums only.
             let (ao, ab) = old.map_or((0.0, 0.0), |o| (o.est.alloc_objects, o.est.alloc_bytes));
             let (ao, ab) = (ao + gone.2, ab + gone.3);
             Estimates {
@@ -97,11 +95,11 @@ pub(crate) fn delta(later: &HeapProfile, earlier: &HeapProfile) -> HeapProfile {
             continue;
         }
         let frees = r.frees - old_frees.min(r.frees);
-        records.push(Record {
+        buckets.push(Bucket {
             allocs,
             frees,
             est,
-            ..r.clone()
+            ..*r
         });
     }
     let lifetimes = later
@@ -125,15 +123,14 @@ pub(crate) fn delta(later: &HeapProfile, earlier: &HeapProfile) -> HeapProfile {
             out.iter().any(|&n| n != 0).then_some((*i, out))
         })
         .collect();
-    let stacks: Vec<Arc<[Frame]>> = later.stacks.clone();
     let mut p = HeapProfile {
         time_nanos: later.time_nanos,
         duration_nanos: later.time_nanos.saturating_sub(earlier.time_nanos).max(0),
         rate: later.rate,
         stats: later.stats,
-        stacks,
-        records,
-        sites: Vec::new(),
+        stacks: later.stacks.clone(),
+        buckets: buckets.into(),
+        sites: Owned::default(),
         symbolized: later.symbolized,
         live_samples: later.live_samples,
         overflow_samples: later
@@ -143,8 +140,8 @@ pub(crate) fn delta(later: &HeapProfile, earlier: &HeapProfile) -> HeapProfile {
         symbol_notes: later.symbol_notes.clone(),
         tag_names: later.tag_names.clone(),
         tag_labels: later.tag_labels.clone(),
-        lifetimes,
-        sites_by_tag: Vec::new(),
+        lifetimes: Owned::new(lifetimes),
+        sites_by_tag: Owned::default(),
     };
     p.assemble();
     p

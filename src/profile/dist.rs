@@ -3,7 +3,7 @@
 //! Built at dump time, outside the hook and outside the site lock, from data the snapshot already
 //! has:
 //!
-//! * **Sizes** come from the records: every record is one exact size, so the site's size
+//! * **Sizes** come from the buckets: every bucket is one exact size, so the site's size
 //!   distribution is each size weighted by its *estimated* allocation count. Weighting by the
 //!   estimate, not by raw samples, matters: a block is sampled with probability growing with its
 //!   size, so raw samples over-represent large allocations.
@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
-use crate::guard::profiler_scope;
+use crate::owned::Owned;
 use crate::sites::{life_bin_low, LIFE_BINS};
 use crate::snapshot::HeapProfile;
 
@@ -30,16 +30,15 @@ const SIGFIG: u8 = 2;
 
 /// Size and lifetime distributions of one site, from [`HeapProfile::distribution`].
 pub struct Distribution {
-    /// `(sizes, lifetimes)`; an `Option` only so that `Drop` can move them out and free them
-    /// inside the profiler guard. Always `Some` before the drop.
-    h: Option<(Histogram<u64>, Histogram<u64>)>,
+    /// `(sizes, lifetimes)`, built inside the profiler guard.
+    h: Owned<(Histogram<u64>, Histogram<u64>)>,
 }
 
 impl Distribution {
     /// The allocation size at quantile `q` (0..=1) of the site's allocations, `None` if unknown
-    /// (no estimated allocations, or only the mixed-size overflow record).
+    /// (no estimated allocations, or only the mixed-size overflow bucket).
     pub fn size_quantile(&self, q: f64) -> Option<u64> {
-        let s = &self.h.as_ref()?.0;
+        let s = &self.h.0;
         // The bucket's lowest value: exact for powers of two and for sizes below 256.
         (!s.is_empty()).then(|| s.lowest_equivalent(s.value_at_quantile(q)))
     }
@@ -47,20 +46,13 @@ impl Distribution {
     /// The lifetime (allocation to free) at quantile `q` of the site's freed sampled blocks,
     /// `None` if none was freed yet.
     pub fn lifetime_quantile(&self, q: f64) -> Option<Duration> {
-        let l = &self.h.as_ref()?.1;
+        let l = &self.h.1;
         (!l.is_empty()).then(|| Duration::from_nanos(l.median_equivalent(l.value_at_quantile(q))))
     }
 
     /// How many freed sampled blocks the lifetimes are based on.
     pub fn freed_samples(&self) -> u64 {
-        self.h.as_ref().map_or(0, |h| h.1.len())
-    }
-}
-
-impl Drop for Distribution {
-    fn drop(&mut self) {
-        // Allocated inside the profiler guard: free it there (see `impl Drop for HeapProfile`).
-        profiler_scope(|| drop(self.h.take()))
+        self.h.1.len()
     }
 }
 
@@ -91,7 +83,7 @@ pub(crate) fn of_stacks(p: &HeapProfile, stacks: &[usize]) -> Distribution {
     let mut sizes = histogram();
     let mut lifetimes = histogram();
     for r in p
-        .records
+        .buckets
         .iter()
         .filter(|r| stacks.contains(&r.stack) && r.size > 0)
     {
@@ -109,7 +101,7 @@ pub(crate) fn of_stacks(p: &HeapProfile, stacks: &[usize]) -> Distribution {
         }
     }
     Distribution {
-        h: Some((sizes, lifetimes)),
+        h: Owned::new((sizes, lifetimes)),
     }
 }
 

@@ -17,10 +17,37 @@ use std::io::{self, Write};
 
 use super::SampleType;
 use crate::snapshot::HeapProfile;
-use crate::symbols::Frame;
+use crate::symbols::{Frame, Symbol, Symbols};
 
 /// Name of the overflow pseudo-site (samples beyond the site cap), which has no frames.
 pub(crate) const OVERFLOW_NAME: &str = "[heapsight: sites beyond the cap]";
+
+/// The frames a location-based format (pprof, OTLP) writes for a profile stack. The overflow
+/// pseudo-site has none, and a sample without a location would be shown nowhere, so it gets one
+/// pseudo-frame (address 0, no mapping) named [`OVERFLOW_NAME`].
+pub(crate) struct SampleFrames([Frame; 1]);
+
+impl SampleFrames {
+    pub(crate) fn new() -> Self {
+        SampleFrames([Frame {
+            address: 0,
+            symbols: Symbols::new(vec![Symbol {
+                function: OVERFLOW_NAME.to_string(),
+                file: None,
+                line: None,
+            }]),
+        }])
+    }
+
+    /// The frames of stack `stack` of `p`, leaf first.
+    pub(crate) fn of<'a>(&'a self, p: &'a HeapProfile, stack: usize) -> &'a [Frame] {
+        if stack == 0 {
+            &self.0
+        } else {
+            &p.stacks[stack]
+        }
+    }
+}
 
 /// Appends the folded form of `frames` (leaf first) to `s`: root first, `;`-separated.
 pub(crate) fn fold_stack(frames: &[Frame], s: &mut String) {
@@ -60,26 +87,11 @@ pub(crate) fn clean_name(f: &str) -> std::borrow::Cow<'_, str> {
         while i < f.len() {
             if b[i..].starts_with(b"::<") && i > 0 && b[i - 1] != b'<' && b[i - 1] != b' ' {
                 // Skip `::<...>` with its nested brackets.
-                let mut depth = 0usize;
-                let mut j = i + 2;
-                while j < b.len() {
-                    match b[j] {
-                        b'<' => depth += 1,
-                        b'>' => {
-                            depth -= 1;
-                            if depth == 0 {
-                                break;
-                            }
-                        }
-                        _ => {}
-                    }
-                    j += 1;
-                }
-                if j == b.len() {
+                let Some(j) = closing_bracket(f, i + 2) else {
                     // Unbalanced: keep the rest as it is.
                     s.push_str(&f[i..]);
                     break;
-                }
+                };
                 i = j + 1;
                 continue;
             }
@@ -103,6 +115,25 @@ pub(crate) fn clean_name(f: &str) -> std::borrow::Cow<'_, str> {
     } else {
         std::borrow::Cow::Owned(t.to_string())
     }
+}
+
+/// The index of the `>` that closes the `<` at byte `open` of `name` (brackets nest), or `None`
+/// if it is never closed.
+pub(crate) fn closing_bracket(name: &str, open: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    for (i, &c) in name.as_bytes().iter().enumerate().skip(open) {
+        match c {
+            b'<' => depth += 1,
+            b'>' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Whether `function` is where the runtime hands over to the program's code: every Rust
@@ -173,7 +204,7 @@ pub(crate) fn lines(p: &HeapProfile, ty: SampleType) -> Vec<String> {
 #[cfg_attr(not(feature = "flamegraph"), allow(dead_code))]
 fn lines_with(p: &HeapProfile, ty: SampleType, fold: fn(&[Frame], &mut String)) -> Vec<String> {
     let mut per_stack = vec![0f64; p.stacks.len()];
-    for r in &p.records {
+    for r in &p.buckets {
         per_stack[r.stack] += ty.of(&r.est);
     }
     let mut out: Vec<String> = Vec::new();
@@ -210,7 +241,7 @@ pub(crate) fn write_flamegraph(
     // Lines with the same stack after trimming merge (sorting puts them side by side, and
     // inferno adds equal stacks up).
     let lines = lines_with(p, ty, fold_stack_for_people);
-    let total: f64 = p.records.iter().map(|r| ty.of(&r.est)).sum();
+    let total: f64 = p.buckets.iter().map(|r| ty.of(&r.est)).sum();
     let mut opts = Options::default();
     opts.title = format!("heapsight {}", ty.name());
     opts.subtitle = Some(format!(
@@ -252,29 +283,27 @@ mod tests {
 
     #[test]
     fn names_lose_dangling_separators() {
-        assert_eq!(
-            clean_name("std::panic::catch_unwind:: (inline)"),
-            "std::panic::catch_unwind"
-        );
-        assert_eq!(
-            clean_name("std::panic::catch_unwind::"),
-            "std::panic::catch_unwind"
-        );
-        assert_eq!(clean_name("app::main"), "app::main");
-        assert_eq!(clean_name("<T as x::Y>::f"), "<T as x::Y>::f");
-        assert_eq!(
-            clean_name("std::panic::catch_unwind::<std::rt::f::{closure#0}, isize>"),
-            "std::panic::catch_unwind"
-        );
-        assert_eq!(
-            clean_name("std::panicking::catch_unwind::do_call::<&dyn Fn<(), Output = i32>, i32>"),
-            "std::panicking::catch_unwind::do_call"
-        );
-        assert_eq!(
-            clean_name("<alloc::vec::Vec<u8>>::push"),
-            "<alloc::vec::Vec<u8>>::push"
-        );
-        assert_eq!(clean_name("f::<unbalanced"), "f::<unbalanced");
+        for (name, want) in [
+            (
+                "std::panic::catch_unwind:: (inline)",
+                "std::panic::catch_unwind",
+            ),
+            ("std::panic::catch_unwind::", "std::panic::catch_unwind"),
+            ("app::main", "app::main"),
+            ("<T as x::Y>::f", "<T as x::Y>::f"),
+            (
+                "std::panic::catch_unwind::<std::rt::f::{closure#0}, isize>",
+                "std::panic::catch_unwind",
+            ),
+            (
+                "std::panicking::catch_unwind::do_call::<&dyn Fn<(), Output = i32>, i32>",
+                "std::panicking::catch_unwind::do_call",
+            ),
+            ("<alloc::vec::Vec<u8>>::push", "<alloc::vec::Vec<u8>>::push"),
+            ("f::<unbalanced", "f::<unbalanced"),
+        ] {
+            assert_eq!(clean_name(name), want, "{name}");
+        }
     }
 
     #[test]

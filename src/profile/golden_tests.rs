@@ -6,8 +6,7 @@ use std::sync::Arc;
 
 use super::maps::Mapping;
 use super::*;
-use crate::sites::LIFE_BINS;
-use crate::snapshot::{estimates, Estimates, Record};
+use crate::sites::{estimates, Bucket, Estimates, LIFE_BINS};
 use crate::symbols::{Frame, Symbol, Symbols};
 use crate::Stats;
 
@@ -26,7 +25,7 @@ fn frame(address: usize, syms: Vec<Symbol>) -> Frame {
     }
 }
 
-/// Three sites and the overflow record:
+/// Three sites and the overflow bucket:
 /// * stack 1: `Vec::push` growth (inlined into `app::build`) under `app::main`; 4 KiB blocks at
 ///   512 KiB, tagged "cache", plus 64 B blocks sampled at 64 KiB (a rate change).
 /// * stack 2: hashbrown growth under `app::index`; all freed.
@@ -85,7 +84,7 @@ pub(crate) fn synthetic() -> HeapProfile {
         ),
     ]
     .into();
-    let rec = |stack, tag, size, rate, allocs, frees| Record {
+    let rec = |stack, tag, size, rate, allocs, frees| Bucket {
         stack,
         tag,
         size,
@@ -94,12 +93,12 @@ pub(crate) fn synthetic() -> HeapProfile {
         frees,
         est: estimates(size, rate, allocs, frees),
     };
-    let records = vec![
+    let buckets = vec![
         rec(1, 1, 4096, 524288, 150, 10),
         rec(1, 0, 64, 65536, 40, 30),
         rec(2, 0, 1 << 20, 524288, 6, 6),
         rec(3, 0, 24, 1, 1000, 400),
-        Record {
+        Bucket {
             stack: 0,
             tag: 0,
             size: 0,
@@ -137,18 +136,18 @@ pub(crate) fn synthetic() -> HeapProfile {
         duration_nanos: 0,
         rate: 524288,
         stats,
-        stacks: vec![Arc::from(Vec::new()), s1, s2, s3],
-        records,
-        sites: Vec::new(),
+        stacks: vec![Arc::from(Vec::new()), s1, s2, s3].into(),
+        buckets: buckets.into(),
+        sites: Default::default(),
         symbolized: true,
         live_samples: 753,
         overflow_samples: 5,
         symbol_cache_bytes: 4096,
-        symbol_notes: Vec::new(),
-        tag_names: vec![String::new(), "cache".to_string()],
-        tag_labels: Vec::new(),
-        lifetimes,
-        sites_by_tag: Vec::new(),
+        symbol_notes: Default::default(),
+        tag_names: vec![String::new(), "cache".to_string()].into(),
+        tag_labels: Default::default(),
+        lifetimes: lifetimes.into(),
+        sites_by_tag: Default::default(),
     };
     p.assemble();
     p
@@ -246,7 +245,7 @@ fn golden_top() {
 }
 
 #[test]
-fn text_lines_carry_raw_counts_of_header_rate_records() {
+fn text_lines_carry_raw_counts_of_header_rate_buckets() {
     let p = synthetic();
     let mut out = Vec::new();
     text::write(&p, None, &mut out).unwrap();
@@ -258,7 +257,7 @@ fn text_lines_carry_raw_counts_of_header_rate_records() {
         "{}",
         text.lines().next().unwrap()
     );
-    // At header rate 1 a rate-1 record's line is its raw counts: 600 live of 1000.
+    // At header rate 1 a rate-1 bucket's line is its raw counts: 600 live of 1000.
     assert!(
         text.contains("\n600: 14400 [1000: 24000] @ 0x7f0000001234 0x50003030\n"),
         "{text}"
@@ -271,11 +270,11 @@ fn text_lines_carry_raw_counts_of_header_rate_records() {
 
 #[test]
 fn text_header_follows_go_quirks() {
-    // One record, all live: alloc bytes == in-use bytes, so Go writes AB + 1.
+    // One bucket, all live: alloc bytes == in-use bytes, so Go writes AB + 1.
     let mut p = synthetic();
-    p.records.retain(|r| r.stack == 3);
-    p.records[0].frees = 0;
-    p.records[0].est = estimates(24, 1, 1000, 0);
+    p.buckets.retain(|r| r.stack == 3);
+    p.buckets[0].frees = 0;
+    p.buckets[0].est = estimates(24, 1, 1000, 0);
     p.assemble();
     let mut out = Vec::new();
     text::write(&p, None, &mut out).unwrap();
@@ -337,7 +336,7 @@ fn delta_of_identical_profiles_allocates_nothing() {
     let p = synthetic();
     let q = synthetic();
     let d = p.delta(&q);
-    for r in &d.records {
+    for r in &d.buckets {
         assert_eq!(r.est.alloc_objects, 0.0, "{r:?}");
         assert!(
             r.est.inuse_objects > 0.0,
@@ -346,20 +345,20 @@ fn delta_of_identical_profiles_allocates_nothing() {
     }
     assert!(d.lifetimes.is_empty(), "nothing was freed in between");
     // Stack 2 is all freed and allocated nothing in between: gone.
-    assert!(d.records.iter().all(|r| r.stack != 2));
+    assert!(d.buckets.iter().all(|r| r.stack != 2));
 }
 
 #[test]
 fn delta_counts_what_was_allocated_in_between() {
     let earlier = synthetic();
     let mut later = synthetic();
-    later.records[0].allocs += 50; // stack 1, 4096 B at 512 KiB
-    later.records[0].est = estimates(4096, 524288, 200, 10);
+    later.buckets[0].allocs += 50; // stack 1, 4096 B at 512 KiB
+    later.buckets[0].est = estimates(4096, 524288, 200, 10);
     later.time_nanos += 5_000_000_000;
     later.assemble();
     let d = later.delta(&earlier);
     let r = d
-        .records
+        .buckets
         .iter()
         .find(|r| r.stack == 1 && r.size == 4096)
         .unwrap();

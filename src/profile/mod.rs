@@ -17,7 +17,9 @@
 use std::io::{self, Write};
 
 use crate::guard::profiler_scope;
-use crate::snapshot::{Estimates, HeapProfile};
+use crate::owned::Owned;
+use crate::sites::Estimates;
+use crate::snapshot::HeapProfile;
 
 mod delta;
 mod dist;
@@ -32,12 +34,12 @@ mod top;
 
 pub use dist::Distribution;
 #[cfg(feature = "otlp")]
-pub(crate) use folded::OVERFLOW_NAME;
+pub(crate) use folded::SampleFrames;
 #[cfg(feature = "otlp")]
 pub(crate) use pprof::display_name;
-#[cfg(feature = "http")]
-pub(crate) use top::name_site;
 pub use top::Top;
+#[cfg(feature = "http")]
+pub(crate) use top::{name_site, Bytes};
 
 /// Which of the four values of a heap profile to show (pprof's `-sample_index`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -119,19 +121,17 @@ impl core::str::FromStr for SampleType {
     }
 }
 
-/// Runs `encode` inside the profiler guard into a fresh buffer, writes the buffer to `w` outside
-/// the guard, and frees it inside the guard again (see the module docs for why).
+/// Runs `encode` inside the profiler guard into a buffer of the profiler's own, and writes the
+/// buffer to `w` outside the guard (see the module docs for why).
 fn encode_then_write(
     mut w: impl Write,
     encode: impl FnOnce(&mut Vec<u8>) -> io::Result<()>,
 ) -> io::Result<()> {
     let buf = profiler_scope(|| {
-        let mut buf = Vec::new();
+        let mut buf = Owned::new(Vec::new());
         encode(&mut buf).map(|()| buf)
     })?;
-    let res = w.write_all(&buf).and_then(|()| w.flush());
-    profiler_scope(|| drop(buf));
-    res
+    w.write_all(&buf).and_then(|()| w.flush())
 }
 
 impl HeapProfile {
@@ -159,7 +159,7 @@ impl HeapProfile {
     /// Writes Go's legacy `debug=1` heap text: `heap profile: I: IB [A: AB] @ heap/<2*rate>`, one
     /// line of raw sample counts per (stack, size) with `#` frame lines, a trailer with the exact
     /// counters and per-site size and lifetime quantiles, and the memory map (so `go tool pprof
-    /// heap.txt` can find the binary). See `profile/text.rs` for how records taken at another
+    /// heap.txt` can find the binary). See `profile/text.rs` for how buckets taken at another
     /// rate than the header's are written.
     pub fn write_text(&self, w: impl Write) -> io::Result<()> {
         encode_then_write(w, |buf| text::write(self, Some(&maps::read_self()), buf))

@@ -6,10 +6,10 @@
 //!
 //! * `sample_type` = `alloc_objects/count, alloc_space/bytes, inuse_objects/count,
 //!   inuse_space/bytes`, in that order; `period_type = space/bytes`; `period` = the sample rate.
-//! * One `Sample` per record (stack × size × rate × tag): location ids leaf first, the four
+//! * One `Sample` per bucket (stack × size × rate × tag): location ids leaf first, the four
 //!   values *already unbiased* (pprof never rescales a proto profile: the weights were applied
-//!   per sample when the snapshot was taken, see `snapshot::estimates`), rounded to integers; a
-//!   numeric label `bytes` = the allocation size; when the record is tagged, one string label per
+//!   per sample when the snapshot was taken, see `sites::estimates`), rounded to integers; a
+//!   numeric label `bytes` = the allocation size; when the bucket is tagged, one string label per
 //!   pair of its tag's label set (`tag` = the name for a plain tag).
 //! * `Location`: one per distinct return address, `address` = return address − 1 (inside the
 //!   call instruction, so symbolizers report the call's line), inlined functions as several
@@ -22,17 +22,17 @@
 use std::collections::HashMap;
 use std::io::{self, Write};
 
-use super::folded::OVERFLOW_NAME;
+use super::folded::{closing_bracket, SampleFrames};
 use super::maps::Mapping;
 use super::proto::Encoder;
 use super::SampleType;
 use crate::sites::FxBuild;
 use crate::snapshot::HeapProfile;
-use crate::symbols::{Frame, Symbol, Symbols, DROP_FRAMES_REGEX};
+use crate::symbols::{drop_frames_regex, Frame};
 
 /// `drop_frames` for the symbolizer of the `go tool pprof` that ships with Go: it names Rust
 /// functions by their DWARF short name (`take_sample`, not `heapsight::alloc::take_sample`), which
-/// [`DROP_FRAMES_REGEX`] cannot match. Every sampled stack passes through `take_sample` (never
+/// [`drop_frames_regex`] cannot match. Every sampled stack passes through `take_sample` (never
 /// inlined), and pprof drops a matching frame *and everything leaf-ward of it*, so this one name
 /// removes heapsight's frames under both symbolizers.
 const SHORT_NAME_DROP: &str = "take_sample";
@@ -58,23 +58,12 @@ fn outer_brackets_removed(function: &str) -> String {
     if !function.starts_with('<') {
         return function.to_string();
     }
-    let mut depth = 0usize;
-    for (i, c) in function.char_indices() {
-        match c {
-            '<' => depth += 1,
-            '>' => {
-                depth -= 1;
-                if depth == 0 {
-                    if function[i + 1..].starts_with("::") {
-                        return format!("{}{}", &function[1..i], &function[i + 1..]);
-                    }
-                    break;
-                }
-            }
-            _ => {}
+    match closing_bracket(function, 0) {
+        Some(i) if function[i + 1..].starts_with("::") => {
+            format!("{}{}", &function[1..i], &function[i + 1..])
         }
+        _ => function.to_string(),
     }
-    function.to_string()
 }
 
 /// The string table: `string_table[0]` must be "" (index 0 means "unset" everywhere).
@@ -165,24 +154,10 @@ pub(crate) fn encode(
         })
         .collect();
     let mut ids: Vec<u64> = Vec::new();
-    // The overflow pseudo-site has no frames; pprof would show its samples nowhere, so it gets
-    // one pseudo-location (address 0, no mapping) whose function names it.
-    let overflow: [Frame; 1] = [Frame {
-        address: 0,
-        symbols: Symbols::new(vec![Symbol {
-            function: OVERFLOW_NAME.to_string(),
-            file: None,
-            line: None,
-        }]),
-    }];
-    for r in &p.records {
+    let frames = SampleFrames::new();
+    for r in &p.buckets {
         ids.clear();
-        let frames: &[Frame] = if r.stack == 0 {
-            &overflow
-        } else {
-            &p.stacks[r.stack]
-        };
-        for f in frames {
+        for f in frames.of(p, r.stack) {
             let next = locs.len() as u64 + 1;
             let id = *loc_ids
                 .entry((f.address, f.symbols.len()))
@@ -193,13 +168,7 @@ pub(crate) fn encode(
             ids.push(id);
         }
         // Profile.sample = 2: Sample { location_id = 1, value = 2, label = 3 }.
-        // The size label: the record's size, or for the overflow record of mixed sizes the
-        // average (Go's `blockSize = AllocBytes / AllocObjects`).
-        let size = if r.size == 0 && r.est.alloc_objects > 0.0 {
-            (r.est.alloc_bytes / r.est.alloc_objects).round() as i64
-        } else {
-            r.size as i64
-        };
+        let size = r.label_size();
         let labels: &[(i64, i64)] = tag_labels.get(r.tag as usize).map_or(&[], Vec::as_slice);
         e.message(2, |e| {
             e.packed(1, ids.iter().copied());
@@ -312,7 +281,7 @@ pub(crate) fn encode(
     let drop_frames = if p.symbolized {
         0
     } else {
-        st.intern(&format!("{DROP_FRAMES_REGEX}|{SHORT_NAME_DROP}"))
+        st.intern(&format!("{}|{SHORT_NAME_DROP}", drop_frames_regex()))
     };
     let (space, bytes) = (st.intern("space"), st.intern("bytes"));
     let default_type = default_type.map_or(0, |t| st.intern(t.name()));
@@ -344,27 +313,29 @@ mod tests {
 
     #[test]
     fn display_names_lose_the_outer_impl_brackets() {
-        assert_eq!(
-            display_name("<alloc::raw_vec::RawVec<u8>>::grow_one"),
-            "alloc::raw_vec::RawVec<u8>::grow_one"
-        );
-        assert_eq!(
-            display_name("<u64 as core::fmt::Display>::fmt"),
-            "u64 as core::fmt::Display::fmt"
-        );
-        assert_eq!(display_name("app::build"), "app::build");
-        assert_eq!(
-            display_name(
-                "std::panic::catch_unwind::<std::rt::lang_start_internal::{closure#0}, isize>"
+        for (name, want) in [
+            (
+                "<alloc::raw_vec::RawVec<u8>>::grow_one",
+                "alloc::raw_vec::RawVec<u8>::grow_one",
             ),
-            "std::panic::catch_unwind<std::rt::lang_start_internal::{closure#0}, isize>"
-        );
-        assert_eq!(
-            display_name("<alloc::vec::Vec<u8>>::extend::<core::iter::Once<u8>>"),
-            "alloc::vec::Vec<u8>::extend<core::iter::Once<u8>>"
-        );
-        assert_eq!(display_name("<unbalanced"), "<unbalanced");
-        assert_eq!(display_name("<T as Tr<U>>"), "<T as Tr<U>>");
+            (
+                "<u64 as core::fmt::Display>::fmt",
+                "u64 as core::fmt::Display::fmt",
+            ),
+            ("app::build", "app::build"),
+            (
+                "std::panic::catch_unwind::<std::rt::lang_start_internal::{closure#0}, isize>",
+                "std::panic::catch_unwind<std::rt::lang_start_internal::{closure#0}, isize>",
+            ),
+            (
+                "<alloc::vec::Vec<u8>>::extend::<core::iter::Once<u8>>",
+                "alloc::vec::Vec<u8>::extend<core::iter::Once<u8>>",
+            ),
+            ("<unbalanced", "<unbalanced"),
+            ("<T as Tr<U>>", "<T as Tr<U>>"),
+        ] {
+            assert_eq!(display_name(name), want, "{name}");
+        }
     }
 
     #[test]

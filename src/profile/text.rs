@@ -17,17 +17,17 @@
 //! numbers are multiplied by `1 / (1 - exp(-avg / rate))`, then truncated to integers.
 //!
 //! So for each line we write the counts `c` and `c × size` for which pprof's scaling gives back our
-//! estimate `E` (objects): `c = E × p(size, R)` with `p = 1 - exp(-size/R)`, rounded. For a record
+//! estimate `E` (objects): `c = E × p(size, R)` with `p = 1 - exp(-size/R)`, rounded. For a bucket
 //! sampled at the header rate `R`, `E = n / p(size, R)` and this is exactly the raw count `n`:
 //! pprof then computes the same unbiased value we do (up to its truncation). Records taken at
 //! another rate (the rate changed at run time) get the count that stands for the same estimate at
 //! rate `R`; it is rounded to an integer, so pprof's value for that line can differ from ours by
 //! up to half a sample's weight (and a nonzero estimate is written as at least one sample). The
 //! header uses the rate most samples were taken at, so as many lines as possible are exact. The
-//! overflow record of mixed sizes uses its average size.
+//! overflow bucket of mixed sizes uses its average size.
 //!
 //! In-use and allocated counts are converted separately (`i: ib [a: ab]`). Lines are per
-//! (stack, size) like Go's buckets: records that differ only in tag or rate are merged first.
+//! (stack, size) like Go's buckets: buckets that differ only in tag or rate are merged first.
 //! The header totals are sums of the raw counts, and, as Go does, `AB` is written as `AB + 1`
 //! when it equals `IB` so that pprof does not mistake the profile for a two-column one.
 use std::collections::HashMap;
@@ -36,8 +36,8 @@ use std::io::{self, Write};
 
 use super::dist;
 use super::maps::Mapping;
-use crate::sites::FxBuild;
-use crate::snapshot::{Estimates, HeapProfile};
+use crate::sites::{Estimates, FxBuild};
+use crate::snapshot::HeapProfile;
 
 /// Sites listed with their size and lifetime quantiles in the trailer.
 const TRAILER_SITES: usize = 20;
@@ -60,7 +60,7 @@ pub(crate) fn raw_counts(objects: f64, avg: f64, rate: u64) -> (u64, u64) {
 /// The rate most raw samples were taken at (ties: the larger rate), or the profile's rate.
 fn header_rate(p: &HeapProfile) -> u64 {
     let mut by_rate: HashMap<u64, u64, FxBuild> = HashMap::default();
-    for r in p.records.iter().filter(|r| r.rate > 0) {
+    for r in p.buckets.iter().filter(|r| r.rate > 0) {
         *by_rate.entry(r.rate).or_default() += r.allocs;
     }
     by_rate
@@ -69,8 +69,9 @@ fn header_rate(p: &HeapProfile) -> u64 {
         .map_or(p.rate, |(rate, _)| rate)
 }
 
-/// One output line: a (stack, size) bucket with its raw counts.
-struct Line {
+/// One output line: Go's bucket, keyed by stack and size (ours merged over tag and rate), with its
+/// raw counts.
+struct GoBucket {
     stack: usize,
     inuse: (u64, u64),
     alloc: (u64, u64),
@@ -82,17 +83,17 @@ pub(crate) fn write(
     out: &mut Vec<u8>,
 ) -> io::Result<()> {
     let rate = header_rate(p);
-    // Merge records per (stack, size), in first-seen order (records are sorted by in-use bytes).
+    // Merge buckets per (stack, size), in first-seen order (buckets are sorted by in-use bytes).
     let mut index: HashMap<(usize, u64), usize, FxBuild> = HashMap::default();
     let mut merged: Vec<((usize, u64), Estimates)> = Vec::new();
-    for r in &p.records {
+    for r in &p.buckets {
         let i = *index.entry((r.stack, r.size)).or_insert_with(|| {
             merged.push(((r.stack, r.size), Estimates::default()));
             merged.len() - 1
         });
         merged[i].1.add(&r.est);
     }
-    let mut lines: Vec<Line> = merged
+    let mut lines: Vec<GoBucket> = merged
         .iter()
         .map(|&((stack, size), e)| {
             let avg = |objects: f64, bytes: f64| {
@@ -102,7 +103,7 @@ pub(crate) fn write(
                     bytes / objects.max(1e-300)
                 }
             };
-            Line {
+            GoBucket {
                 stack,
                 inuse: raw_counts(e.inuse_objects, avg(e.inuse_objects, e.inuse_bytes), rate),
                 alloc: raw_counts(e.alloc_objects, avg(e.alloc_objects, e.alloc_bytes), rate),
@@ -112,7 +113,7 @@ pub(crate) fn write(
     // Go sorts by in-use bytes; then allocated bytes, for a stable order.
     lines.sort_by(|a, b| b.inuse.1.cmp(&a.inuse.1).then(b.alloc.1.cmp(&a.alloc.1)));
 
-    let sum = |f: fn(&Line) -> u64| lines.iter().map(f).sum::<u64>();
+    let sum = |f: fn(&GoBucket) -> u64| lines.iter().map(f).sum::<u64>();
     let (i, ib, a, mut ab) = (
         sum(|l| l.inuse.0),
         sum(|l| l.inuse.1),

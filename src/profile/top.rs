@@ -10,7 +10,7 @@ use core::fmt;
 
 use super::dist;
 use super::SampleType;
-use crate::guard::profiler_scope;
+use crate::owned::Owned;
 use crate::snapshot::HeapProfile;
 use crate::symbols::Symbol;
 
@@ -22,11 +22,6 @@ const LIBRARY_CRATES: &[&str] = &[
     "hashbrown",
     "heapsight",
     "backtrace",
-    "__rust_alloc",
-    "__rust_realloc",
-    "__rust_alloc_zeroed",
-    "__rdl_alloc",
-    "__rg_alloc",
 ];
 
 /// Library functions that make a container grow or build a fresh allocation: the "why" of a
@@ -93,6 +88,8 @@ fn crate_of(function: &str) -> &str {
     }
 }
 
+/// Library plumbing: a [`LIBRARY_CRATES`] function, an allocator entry point or other `__` symbol
+/// (`__rust_alloc`, `__rdl_alloc`, `__rg_alloc`), or an unknown frame.
 pub(crate) fn is_library(function: &str) -> bool {
     LIBRARY_CRATES.contains(&crate_of(function)) || function.starts_with("__") || function == "??"
 }
@@ -119,14 +116,8 @@ pub struct Top {
     ty: SampleType,
     total: f64,
     sites: usize,
-    rows: Vec<Row>,
-}
-
-impl Drop for Top {
-    fn drop(&mut self) {
-        // Built inside the profiler guard: freed there (see `impl Drop for HeapProfile`).
-        profiler_scope(|| drop(core::mem::take(&mut self.rows)))
-    }
+    /// Built inside the profiler guard.
+    rows: Owned<Vec<Row>>,
 }
 
 impl Top {
@@ -198,7 +189,7 @@ pub(crate) fn name_site(frames: &[crate::symbols::Frame]) -> (Option<Symbol>, Op
 
 pub(crate) fn build(p: &HeapProfile, n: usize, ty: SampleType) -> Top {
     let mut per_stack = vec![(0f64, 0u64); p.stacks.len()];
-    for r in &p.records {
+    for r in &p.buckets {
         per_stack[r.stack].0 += ty.of(&r.est);
         per_stack[r.stack].1 += r.allocs;
     }
@@ -248,7 +239,7 @@ pub(crate) fn build(p: &HeapProfile, n: usize, ty: SampleType) -> Top {
             .total_cmp(&a.value)
             .then(a.stacks[0].cmp(&b.stacks[0]))
     });
-    let rows = groups
+    let rows: Vec<Row> = groups
         .into_iter()
         .take(n)
         .map(|g| {
@@ -271,7 +262,7 @@ pub(crate) fn build(p: &HeapProfile, n: usize, ty: SampleType) -> Top {
         ty,
         total,
         sites,
-        rows,
+        rows: rows.into(),
     }
 }
 
@@ -284,8 +275,18 @@ impl fmt::Display for Amount {
         if self.1.unit() == "count" {
             return write!(f, "{v:.0}");
         }
+        Bytes(v, 2).fmt(f)
+    }
+}
+
+/// A byte count in the largest binary unit that keeps it at least 1, with this many decimals
+/// (`1234567` with 2 is `1.18 MiB`); below 1 KiB whole bytes (`512 B`).
+pub(crate) struct Bytes(pub f64, pub usize);
+
+impl fmt::Display for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-        let mut x = v;
+        let mut x = self.0;
         let mut u = 0;
         while x >= 1024.0 && u + 1 < UNITS.len() {
             x /= 1024.0;
@@ -294,7 +295,7 @@ impl fmt::Display for Amount {
         if u == 0 {
             write!(f, "{x:.0} B")
         } else {
-            write!(f, "{x:.2} {}", UNITS[u])
+            write!(f, "{x:.*} {}", self.1, UNITS[u])
         }
     }
 }
@@ -382,7 +383,7 @@ mod tests {
     #[test]
     fn stacks_sharing_a_name_are_one_row() {
         use crate::symbols::Frame;
-        let (p, before) = profiler_scope(|| {
+        let (p, before) = crate::guard::profiler_scope(|| {
             let mut p = crate::profile::golden_tests::synthetic();
             let before = p.top(10, SampleType::InuseSpace).value(0).unwrap();
             // A copy of stack 1 reached from another caller: the same row name.
@@ -390,9 +391,9 @@ mod tests {
             let last = frames.len() - 1;
             frames[last].address += 0x100;
             p.stacks.push(frames.into());
-            let mut r = p.records.iter().find(|r| r.stack == 1).unwrap().clone();
+            let mut r = *p.buckets.iter().find(|r| r.stack == 1).unwrap();
             r.stack = p.stacks.len() - 1;
-            p.records.push(r);
+            p.buckets.push(r);
             (p, before)
         });
         let t = p.top(10, SampleType::InuseSpace);
