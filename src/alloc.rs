@@ -367,10 +367,20 @@ fn finish_alloc(t: &ThreadState, plan: Plan, ptr: *mut u8, size: usize) {
 #[cold]
 #[inline(never)]
 unsafe fn dealloc_maybe_sampled<A: GlobalAlloc>(inner: &A, ptr: *mut u8, layout: Layout) {
-    if filter::is_sampled(ptr) {
+    // A program often frees the same address over and over (a buffer allocated and freed in a
+    // loop, which the allocator hands back each time); when it is aligned like a sample, the
+    // thread's memo of the last such address saves the probe.
+    let epoch = filter::sample_epoch();
+    let known = THREAD
+        .with(|t| t.not_sampled_addr.get() == ptr as usize && t.not_sampled_epoch.get() == epoch);
+    if !known && filter::is_sampled(ptr) {
         // SAFETY: the caller's guarantees.
         unsafe { dealloc_slow(inner, ptr, layout, 0) }
     } else if count_free(layout.size()) {
+        THREAD.with(|t| {
+            t.not_sampled_addr.set(ptr as usize);
+            t.not_sampled_epoch.set(epoch);
+        });
         // SAFETY: as above.
         unsafe { inner.dealloc(ptr, layout) }
     } else {

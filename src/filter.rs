@@ -104,7 +104,22 @@ pub(crate) fn sample_layout_align(rate: u64, size: usize, align: usize) -> usize
 /// Counts a new live sample at `ptr`. Call with the lock of `ptr`'s shard ([`shard_of`]) held
 /// (the only writer of its exact set), inside the profiler guard (a rebuild allocates).
 pub(crate) fn raise(ptr: usize) {
+    // Before the block is handed out: a thread's memo "this address is not a sample" is only
+    // trusted while the epoch it was taken at is current (see `sample_epoch`).
+    SAMPLE_EPOCH.fetch_add(1, Relaxed);
     set_insert(ptr);
+}
+
+/// Bumped by every new sample. A free that found an aligned address not sampled may remember
+/// that with the epoch it read before probing: while the epoch is unchanged, no block at that
+/// address became a sample. (A block freed by this thread was this thread's, so only a later
+/// allocation could make its address a sample, and that allocation's sample bumps the epoch
+/// before the block is handed out, which happens before its free reads the epoch.)
+static SAMPLE_EPOCH: AtomicU64 = AtomicU64::new(0);
+
+#[inline(always)]
+pub(crate) fn sample_epoch() -> u64 {
+    SAMPLE_EPOCH.load(Relaxed)
 }
 
 /// Takes a live sample at `ptr` out. Call with the lock of `ptr`'s shard held.

@@ -63,6 +63,10 @@ pub(crate) struct ThreadState {
     /// `scope_countdown`.
     pub scope_depth: Cell<u32>,
     scope_countdown: Cell<u64>,
+    /// The last address this thread's free found aligned like a sample but not sampled, and
+    /// the sample epoch it was checked at (see `alloc::dealloc_maybe_sampled`).
+    pub not_sampled_addr: Cell<usize>,
+    pub not_sampled_epoch: Cell<u64>,
     saved_countdown: Cell<u64>,
     saved_free_left: Cell<u64>,
     saved_slot: Cell<*const Slot>,
@@ -87,6 +91,8 @@ impl ThreadState {
             pending_free: Cell::new(0),
             scope_depth: Cell::new(0),
             scope_countdown: Cell::new(0),
+            not_sampled_addr: Cell::new(0),
+            not_sampled_epoch: Cell::new(0),
             saved_countdown: Cell::new(0),
             saved_free_left: Cell::new(0),
             saved_slot: Cell::new(ptr::null()),

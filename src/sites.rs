@@ -295,7 +295,12 @@ impl Live {
         1 << self.inner_align_log2
     }
 
+    /// The class that bounds the free side's address check: a large block is recognised by its
+    /// size (`filter::LARGE`), whatever its alignment, so it does not lower the check.
     fn align_class(&self) -> usize {
+        if self.size >= crate::filter::LARGE as u64 {
+            return ALIGN_CLASSES - 1;
+        }
         (self.inner_align_log2 as usize).min(ALIGN_CLASSES - 1)
     }
 }

@@ -19,6 +19,9 @@ import subprocess
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import callgrind_slope  # noqa: E402  (dev/callgrind_slope.py)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
@@ -34,33 +37,12 @@ BINS = [
 KERNELS = ["pair", "zeroed", "realloc", "churn"]  # pair4k: threads.py
 
 
-def counts(exe, kernel, n, tmp):
-    """(Ir, D1 misses) inside `kernel_<kernel>`, inclusive, from callgrind's totals line."""
-    out = os.path.join(tmp, f"cg.{os.path.basename(exe)}.{kernel}.{n}")
-    subprocess.run(
-        [
-            "valgrind",
-            "--tool=callgrind",
-            "--cache-sim=yes",
-            f"--toggle-collect=heapsight_entry_bench::kernel_{kernel}",
-            "--callgrind-out-file=" + out,
-            exe,
-            kernel,
-            str(n),
-        ],
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+def per_iteration(exe, kernel, n1, n2, tmp):
+    """(Ir, D1 misses) per iteration inside `kernel_<kernel>`, inclusive (dev/callgrind_slope)."""
+    d = callgrind_slope.slope_in(
+        tmp, exe, [kernel], f"heapsight_entry_bench::kernel_{kernel}", n1, n2, cache_sim=True
     )
-    events = None
-    with open(out) as f:
-        for line in f:
-            if line.startswith("events:"):
-                events = line.split()[1:]
-            if line.startswith("totals:") or line.startswith("summary:"):
-                vals = dict(zip(events, map(int, line.split()[1:])))
-                return vals["Ir"], vals.get("D1mr", 0) + vals.get("D1mw", 0)
-    sys.exit(f"no totals in {out}")
+    return d["Ir"], d.get("D1mr", 0) + d.get("D1mw", 0)
 
 
 def main():
@@ -76,9 +58,7 @@ def main():
         for b, _ in BINS:
             exe = os.path.join(TARGET, "release", b)
             for k in KERNELS:
-                i1, d1 = counts(exe, k, n1, tmp)
-                i2, d2 = counts(exe, k, n2, tmp)
-                per[b, k] = ((i2 - i1) / (n2 - n1), (d2 - d1) / (n2 - n1))
+                per[b, k] = per_iteration(exe, k, n1, n2, tmp)
     print(f"per iteration, slope between N={n1} and N={n2} (callgrind --cache-sim=yes)")
     print(f"{'binary':28} {'kernel':8} {'Ir':>8} {'+Ir':>7} {'D1miss':>7} {'+D1':>6}")
     for b, inner in BINS:

@@ -23,31 +23,21 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import callgrind  # noqa: E402
+from callgrind import callgrind_slope  # noqa: E402  (dev/callgrind_slope.py)
 
 
-def ir(exe, n, idle, tmp):
-    out = os.path.join(tmp, f"cg.{os.path.basename(exe)}.{idle}.{n}")
-    subprocess.run(
-        [
-            "valgrind",
-            "--tool=callgrind",
-            "--max-threads=5000",
-            "--toggle-collect=heapsight_entry_bench::kernel_pair4k",
-            "--callgrind-out-file=" + out,
-            exe,
-            "pair4k",
-            str(n),
-        ],
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+def per_pair(exe, n1, n2, idle, tmp):
+    """Instructions per pair inside `kernel_pair4k` with `idle` idle threads (dev/callgrind_slope)."""
+    return callgrind_slope.slope_in(
+        tmp,
+        exe,
+        ["pair4k"],
+        "heapsight_entry_bench::kernel_pair4k",
+        n1,
+        n2,
+        valgrind_args=["--max-threads=5000"],
         env=dict(os.environ, ENTRY_IDLE_THREADS=str(idle)),
-    )
-    with open(out) as f:
-        for line in f:
-            if line.startswith("totals:") or line.startswith("summary:"):
-                return int(line.split()[1])
-    sys.exit(f"no totals in {out}")
+    )["Ir"]
 
 
 def wall_ns(exe, n, idle):
@@ -93,7 +83,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         for b in ["system", "heapsight_system_rate0", "heapsight_system_default"]:
             exe = os.path.join(callgrind.TARGET, "release", b)
-            row = [(ir(exe, n2, k, tmp) - ir(exe, n1, k, tmp)) / (n2 - n1) for k in (0, 1000, 4000)]
+            row = [per_pair(exe, n1, n2, k, tmp) for k in (0, 1000, 4000)]
             print(f"{b:28} {row[0]:9.1f} {row[1]:10.1f} {row[2]:10.1f}")
 
 
