@@ -371,16 +371,14 @@ unsafe fn dealloc_maybe_sampled<A: GlobalAlloc>(inner: &A, ptr: *mut u8, layout:
     // loop, which the allocator hands back each time); when it is aligned like a sample, the
     // thread's memo of the last such address saves the probe.
     let epoch = filter::sample_epoch();
-    let known = THREAD
-        .with(|t| t.not_sampled_addr.get() == ptr as usize && t.not_sampled_epoch.get() == epoch);
+    let known = THREAD.with(|t| t.known_not_sampled(ptr as usize, epoch));
     if !known && filter::is_sampled(ptr) {
         // SAFETY: the caller's guarantees.
         unsafe { dealloc_slow(inner, ptr, layout, 0) }
     } else if count_free(layout.size()) {
-        THREAD.with(|t| {
-            t.not_sampled_addr.set(ptr as usize);
-            t.not_sampled_epoch.set(epoch);
-        });
+        if !known {
+            THREAD.with(|t| t.remember_not_sampled(ptr as usize, epoch));
+        }
         // SAFETY: as above.
         unsafe { inner.dealloc(ptr, layout) }
     } else {
@@ -428,7 +426,18 @@ unsafe fn realloc_slow<A: GlobalAlloc>(
     layout: Layout,
     new_size: usize,
 ) -> *mut u8 {
-    let sampled = filter::maybe_sampled_sized(ptr, layout.size()) && filter::is_sampled(ptr);
+    // As in `dealloc_maybe_sampled`: the thread's memo first, then the exact probe.
+    let epoch = filter::sample_epoch();
+    let sampled = filter::maybe_sampled_sized(ptr, layout.size())
+        && !THREAD.with(|t| t.known_not_sampled(ptr as usize, epoch))
+        && filter::is_sampled(ptr);
+    if !sampled && filter::maybe_sampled(ptr) {
+        THREAD.with(|t| {
+            if !t.known_not_sampled(ptr as usize, epoch) {
+                t.remember_not_sampled(ptr as usize, epoch)
+            }
+        });
+    }
     if !sampled && count_realloc_unsampled(layout.size(), new_size) {
         // An aligned block that only looked like a sample: the fast path after all.
         // SAFETY: the caller's guarantees, passed on unchanged.

@@ -63,10 +63,11 @@ pub(crate) struct ThreadState {
     /// `scope_countdown`.
     pub scope_depth: Cell<u32>,
     scope_countdown: Cell<u64>,
-    /// The last address this thread's free found aligned like a sample but not sampled, and
-    /// the sample epoch it was checked at (see `alloc::dealloc_maybe_sampled`).
-    pub not_sampled_addr: Cell<usize>,
-    pub not_sampled_epoch: Cell<u64>,
+    /// The last two addresses this thread's frees found aligned like a sample but not sampled
+    /// (two: a loop that reallocates one such block and frees another alternates between
+    /// them), and the sample epoch they were checked at (see `alloc::dealloc_maybe_sampled`).
+    not_sampled_addr: [Cell<usize>; 2],
+    not_sampled_epoch: Cell<u64>,
     saved_countdown: Cell<u64>,
     saved_free_left: Cell<u64>,
     saved_slot: Cell<*const Slot>,
@@ -91,7 +92,7 @@ impl ThreadState {
             pending_free: Cell::new(0),
             scope_depth: Cell::new(0),
             scope_countdown: Cell::new(0),
-            not_sampled_addr: Cell::new(0),
+            not_sampled_addr: [Cell::new(0), Cell::new(0)],
             not_sampled_epoch: Cell::new(0),
             saved_countdown: Cell::new(0),
             saved_free_left: Cell::new(0),
@@ -158,6 +159,27 @@ impl ThreadState {
         } else {
             self.slot.set(s)
         }
+    }
+
+    /// Whether this thread's last free of `ptr` found it not sampled, with no sample taken since
+    /// (`epoch`: the sample epoch read before the caller's check; see `filter::sample_epoch`).
+    #[inline(always)]
+    pub fn known_not_sampled(&self, ptr: usize, epoch: u64) -> bool {
+        let [a, b] = &self.not_sampled_addr;
+        (a.get() == ptr || b.get() == ptr) && self.not_sampled_epoch.get() == epoch
+    }
+
+    /// Remembers that `ptr` was found not sampled at `epoch` (forgetting the older of the two,
+    /// and both if the epoch moved on).
+    #[inline(always)]
+    pub fn remember_not_sampled(&self, ptr: usize, epoch: u64) {
+        let [a, b] = &self.not_sampled_addr;
+        if self.not_sampled_epoch.replace(epoch) == epoch {
+            b.set(a.get());
+        } else {
+            b.set(0);
+        }
+        a.set(ptr);
     }
 
     /// Opens a `measure()` scope: the first one parks the sampling countdown and zeroes the fast
