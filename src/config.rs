@@ -1,4 +1,5 @@
-//! Start-up configuration from the environment, read without allocating.
+//! The settings: their defaults and limits, the unwinder choice, and reading them from the
+//! environment without allocating.
 //!
 //! The variables are read once, by the first allocation of the process (usually before `main`,
 //! when there is one thread), with `libc::getenv`: no `String`, no lock, no re-entry into the
@@ -6,7 +7,24 @@
 //! default stays.
 use core::fmt;
 
-use crate::stack::{Unwinder, MAX_DEPTH_LIMIT};
+/// The most frames kept (leaf-most), Go's `maxProfStackDepth` since Go 1.23 is 128.
+pub(crate) const DEFAULT_MAX_DEPTH: usize = 128;
+/// Upper bound for `set_max_depth`: the capture buffer lives on the hook's stack.
+pub(crate) const MAX_DEPTH_LIMIT: usize = 256;
+/// Default cap on distinct stacks (see `sites` for when a table holds more).
+pub(crate) const DEFAULT_MAX_SITES: usize = 16_384;
+
+/// Which unwinder samples use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Unwinder {
+    /// Frame pointers if heapsight was compiled with them, falling back to DWARF per stack.
+    Auto,
+    /// Always the frame-pointer walk (still falling back to DWARF when the chain is broken).
+    FramePointers,
+    /// Always `backtrace::trace`.
+    Dwarf,
+}
 
 /// Why an environment value was rejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,14 +190,14 @@ fn settings_from(get: impl Fn(&'static [u8]) -> Option<&'static [u8]>) -> EnvSet
             get(b"HEAPSIGHT_MAX_DEPTH\0"),
             |v| parse_count(v, 1, MAX_DEPTH_LIMIT as u64).map(|d| d as usize),
             MAX_DEPTH_VALUES,
-            &crate::stack::DEFAULT_MAX_DEPTH,
+            &DEFAULT_MAX_DEPTH,
         ),
         max_sites: check(
             "HEAPSIGHT_MAX_SITES",
             get(b"HEAPSIGHT_MAX_SITES\0"),
             |v| parse_count(v, 1, MAX_SITES_LIMIT).map(|d| d as usize),
             MAX_SITES_VALUES,
-            &crate::sites::DEFAULT_MAX_SITES,
+            &DEFAULT_MAX_SITES,
         ),
         unwinder: check(
             "HEAPSIGHT_UNWINDER",
@@ -206,15 +224,15 @@ pub(crate) fn getenv(name: &'static [u8]) -> Option<&'static [u8]> {
     }
 }
 
-/// A fixed-capacity line buffer for messages written from inside the allocator.
-pub(crate) struct Line {
+/// One line for stderr in a fixed buffer, for messages written from inside the allocator.
+pub(crate) struct StderrLine {
     buf: [u8; 512],
     len: usize,
 }
 
-impl Line {
+impl StderrLine {
     pub fn new() -> Self {
-        Line {
+        StderrLine {
             buf: [0; 512],
             len: 0,
         }
@@ -238,7 +256,7 @@ impl Line {
     }
 }
 
-impl fmt::Write for Line {
+impl fmt::Write for StderrLine {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         // Leave room for the newline; truncate what does not fit.
         let room = self.buf.len() - 1 - self.len;
@@ -259,7 +277,7 @@ pub(crate) fn complain(
     kept: &dyn fmt::Display,
 ) {
     use fmt::Write;
-    let mut l = Line::new();
+    let mut l = StderrLine::new();
     let _ = write!(l, "heapsight: ignoring ");
     write_assignment(&mut l, var, value);
     let _ = write!(l, ": {err}; expected {values}; keeping {kept}");
@@ -457,7 +475,7 @@ mod tests {
     #[test]
     fn line_truncates_without_panicking() {
         use core::fmt::Write;
-        let mut l = Line::new();
+        let mut l = StderrLine::new();
         for _ in 0..100 {
             let _ = l.write_str("0123456789");
         }

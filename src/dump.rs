@@ -25,7 +25,7 @@ pub fn dump_to_dir(dir: impl AsRef<Path>) -> io::Result<(PathBuf, PathBuf)> {
         let stem = format!("heapsight-{}-{seq}", std::process::id());
         let pb = dir.join(format!("{stem}.pb.gz"));
         let txt = dir.join(format!("{stem}.txt"));
-        let p = crate::profile();
+        let p = crate::snapshot::take(true);
         write_file(&pb, |w| p.write_pprof(w))?;
         write_file(&txt, |w| p.write_text(w))?;
         Ok((pb, txt))
@@ -36,7 +36,7 @@ pub fn dump_to_dir(dir: impl AsRef<Path>) -> io::Result<(PathBuf, PathBuf)> {
 pub fn dump_to_file(path: impl AsRef<Path>) -> io::Result<()> {
     profiler_scope(|| {
         let path = path.as_ref();
-        let p = crate::profile();
+        let p = crate::snapshot::take(true);
         if path.extension().is_some_and(|e| e == "txt") {
             write_file(path, |w| p.write_text(w))
         } else {

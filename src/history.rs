@@ -34,7 +34,7 @@
 //! window, by three tests that a burst, a step or sampling noise does not pass together.
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -44,7 +44,7 @@ use crate::owned::Owned;
 use crate::sites::{Bucket, Estimates, FxBuild};
 use crate::snapshot::{AddrKey, HeapProfile};
 use crate::symbols::{Frame, Symbol};
-use crate::sync::Lock;
+use crate::sync::{self, Lock};
 use crate::Stats;
 
 /// Time between two recorded points, by default.
@@ -196,29 +196,17 @@ fn capacity(interval: Duration, window: Duration) -> usize {
 /// The ring. Taken only by the recorder (to push a point) and by readers (to copy `Arc`s), never
 /// in the allocation hook, never while another heapsight lock is held; every holder is inside the
 /// profiler guard.
-static RING: Lock<Option<Ring>> = Lock::new(None);
-static STARTED: AtomicBool = AtomicBool::new(false);
+static RING: Lock<Option<Ring>> = Lock::new(&sync::HISTORY_RING_LOCK, None);
+/// The fork generation the recorder thread was started in, plus one; 0 if never. A forked child
+/// has none of its parent's threads, so there [`start`] may start a recorder again (the points
+/// recorded before the fork are kept).
+static RECORDER_STARTED_IN: AtomicU64 = AtomicU64::new(0);
 
-/// `pthread_atfork` prepare: takes the ring's lock, so a child never inherits it held by the
-/// recorder (which does not exist there) and can still read and record its history.
-pub(crate) fn lock_for_fork() {
-    RING.raw_lock();
+/// What [`RECORDER_STARTED_IN`] holds for a recorder started in this process.
+fn this_generation() -> u64 {
+    sync::fork_generation() + 1
 }
 
-/// `pthread_atfork` parent and child: releases the lock taken by [`lock_for_fork`]. In the child,
-/// whose only thread is the one that forked, the recorder is gone: [`start`] may start one again
-/// (the points recorded before the fork are kept).
-///
-/// # Safety
-/// [`lock_for_fork`] must have been called by this thread (or, in a forked child, by the thread
-/// that forked) with no release since.
-pub(crate) unsafe fn unlock_after_fork(child: bool) {
-    if child {
-        STARTED.store(false, Ordering::SeqCst);
-    }
-    // SAFETY: per this function's contract the lock is held through `raw_lock`, with no guard.
-    unsafe { RING.raw_unlock() }
-}
 static EPOCH: OnceLock<Instant> = OnceLock::new();
 
 /// Starts recording: a background thread records a point now and every `interval` after,
@@ -229,7 +217,8 @@ static EPOCH: OnceLock<Instant> = OnceLock::new();
 /// Returns once the thread runs inside the profiler guard, so what std allocates to start it is
 /// behind the caller. The thread lives as long as the process.
 pub fn start(interval: Duration, window: Duration) -> io::Result<bool> {
-    if STARTED.swap(true, Ordering::SeqCst) {
+    let generation = this_generation();
+    if RECORDER_STARTED_IN.swap(generation, Ordering::SeqCst) == generation {
         return Ok(false);
     }
     let interval = interval.max(Duration::from_millis(1));
@@ -270,7 +259,7 @@ pub fn start(interval: Duration, window: Duration) -> io::Result<bool> {
             })
         });
     if let Err(e) = spawned {
-        STARTED.store(false, Ordering::SeqCst);
+        RECORDER_STARTED_IN.store(0, Ordering::SeqCst);
         return Err(e);
     }
     while !READY.load(Ordering::Acquire) {
@@ -281,7 +270,7 @@ pub fn start(interval: Duration, window: Duration) -> io::Result<bool> {
 
 /// Whether the recorder thread has been started.
 pub fn is_recording() -> bool {
-    STARTED.load(Ordering::Relaxed)
+    RECORDER_STARTED_IN.load(Ordering::Relaxed) == this_generation()
 }
 
 /// Records one point now (what the recorder thread does every interval). For tests that drive
@@ -291,7 +280,7 @@ pub fn record_now() {
     profiler_scope(|| {
         // The time of the counters, which the profile reads first.
         let at = EPOCH.get_or_init(Instant::now).elapsed();
-        let p = crate::profile();
+        let p = crate::snapshot::take(true);
         // Intern under the lock (a hash lookup per kept site), build the point's entries first.
         let mut kept: Vec<(&Arc<[Frame]>, Values)> = Vec::with_capacity(SITES_PER_POINT);
         let mut other = Values::default();
@@ -690,7 +679,7 @@ pub(crate) fn since(age: Duration) -> Option<HeapProfile> {
     profiler_scope(|| {
         let now_at = EPOCH.get_or_init(Instant::now).elapsed();
         let then = h.point_at(now_at, age)?.clone();
-        let mut p = crate::profile();
+        let mut p = crate::snapshot::take(true);
         let mut by_addr: HashMap<AddrKey, usize, FxBuild> = p
             .stacks
             .iter()

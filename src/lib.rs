@@ -7,6 +7,53 @@
 //! per-site estimates in formats the tools you already run read: `go tool pprof`, Pyroscope,
 //! Parca, Grafana, inferno. Besides the estimates it keeps exact process-wide counters.
 //!
+//! # Layers
+//!
+//! The source is eight layers, bottom first; a module imports only from its own layer or a lower
+//! one (`tests/layers.rs` fails on any other import, and on a file with no layer). An allocation
+//! enters at the hook and goes down into thread state, then (sampled) into capture and the
+//! tables; a dump enters at a transport and goes down through an encoder and the snapshot to
+//! the same tables and the counters.
+//!
+//! ```text
+//!  rank layer        files                                    allocation      dump
+//!   7   hook         alloc, setup                             enters ──┐
+//!   6   transports   dump, http/, otlp/, metrics, series,              │      enters ──┐
+//!                    history, tracing, measure                         │               │
+//!   5   encoders     profile/                                          │      bytes  ◄─┤
+//!   4   snapshot     snapshot, stats, symbols, dwarf                   │      copy   ◄─┤
+//!   3   tables       sites, tags                              record ◄─┤      read   ◄─┤
+//!   2   thread       guard, thread, counters, filter, owned   count  ◄─┤      sum    ◄─┘
+//!   1   capture      stack                                    stack  ◄─┘ (sampled)
+//!   0   base         sync, config, sampler, clock, elf        (under every layer)
+//! ```
+//!
+//! What each layer's files own:
+//!
+//! * **base**: `sync` every lock word in its order, the DWARF unwinder's fork gate and the
+//!   `fork()` handlers; `config` the settings' defaults and limits (read from the environment
+//!   without allocating); `sampler` the sample rate and the exponential draws; `clock` nothing
+//!   (the monotonic clock); `elf` nothing (reads ELF files and `/proc/self/maps`).
+//! * **capture**: `stack` the unwinder choice and the learned thread entries; it reads a
+//!   thread's stack bounds but keeps no thread state, so thread set-up can call it.
+//! * **thread**: `guard` the calling thread's state and the reentrancy guard; `thread` a
+//!   thread's set-up (its counter slot and countdowns); `counters` the counter slots and the
+//!   process-wide peak; `filter` the exact set of live sampled addresses a free checks;
+//!   `owned` nothing (`Owned<T>`: memory the profiler owns, dropped inside the guard).
+//! * **tables**: `sites` the site table and the live-sample shards; `tags` the tag-name table.
+//! * **snapshot**: `snapshot` the trimmed-stack caches and [`HeapProfile`]; `stats` nothing
+//!   (sums the counters into [`Stats`]); `symbols` the symbol cache; `dwarf` nothing (reads
+//!   DWARF line tables for `symbols`).
+//! * **encoders**: `profile/` nothing: pure functions from a snapshot to bytes (pprof, Go text,
+//!   folded stacks, top, delta).
+//! * **transports and scopes**: `dump` the signal pipe and dump file numbers; `http/` the
+//!   server; `otlp/` the exporter thread; `metrics` the updater thread; `series` nothing (the
+//!   one list of metric series `/metrics` and `metrics` publish); `history` the ring of
+//!   recorded points; `tracing` the span-to-tag layer's entered spans; `measure` a thread's
+//!   open measurement.
+//! * **hook**: `alloc` the `GlobalAlloc` impl; `setup` the process activation (fork handlers,
+//!   exit dump, unwinder warm-up).
+//!
 //! # Set-up
 //!
 //! heapsight is not on crates.io yet: depend on a clone of its repository (or on the repository
@@ -250,6 +297,7 @@ mod setup;
 mod sites;
 mod snapshot;
 mod stack;
+mod stats;
 mod symbols;
 mod sync;
 mod tags;
@@ -272,11 +320,11 @@ pub use crate::dump::{dump_to_dir, dump_to_file};
 pub use crate::dump::{install_dump_signal, DumpSignalError};
 
 pub use crate::alloc::HeapSight;
-pub use crate::config::ParseError;
+pub use crate::config::{ParseError, Unwinder};
 pub use crate::measure::{measure, Usage};
 pub use crate::profile::{Distribution, SampleType, Top, UnknownSampleType};
 pub use crate::snapshot::{HeapProfile, Site};
-pub use crate::stack::Unwinder;
+pub use crate::stats::{stats, Stats};
 pub use crate::symbols::{Frame, Symbol, Symbols};
 pub use crate::tags::{
     tag, tag_stats, try_tag, with_tag, Tag, TagError, TagFutureExt, TagGuard, TagStats, Tagged,
@@ -286,85 +334,6 @@ pub use crate::tags::{
 /// Go's default `MemProfileRate`, heapsight's default: one sample per 512 KiB allocated.
 pub const DEFAULT_SAMPLE_RATE: u64 = sampler::DEFAULT_RATE;
 
-/// Exact process-wide allocation counters, from [`stats`].
-///
-/// `alloc_*` and `free_*` count every call since start-up (a `realloc` is one free and one
-/// allocation); `inuse_* = alloc_* - free_*`. Bytes are `Layout::size()` bytes as requested, not
-/// what the inner allocator rounded them to. The profiler's own memory is not in these counters;
-/// it is `profiler_bytes`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Stats {
-    /// Allocations made.
-    pub alloc_objects: u64,
-    /// Bytes allocated.
-    pub alloc_bytes: u64,
-    /// Blocks freed.
-    pub free_objects: u64,
-    /// Bytes freed.
-    pub free_bytes: u64,
-    /// Blocks live now.
-    pub inuse_objects: u64,
-    /// Bytes live now.
-    pub inuse_bytes: u64,
-    /// Highest `inuse_bytes` reached, as seen at flushes: below the true peak by at most what
-    /// each thread allocated since its last flush (less than one sampling countdown, ≈ the
-    /// rate; 1 MiB at rate 0), above it by less than 64 KiB per other thread. Exact for a peak
-    /// made of blocks larger than the countdown. See the crate docs.
-    pub peak_inuse_bytes: u64,
-    /// The sample rate in force (bytes; 0 = off).
-    pub sample_rate: u64,
-    /// Samples taken since start-up.
-    pub samples: u64,
-    /// Bytes the profiler itself holds (site table, live-sample index, symbol cache, snapshots
-    /// not yet dropped, per-thread slots).
-    pub profiler_bytes: u64,
-    /// Counter slots in use or parked for reuse (the most threads that were alive at once).
-    pub thread_slots: u64,
-    /// Sampled stacks captured with the DWARF unwinder (fallback or forced).
-    pub dwarf_captures: u64,
-}
-
-/// Reads the exact counters. Lock-free, allocation-free, safe to call from any thread at any time.
-///
-/// Only allocations through [`HeapSight`] are counted: in a program whose `#[global_allocator]`
-/// is something else every counter stays 0 — check [`is_active`] before reading zeros as "no
-/// allocations".
-///
-/// Counters are summed over per-thread slots without stopping the threads, so while other threads
-/// allocate the result is a consistent-enough moment, not an atomic snapshot; in a quiet moment it
-/// is exact.
-pub fn stats() -> Stats {
-    let t = guard::THREAD.with(|th| {
-        let own = th.slot.get();
-        if own.is_null() {
-            counters::totals()
-        } else {
-            // Calling thread: also flush our own change into the shared in-use figure and the
-            // peak (see `counters`).
-            // SAFETY: the non-null slot of this thread is owned by it and never freed.
-            let own = unsafe { &*own };
-            let t = counters::totals();
-            counters::resync(own);
-            t
-        }
-    });
-    Stats {
-        alloc_objects: t.alloc_objects,
-        alloc_bytes: t.alloc_bytes,
-        free_objects: t.free_objects,
-        free_bytes: t.free_bytes,
-        inuse_objects: t.alloc_objects.saturating_sub(t.free_objects),
-        inuse_bytes: t.inuse_bytes(),
-        peak_inuse_bytes: t.peak,
-        sample_rate: sample_rate(),
-        samples: sites::SAMPLES.load(std::sync::atomic::Ordering::Relaxed),
-        profiler_bytes: counters::profiler_bytes(),
-        thread_slots: counters::slot_count() as u64,
-        dwarf_captures: stack::DWARF_CAPTURES.load(std::sync::atomic::Ordering::Relaxed),
-    }
-}
-
 /// Whether heapsight is this program's global allocator: true once an allocation went through
 /// [`HeapSight`] (in practice from before `main`). A program that links the crate but installs
 /// another `#[global_allocator]` gets `false`, empty profiles and zero counters, and pays nothing
@@ -372,9 +341,6 @@ pub fn stats() -> Stats {
 pub fn is_active() -> bool {
     thread::is_active()
 }
-
-/// What readers print instead of zeros when [`is_active`] is false.
-pub(crate) const NOT_ACTIVE: &str = "heapsight is not the global allocator";
 
 /// Sets the sampling rate: on average one sample per `bytes` allocated (Go's `MemProfileRate`).
 /// 0 turns sampling off, 1 samples every allocation. The default is 512 KiB, or
@@ -402,7 +368,7 @@ pub fn set_sampling_seed(seed: u64) {
 /// `HEAPSIGHT_MAX_DEPTH`.
 pub fn set_max_depth(frames: usize) {
     setup::MAX_DEPTH.store(
-        frames.clamp(1, stack::MAX_DEPTH_LIMIT),
+        frames.clamp(1, config::MAX_DEPTH_LIMIT),
         std::sync::atomic::Ordering::Relaxed,
     );
 }

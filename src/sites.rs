@@ -49,14 +49,13 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
+use crate::config::DEFAULT_MAX_SITES;
 use crate::sampler;
-use crate::sync::Lock;
+use crate::sync::{self, Lock, Locks};
 
 /// Stack id of the pseudo-site that receives samples once `max_sites` stacks exist and none can be
 /// reclaimed, and the totals of reclaimed stacks.
 pub(crate) const OVERFLOW_STACK: u32 = 0;
-/// Default cap on distinct stacks (see the module docs for when a table holds more).
-pub const DEFAULT_MAX_SITES: usize = 16_384;
 /// Buckets (stack × size × rate × tag) allowed per site on average before samples go to the
 /// overflow bucket.
 const BUCKETS_PER_SITE: usize = 8;
@@ -373,6 +372,22 @@ struct Stack {
     next: u32,
 }
 
+impl Stack {
+    /// A stack with no samples, buckets or lifetime row, in no list.
+    fn unlinked(frames: &[usize], hash: u64) -> Stack {
+        Stack {
+            frames: Some(Arc::from(frames)),
+            hash,
+            same_hash: NONE,
+            live: 0,
+            buckets: NONE,
+            row: NONE,
+            prev: NONE,
+            next: NONE,
+        }
+    }
+}
+
 struct Table {
     stacks: Vec<Stack>,
     free_stacks: Vec<u32>,
@@ -411,16 +426,7 @@ impl Table {
     fn new() -> Self {
         Table {
             // Stack 0 is the frame-less pseudo-site.
-            stacks: vec![Stack {
-                frames: Some(Arc::from(&[][..])),
-                hash: 0,
-                same_hash: NONE,
-                live: 0,
-                buckets: NONE,
-                row: NONE,
-                prev: NONE,
-                next: NONE,
-            }],
+            stacks: vec![Stack::unlinked(&[], 0)],
             free_stacks: Vec::new(),
             stacks_used: 0,
             stack_index: HashMap::default(),
@@ -513,16 +519,7 @@ impl Table {
                 return OVERFLOW_STACK;
             }
         }
-        let stack = Stack {
-            frames: Some(Arc::from(frames)),
-            hash,
-            same_hash: NONE,
-            live: 0,
-            buckets: NONE,
-            row: NONE,
-            prev: NONE,
-            next: NONE,
-        };
+        let stack = Stack::unlinked(frames, hash);
         let id = match self.free_stacks.pop() {
             Some(id) => {
                 self.stacks[id as usize] = stack;
@@ -858,7 +855,7 @@ impl Table {
     }
 }
 
-static TABLE: Lock<Option<Table>> = Lock::new(None);
+static TABLE: Lock<Option<Table>> = Lock::new(&sync::SITE_TABLE_LOCK, None);
 
 /// The hash a stack is indexed by, computed before the table lock is taken.
 fn frames_hash(frames: &[usize]) -> u64 {
@@ -873,7 +870,8 @@ fn frames_hash(frames: &[usize]) -> u64 {
 type LiveMap = HashMap<usize, Live, FxBuild>;
 
 /// The live-sample shards (see the module docs).
-static SHARDS: [Lock<Option<LiveMap>>; SHARD_COUNT] = [const { Lock::new(None) }; SHARD_COUNT];
+static SHARDS: Locks<Option<LiveMap>, SHARD_COUNT> =
+    Locks::new(&sync::LIVE_SHARD_LOCKS, [const { None }; SHARD_COUNT]);
 
 /// The shard of an address: the same as the free-side exact set's, so that each of its shards is
 /// written only under one shard lock here.
@@ -893,7 +891,7 @@ fn with_table<R>(f: impl FnOnce(&mut Table) -> R) -> R {
 
 fn with_shard<R>(ptr: usize, f: impl FnOnce(&mut LiveMap) -> R) -> R {
     debug_assert!(crate::guard::in_profiler());
-    let mut g = SHARDS[shard_of(ptr)].lock();
+    let mut g = SHARDS.lock(shard_of(ptr));
     f(g.get_or_insert_with(HashMap::default))
 }
 
@@ -1121,35 +1119,12 @@ pub(crate) fn buckets() -> Vec<Bucket> {
 
 /// Runs `f` with every site lock held (see `crate::with_site_lock_held`). Inside the guard.
 pub(crate) fn with_lock_held<R>(f: impl FnOnce() -> R) -> R {
-    lock_for_fork();
+    sync::lock_site_tables();
     let r = f();
-    // SAFETY: `lock_for_fork` above took every lock on this thread, and nothing released them.
-    unsafe { unlock_after_fork() };
+    // SAFETY: `lock_site_tables` above took every site lock on this thread, and nothing released
+    // them; no guard exists for them.
+    unsafe { sync::unlock_site_tables() };
     r
-}
-
-/// Takes every lock of the site table, in this fixed order: the table lock, then the shards in
-/// index order. (The hook never holds two of them at once, so any fixed order is deadlock-free;
-/// this one is documented for the fork handlers, which take them after the dump-time locks.)
-pub(crate) fn lock_for_fork() {
-    TABLE.raw_lock();
-    for s in &SHARDS {
-        s.raw_lock();
-    }
-}
-
-/// Releases the locks taken by [`lock_for_fork`], in reverse order.
-///
-/// # Safety
-/// [`lock_for_fork`] must have been called by this thread (or, in a forked child, by the thread
-/// that forked) with no release since.
-pub(crate) unsafe fn unlock_after_fork() {
-    for s in SHARDS.iter().rev() {
-        // SAFETY: per this function's contract, held through `raw_lock` with no guard.
-        unsafe { s.raw_unlock() };
-    }
-    // SAFETY: as above.
-    unsafe { TABLE.raw_unlock() };
 }
 
 #[cfg(test)]

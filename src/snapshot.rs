@@ -16,7 +16,7 @@ use crate::guard::profiler_scope;
 use crate::owned::Owned;
 use crate::sites::{self, Bucket, Estimates, FxBuild, OVERFLOW_STACK};
 use crate::symbols::{self, Frame, Symbol, Symbols};
-use crate::sync::Lock;
+use crate::sync::{self, Locks};
 use crate::Stats;
 
 /// A snapshot of the sampled heap: per call site, unbiased estimates of what was allocated and
@@ -200,7 +200,7 @@ fn build(raw: sites::TableCopy, symbolize: bool, stats: Stats, time_nanos: i64) 
     let mut p = HeapProfile {
         time_nanos,
         duration_nanos: 0,
-        rate: crate::sample_rate(),
+        rate: crate::sampler::rate(),
         stats,
         stacks: stacks.into(),
         buckets: buckets.into(),
@@ -369,27 +369,8 @@ impl std::hash::Hash for AddrKey {
 
 /// One cache for symbolized, one for raw-address profiles. Locks taken only at dump time, and
 /// held across `fork()` by the fork handlers (see `sync`), like the symbol cache: a child forked while another thread builds a profile must not inherit them held.
-static STACK_CACHES: [Lock<Option<StackCache>>; 2] = [Lock::new(None), Lock::new(None)];
-
-/// `pthread_atfork` prepare: takes both stack-cache locks. Their holders take the symbol-cache
-/// lock inside them, so these come first.
-pub(crate) fn lock_for_fork() {
-    for c in &STACK_CACHES {
-        c.raw_lock();
-    }
-}
-
-/// `pthread_atfork` parent and child: releases the locks taken by [`lock_for_fork`].
-///
-/// # Safety
-/// [`lock_for_fork`] must have been called by this thread (or, in a forked child, by the thread
-/// that forked) with no release since.
-pub(crate) unsafe fn unlock_after_fork() {
-    for c in &STACK_CACHES {
-        // SAFETY: per this function's contract each lock is held by `raw_lock`, with no guard.
-        unsafe { c.raw_unlock() }
-    }
-}
+static STACK_CACHES: Locks<Option<StackCache>, 2> =
+    Locks::new(&sync::STACK_CACHE_LOCKS, [None, None]);
 
 /// Bytes a cache entry for a raw stack costs beyond its canonical stack (hash-table entry).
 const RAW_ENTRY_BYTES: usize = 48;
@@ -412,7 +393,7 @@ fn trimmed_stacks(
     let key = |s: &Arc<[usize]>| s.as_ptr() as usize;
     let mut resolved: HashMap<usize, Resolved, FxBuild> = HashMap::default();
     let mut guard = loop {
-        let mut guard = STACK_CACHES[symbolize as usize].lock();
+        let mut guard = STACK_CACHES.lock(symbolize as usize);
         if guard.as_ref().is_some_and(|c| c.max_depth != max_depth) {
             *guard = None;
         }

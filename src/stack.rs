@@ -25,12 +25,13 @@
 //!
 //! The captured stack starts inside heapsight; the allocator frames are trimmed by name at dump
 //! time (see `symbols`), where symbols are known.
-use core::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering::Relaxed};
 
-/// The most frames kept (leaf-most), Go's `maxProfStackDepth` since Go 1.23 is 128.
-pub const DEFAULT_MAX_DEPTH: usize = 128;
-/// Upper bound for `set_max_depth`: the capture buffer lives on the hook's stack.
-pub const MAX_DEPTH_LIMIT: usize = 256;
+use crate::config::{Unwinder, MAX_DEPTH_LIMIT};
+use crate::sync;
+
+// The hook's depth setting starts from it.
+pub(crate) use crate::config::DEFAULT_MAX_DEPTH;
 /// Frames of heapsight, `__rust_alloc` and `alloc::alloc` above the user's frames: captured in
 /// addition to the depth so that trimming them leaves `max_depth` user frames.
 pub(crate) const ENTRY_FRAMES: usize = 24;
@@ -42,18 +43,6 @@ const ENTRY_TAIL: usize = 2;
 /// Learned thread-entry return addresses (0 = free slot). Programs have a handful of ways to
 /// start a thread; when the table is full, walks ending elsewhere keep going to DWARF.
 static ENTRIES: [AtomicUsize; 8] = [const { AtomicUsize::new(0) }; 8];
-
-/// Which unwinder samples use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Unwinder {
-    /// Frame pointers if heapsight was compiled with them, falling back to DWARF per stack.
-    Auto,
-    /// Always the frame-pointer walk (still falling back to DWARF when the chain is broken).
-    FramePointers,
-    /// Always `backtrace::trace`.
-    Dwarf,
-}
 
 static UNWINDER: AtomicU8 = AtomicU8::new(0);
 
@@ -98,8 +87,8 @@ pub(crate) fn capture(buf: &mut [usize], bounds: (usize, usize)) -> usize {
     if !use_fp {
         let n = capture_dwarf(buf);
         if n == 0 {
-            // A fork is in progress (see `fork_gate_close`): a frame-pointer stack, however
-            // short, rather than none.
+            // A fork is in progress (see `sync::DWARF_UNWIND_GATE`): a frame-pointer stack,
+            // however short, rather than none.
             return walk_frame_pointers(buf, bounds).0;
         }
         return n;
@@ -142,43 +131,14 @@ fn learn_entry(ret: usize) {
     }
 }
 
-/// The fork gate of the DWARF unwinder. `backtrace::trace` holds backtrace's global lock while it
-/// unwinds; a child forked at that moment inherits the lock held by a thread it does not have,
-/// and its first DWARF capture or symbolization waits forever. So `fork()` (the `pthread_atfork`
-/// prepare handler) closes the gate and waits until no capture is in progress; captures that
-/// find the gate closed do not wait (the thread may hold a lock the forking thread needs, e.g.
-/// backtrace's own, in a program that calls `backtrace` itself) but return no frames.
-static UNWINDING: AtomicUsize = AtomicUsize::new(0);
-static FORKING: AtomicBool = AtomicBool::new(false);
-
-/// `pthread_atfork` prepare: closes the gate and waits for captures in progress to finish.
-pub(crate) fn fork_gate_close() {
-    FORKING.store(true, SeqCst);
-    while UNWINDING.load(SeqCst) != 0 {
-        // SAFETY: no preconditions; neither allocates nor locks.
-        unsafe { libc::sched_yield() };
-    }
-}
-
-/// `pthread_atfork` parent and child: opens the gate. In the child, a thread that does not exist
-/// there may have been between its increment and decrement of the counter: reset it.
-pub(crate) fn fork_gate_open(child: bool) {
-    if child {
-        UNWINDING.store(0, SeqCst);
-    }
-    FORKING.store(false, SeqCst);
-}
-
 /// Counts the DWARF captures, for tests and `Stats`.
 pub(crate) static DWARF_CAPTURES: core::sync::atomic::AtomicU64 =
     core::sync::atomic::AtomicU64::new(0);
 
 /// Captures with `backtrace::trace`; returns 0 frames while a fork is in progress (see
-/// [`fork_gate_close`]).
+/// [`sync::DWARF_UNWIND_GATE`]).
 pub(crate) fn capture_dwarf(buf: &mut [usize]) -> usize {
-    UNWINDING.fetch_add(1, SeqCst);
-    if FORKING.load(SeqCst) {
-        UNWINDING.fetch_sub(1, SeqCst);
+    if !sync::DWARF_UNWIND_GATE.enter() {
         return 0;
     }
     DWARF_CAPTURES.fetch_add(1, Relaxed);
@@ -191,7 +151,7 @@ pub(crate) fn capture_dwarf(buf: &mut [usize]) -> usize {
         n += 1;
         true
     });
-    UNWINDING.fetch_sub(1, SeqCst);
+    sync::DWARF_UNWIND_GATE.leave();
     n
 }
 
@@ -443,11 +403,19 @@ mod tests {
         assert!(lo < a && a < hi, "{lo:#x} {a:#x} {hi:#x}");
     }
 
+    /// Whether this build has frame pointers to walk; says loudly that the test is SKIPPED when
+    /// it has not.
+    fn frame_pointers_or_skip() -> bool {
+        if !COMPILED_WITH_FP {
+            eprintln!("SKIPPED: built without frame pointers");
+        }
+        COMPILED_WITH_FP
+    }
+
     #[test]
     #[cfg_attr(heapsight_portable, ignore = "Linux stack bounds only")]
     fn frame_pointer_walk_sees_every_nested_frame() {
-        if !COMPILED_WITH_FP {
-            eprintln!("SKIPPED: built without frame pointers");
+        if !frame_pointers_or_skip() {
             return;
         }
         let mut buf = [0usize; 64];
@@ -462,8 +430,7 @@ mod tests {
     #[test]
     #[cfg_attr(heapsight_portable, ignore = "Linux stack bounds only")]
     fn dwarf_and_frame_pointers_agree_on_return_addresses() {
-        if !COMPILED_WITH_FP {
-            eprintln!("SKIPPED: built without frame pointers");
+        if !frame_pointers_or_skip() {
             return;
         }
         let mut fp = [0usize; 64];
@@ -489,15 +456,15 @@ mod tests {
 
     /// The portable paths in force (`--cfg heapsight_portable`, or a target other than Linux):
     /// no stack bounds, so every capture is the DWARF unwinder's, and it still finds this frame.
+    /// (That profiles then carry no mappings is `profile::maps`'s test.)
     #[test]
     #[cfg(any(heapsight_portable, not(target_os = "linux")))]
     fn portable_paths_capture_with_dwarf() {
         assert_eq!(thread_stack_bounds(), (0, 0));
-        let before = DWARF_CAPTURES.load(SeqCst);
+        let before = DWARF_CAPTURES.load(core::sync::atomic::Ordering::SeqCst);
         let mut buf = [0usize; 64];
         let n = capture(&mut buf, thread_stack_bounds());
         assert!(n > 3, "{n} frames");
-        assert!(DWARF_CAPTURES.load(SeqCst) > before);
-        assert!(crate::profile::maps::read_self().is_empty());
+        assert!(DWARF_CAPTURES.load(core::sync::atomic::Ordering::SeqCst) > before);
     }
 }

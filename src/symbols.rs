@@ -17,7 +17,7 @@ use object::{Object, ObjectSection};
 
 use crate::elf::{self, MappedFile};
 use crate::sites::FxBuild;
-use crate::sync::Lock;
+use crate::sync::{self, Lock};
 
 /// One function at a frame: the outermost is the function the return address lies in; inlined
 /// callees come before it (innermost first), as pprof orders the Lines of a Location.
@@ -110,27 +110,7 @@ pub(crate) const MAX_CACHE_BYTES: usize = 1 << 20;
 
 /// Held across `fork()` and released in the child (see `sync`). Only taken at dump time for
 /// look-ups and inserts, never while resolving and never in the allocation hook.
-static CACHE: Lock<Option<Cache>> = Lock::new(None);
-
-/// `pthread_atfork` prepare: takes the cache lock (see `sync`).
-pub(crate) fn lock_for_fork() {
-    CACHE.raw_lock();
-    // A leaf (its holders take no other lock), held across the fork like the cache.
-    NOTES.raw_lock();
-}
-
-/// `pthread_atfork` parent and child: releases the lock taken by [`lock_for_fork`].
-///
-/// # Safety
-/// [`lock_for_fork`] must have been called by this thread (or, in a forked child, by the thread
-/// that forked) with no release since.
-pub(crate) unsafe fn unlock_after_fork() {
-    // SAFETY: per this function's contract both locks are held by `raw_lock` and no guard exists.
-    unsafe {
-        NOTES.raw_unlock();
-        CACHE.raw_unlock();
-    }
-}
+static CACHE: Lock<Option<Cache>> = Lock::new(&sync::SYMBOL_CACHE_LOCK, None);
 
 fn with_cache<R>(f: impl FnOnce(&mut Cache) -> R) -> R {
     let mut guard = CACHE.lock();
@@ -204,7 +184,7 @@ impl Default for Symbols {
 
 /// What symbolization lacked, per file, since start-up (e.g. a stripped binary): a few lines for
 /// the profile's comments. Bounded by the number of mapped files.
-static NOTES: Lock<Vec<String>> = Lock::new(Vec::new());
+static NOTES: Lock<Vec<String>> = Lock::new(&sync::SYMBOL_NOTES_LOCK, Vec::new());
 
 fn note(msg: String) {
     let mut n = NOTES.lock();

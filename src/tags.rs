@@ -138,22 +138,7 @@ struct Names {
 
 /// The interning table. Taken only by `Tag::new` and readers, never by the allocation hook, and
 /// always inside the profiler guard (interning allocates). Held across `fork()` (see `sync`).
-static NAMES: Lock<Option<Names>> = Lock::new(None);
-
-/// `pthread_atfork` prepare: takes the table's lock (see `sync`).
-pub(crate) fn lock_for_fork() {
-    NAMES.raw_lock();
-}
-
-/// `pthread_atfork` parent and child: releases the lock taken by [`lock_for_fork`].
-///
-/// # Safety
-/// * [`lock_for_fork`] must have been called by this thread (or, in a forked child, by the thread
-///   that forked) with no release since.
-pub(crate) unsafe fn unlock_after_fork() {
-    // SAFETY: per this function's contract the lock is held by `raw_lock` and no guard exists.
-    unsafe { NAMES.raw_unlock() }
-}
+static NAMES: Lock<Option<Names>> = Lock::new(&crate::sync::TAG_NAMES_LOCK, None);
 
 fn with_names<R>(f: impl FnOnce(&mut Names) -> R) -> R {
     profiler_scope(|| {

@@ -296,13 +296,7 @@ fn symbolize_param(query: &str) -> Result<bool, String> {
 }
 
 fn render(route: Route, symbolize: bool) -> Response {
-    let take = || {
-        if symbolize {
-            crate::profile()
-        } else {
-            crate::profile_unsymbolized()
-        }
-    };
+    let take = || crate::snapshot::take(symbolize);
     match route {
         Route::Index => Response::new(200, "text/html; charset=utf-8", index_page().into_bytes()),
         Route::Metrics => Response::new(

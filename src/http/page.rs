@@ -51,7 +51,7 @@ pub(super) fn human(b: u64) -> String {
 /// The page a person reads: counters, top sites by live and by allocated bytes, tags, the
 /// flamegraph inline. No scripts, no external assets: it works offline and in a text browser.
 pub(super) fn heapsight_page() -> String {
-    let p = crate::profile();
+    let p = crate::snapshot::take(true);
     let s = p.stats();
     let mut h = String::new();
     h.push_str(
@@ -62,12 +62,12 @@ pub(super) fn heapsight_page() -> String {
          .k{color:#666}#flamegraph svg{max-width:100%;height:auto}#timeline svg{max-width:100%;height:auto}\
          td.spark{padding:0 .4em}</style></head><body>\n<h1>heapsight</h1>\n",
     );
-    if !crate::is_active() {
+    if !crate::thread::is_active() {
         let _ = writeln!(
             h,
             "<p><b>{}</b>: this program's <code>#[global_allocator]</code> is another allocator, so \
              there are no counters or samples to show.</p></body></html>",
-            crate::NOT_ACTIVE
+            crate::stats::NOT_ACTIVE
         );
         return h;
     }
@@ -163,7 +163,7 @@ pub(super) fn flamegraph_svg(p: &HeapProfile) -> String {
 
 /// The history's sections: a timeline of the exact counters and the sites that keep growing.
 fn history_sections(h: &mut String) {
-    let hist = crate::history();
+    let hist = crate::history::snapshot();
     let points: Vec<crate::history::HistoryPoint> = hist.points().collect();
     let _ = writeln!(
         h,

@@ -5,11 +5,11 @@ use crate::series::{self, Series};
 
 /// Prometheus text exposition of the exact counters and per-tag series.
 pub(crate) fn metrics_text() -> String {
-    if !crate::is_active() {
+    if !crate::thread::is_active() {
         // No series rather than zeros that look like an idle heap.
         return format!(
             "# {}: no heapsight series.\n# HELP heapsight_active Whether heapsight is the global allocator.\n# TYPE heapsight_active gauge\nheapsight_active 0\n",
-            crate::NOT_ACTIVE
+            crate::stats::NOT_ACTIVE
         );
     }
     let s = crate::stats();

@@ -104,4 +104,12 @@ mod tests {
         assert_eq!(elf_build_id("/proc/self/maps"), None);
         assert_eq!(elf_build_id("/nonexistent"), None);
     }
+
+    /// The portable paths in force (`--cfg heapsight_portable`, or a target other than Linux):
+    /// profiles carry no mappings.
+    #[test]
+    #[cfg(any(heapsight_portable, not(target_os = "linux")))]
+    fn portable_paths_read_no_mappings() {
+        assert!(read_self().is_empty());
+    }
 }

@@ -317,8 +317,8 @@ impl fmt::Display for Where<'_> {
 impl fmt::Display for Top {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // An empty table in a process whose allocator is another: say so, not "0 sites".
-        if self.sites == 0 && !crate::is_active() {
-            return writeln!(f, "{}: nothing was profiled", crate::NOT_ACTIVE);
+        if self.sites == 0 && !crate::thread::is_active() {
+            return writeln!(f, "{}: nothing was profiled", crate::stats::NOT_ACTIVE);
         }
         writeln!(
             f,
