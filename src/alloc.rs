@@ -555,7 +555,7 @@ fn take_sample(t: &ThreadState, ptr: *mut u8, size: u64, rate: u64, inner_align:
     // Zero only the `depth` slots the capture may use, not the whole 2 KiB buffer (most of a
     // sampled allocation's cost if zeroed in full; docs/benches.md).
     let mut storage = core::mem::MaybeUninit::<[usize; stack::BUF_LEN]>::uninit();
-    let depth = (setup::MAX_DEPTH.load(Relaxed) + stack::ENTRY_FRAMES).min(stack::BUF_LEN);
+    let depth = (stack::MAX_DEPTH.load(Relaxed) + stack::ENTRY_FRAMES).min(stack::BUF_LEN);
     let p = storage.as_mut_ptr() as *mut usize;
     // SAFETY: `p` points to `BUF_LEN` usizes on our stack and `depth <= BUF_LEN`; the first
     // `depth` are initialised (zeroed) before the slice over them is made.
@@ -573,4 +573,81 @@ fn take_sample(t: &ThreadState, ptr: *mut u8, size: u64, rate: u64, inner_align:
         clock::now_ns(),
         inner_align,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guard::profiler_scope;
+    use crate::owned::Owned;
+
+    // `Owned` (thread layer) against the real hook: this test needs the hook and `stats()`,
+    // which sit above it, so it lives here.
+    /// A hook of its own: the unit tests' global allocator is the system's, so allocations made
+    /// through this instance are the only ones the counters see in this test binary.
+    static HOOK: crate::HeapSight = crate::HeapSight::system();
+
+    /// A block allocated through [`HOOK`], freed through it on drop: a `Vec<u8>` of the hook.
+    struct Block(*mut u8, Layout);
+
+    impl Block {
+        fn new(size: usize) -> Block {
+            let layout = Layout::from_size_align(size, 8).unwrap();
+            // SAFETY: `layout` has a nonzero size.
+            let p = unsafe { HOOK.alloc(layout) };
+            assert!(!p.is_null());
+            Block(p, layout)
+        }
+    }
+
+    impl Drop for Block {
+        fn drop(&mut self) {
+            // SAFETY: allocated by `HOOK` with this layout in `Block::new`, freed once, here.
+            unsafe { HOOK.dealloc(self.0, self.1) }
+        }
+    }
+
+    /// (program frees, program bytes freed, profiler bytes)
+    fn counts() -> (u64, u64, u64) {
+        let s = crate::stats();
+        (s.free_objects, s.free_bytes, s.profiler_bytes)
+    }
+
+    #[test]
+    fn counts_stay_exact_when_dropped_outside_the_guard() {
+        const SIZE: usize = 4096;
+        std::thread::spawn(|| {
+            // Give this thread its counter slot first (outside the guard, as a program would).
+            drop(Block::new(8));
+            let before = counts();
+
+            let owned = profiler_scope(|| Owned::new(Block::new(SIZE)));
+            let (f, fb, prof) = counts();
+            assert_eq!((f, fb), (before.0, before.1));
+            assert_eq!(
+                prof,
+                before.2 + SIZE as u64,
+                "allocated as the profiler's own"
+            );
+            assert!(!crate::guard::in_profiler());
+            drop(owned);
+            assert_eq!(
+                counts(),
+                before,
+                "freed as the profiler's own, not the program's"
+            );
+
+            // Without `Owned`, the same drop is counted as a free the program never made, and
+            // the profiler's tally never comes down: what the type is for.
+            let bare = profiler_scope(|| Block::new(SIZE));
+            drop(bare);
+            let (f, fb, prof) = counts();
+            assert_eq!((f, fb), (before.0 + 1, before.1 + SIZE as u64));
+            assert_eq!(prof, before.2 + SIZE as u64);
+            // Put the tally back for any later reader.
+            crate::counters::profiler_free(SIZE);
+        })
+        .join()
+        .unwrap();
+    }
 }

@@ -367,7 +367,7 @@ pub fn set_sampling_seed(seed: u64) {
 /// Sets how many frames a sampled stack keeps (leaf-most; default 128, at most 256). Also
 /// `HEAPSIGHT_MAX_DEPTH`.
 pub fn set_max_depth(frames: usize) {
-    setup::MAX_DEPTH.store(
+    stack::MAX_DEPTH.store(
         frames.clamp(1, config::MAX_DEPTH_LIMIT),
         std::sync::atomic::Ordering::Relaxed,
     );
@@ -394,7 +394,7 @@ pub fn max_sites() -> usize {
 
 /// The stack depth in force (see [`set_max_depth`]).
 pub fn max_depth() -> usize {
-    setup::MAX_DEPTH.load(std::sync::atomic::Ordering::Relaxed)
+    stack::MAX_DEPTH.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// The unwinder in force (see [`set_unwinder`]).

@@ -1,12 +1,9 @@
 //! Process set-up: the configuration from the environment, and what a program whose allocator
 //! heapsight is gets once (fork handlers, the exit dump, the unwinder warm-up). A program that only
 //! links the crate never gets here, so it pays nothing: no constructor runs at start-up.
-use core::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::*};
+use core::sync::atomic::{AtomicBool, AtomicU8, Ordering::*};
 
 use crate::{config, sampler, sites, stack, thread};
-
-/// Frames a sample keeps (after the allocator's own frames are trimmed).
-pub(crate) static MAX_DEPTH: AtomicUsize = AtomicUsize::new(stack::DEFAULT_MAX_DEPTH);
 
 static GLOBAL_STATE: AtomicU8 = AtomicU8::new(0);
 static SET_UP: AtomicBool = AtomicBool::new(false);
@@ -79,7 +76,7 @@ fn read_env() {
         sampler::store_rate(r);
     }
     if let Some(d) = env.max_depth {
-        MAX_DEPTH.store(d, Relaxed);
+        stack::MAX_DEPTH.store(d, Relaxed);
     }
     if let Some(n) = env.max_sites {
         sites::MAX_SITES.store(n, Relaxed);

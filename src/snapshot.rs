@@ -389,7 +389,7 @@ fn trimmed_stacks(
     raw: &[Option<Arc<[usize]>>],
     symbolize: bool,
 ) -> (Vec<Arc<[Frame]>>, Vec<usize>, usize) {
-    let max_depth = crate::setup::MAX_DEPTH.load(std::sync::atomic::Ordering::Relaxed);
+    let max_depth = crate::stack::MAX_DEPTH.load(std::sync::atomic::Ordering::Relaxed);
     let key = |s: &Arc<[usize]>| s.as_ptr() as usize;
     let mut resolved: HashMap<usize, Resolved, FxBuild> = HashMap::default();
     let mut guard = loop {

@@ -20,18 +20,19 @@
 //!   most [`ENTRY_TAIL`] frames above `r` (the C start-up code), `r` is recorded as a thread entry,
 //!   and later walks ending there are complete. `backtrace::trace` takes backtrace's global lock;
 //!   we call it before taking the site lock and never under it (dhat-rs#38). Its first call is made
-//!   when heapsight activates, outside every heapsight lock (see `alloc::init_global`), so that
+//!   when heapsight activates, outside every heapsight lock (see `setup::init_global`), so that
 //!   libgcc's one-time set-up does not first run inside a sampled allocation.
 //!
 //! The captured stack starts inside heapsight; the allocator frames are trimmed by name at dump
 //! time (see `symbols`), where symbols are known.
 use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering::Relaxed};
 
-use crate::config::{Unwinder, MAX_DEPTH_LIMIT};
+use crate::config::{Unwinder, DEFAULT_MAX_DEPTH, MAX_DEPTH_LIMIT};
 use crate::sync;
 
-// The hook's depth setting starts from it.
-pub(crate) use crate::config::DEFAULT_MAX_DEPTH;
+/// Frames a sample keeps (after the allocator's own frames are trimmed): `HEAPSIGHT_MAX_DEPTH`
+/// or `heapsight::set_max_depth`, read by each capture and by the snapshot.
+pub(crate) static MAX_DEPTH: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_DEPTH);
 /// Frames of heapsight, `__rust_alloc` and `alloc::alloc` above the user's frames: captured in
 /// addition to the depth so that trimming them leaves `max_depth` user frames.
 pub(crate) const ENTRY_FRAMES: usize = 24;
