@@ -7,14 +7,17 @@
 //!   thread's slot, remember `size` (to take the count back if the call fails), call `A`.
 //!   Otherwise the `#[cold]` [`alloc_slow`]: a new thread, the profiler guard, a `measure()`
 //!   scope, an exited thread, a flush, or a sample.
-//! * **free**: the sampled-block filter byte zero, and `size` subtracted from the free countdown
-//!   (`free_left`, 0 for threads without a slot) still positive? count, tail-call `A`. Otherwise
-//!   [`dealloc_slow`]: a flush (every [`counters::FREE_FLUSH`] bytes), a thread without a slot,
-//!   or a block that may be sampled.
+//! * **free**: an address that cannot be a sample's (`filter::maybe_sampled`: one test against
+//!   a word), and `size` subtracted from the free countdown (`free_left`, 0 for threads without
+//!   a slot) still positive? count, tail-call `A`. Otherwise [`dealloc_maybe_sampled`] (an
+//!   aligned address: the thread's memo or one exact probe, then on as above) or
+//!   [`dealloc_slow`]: a flush (every [`counters::FREE_FLUSH`] bytes, which also catches every
+//!   block that large), a thread without a slot, or a sample.
 //! * **realloc**: both at once, the free of the old block and the allocation of the new.
 //!
-//! No lock, no shared read-modify-write, no allocation, no hashing but the filter's shift-and-mask.
-//! Blocks carry no header: the inner allocator sees exactly the caller's layout.
+//! No lock, no shared read-modify-write, no allocation, no hashing. Blocks carry no header: the
+//! inner allocator sees the caller's layout, except that a sampled small block is asked at a
+//! raised alignment (see `filter`), which it then sees for that block's whole life.
 use core::alloc::{GlobalAlloc, Layout};
 use core::sync::atomic::Ordering::Relaxed;
 use std::alloc::System;
@@ -25,8 +28,11 @@ use crate::{clock, filter, setup, sites, stack, thread};
 
 /// A `#[global_allocator]` that profiles the heap of the program it serves.
 ///
-/// It forwards `alloc`, `dealloc`, `realloc` and `alloc_zeroed` to the inner allocator `A`
-/// unchanged, counts every call exactly, and samples allocations for the heap profile.
+/// It forwards `alloc`, `dealloc`, `realloc` and `alloc_zeroed` to the inner allocator `A`,
+/// counts every call exactly, and samples allocations for the heap profile. A sampled block
+/// smaller than 64 KiB is asked of `A` at a raised alignment (4 KiB at the default rate), so that
+/// its free can be told by its address; its free and realloc give `A` that same layout, and a
+/// realloc that takes such a block into or out of sampling moves it (allocate, copy, free).
 /// See the crate documentation for set-up.
 ///
 /// ```
@@ -57,41 +63,23 @@ impl<A> HeapSight<A> {
     }
 }
 
-// SAFETY: every method forwards to `A` with the caller's arguments unchanged and returns what `A`
-// returned, so `A`'s guarantees hold for our callers. The bookkeeping around the calls neither
-// touches the blocks nor panics (no unwinding across the allocator).
+// SAFETY: every method forwards to `A` with the caller's arguments, or (for a sampled block) with
+// the caller's size at a larger power-of-two alignment that `A` then sees for that block's whole
+// life, and returns what `A` returned (or, for a moved realloc, a block `A` allocated with the
+// contents copied), so `A`'s guarantees hold for our callers. The bookkeeping around the calls
+// neither touches the blocks nor panics (no unwinding across the allocator).
 unsafe impl<A: GlobalAlloc> GlobalAlloc for HeapSight<A> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        debug_assert!(layout.align().is_power_of_two());
-        if count_alloc(layout.size()) {
-            // SAFETY: forwarded with the caller's layout, for which the caller vouches.
-            let p = unsafe { self.inner.alloc(layout) };
-            if p.is_null() {
-                uncount_failed_alloc();
-            }
-            p
-        } else {
-            // SAFETY: `alloc_slow` calls the closure once, with `layout` or `layout` with a larger
-            // power-of-two alignment (same size), which `A` accepts as it accepts `layout`.
-            alloc_slow(layout, |l| unsafe { self.inner.alloc(l) })
-        }
+        // SAFETY: `allocate` calls the closure once, with `layout` or `layout` with a larger
+        // power-of-two alignment (same size), which `A` accepts as it accepts `layout`.
+        allocate(layout, |l| unsafe { self.inner.alloc(l) })
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        debug_assert!(layout.align().is_power_of_two());
-        if count_alloc(layout.size()) {
-            // SAFETY: as in `alloc`.
-            let p = unsafe { self.inner.alloc_zeroed(layout) };
-            if p.is_null() {
-                uncount_failed_alloc();
-            }
-            p
-        } else {
-            // SAFETY: as in `alloc`.
-            alloc_slow(layout, |l| unsafe { self.inner.alloc_zeroed(l) })
-        }
+        // SAFETY: as in `alloc`.
+        allocate(layout, |l| unsafe { self.inner.alloc_zeroed(l) })
     }
 
     #[inline]
@@ -135,6 +123,22 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for HeapSight<A> {
             // SAFETY: the caller's guarantees, passed on unchanged.
             unsafe { realloc_slow(&self.inner, ptr, layout, new_size) }
         }
+    }
+}
+
+/// `alloc` and `alloc_zeroed`: counts before calling the inner allocator (`call`), and takes the
+/// count back if it fails; the rare cases go to [`alloc_slow`].
+#[inline(always)]
+fn allocate(layout: Layout, call: impl Fn(Layout) -> *mut u8) -> *mut u8 {
+    debug_assert!(layout.align().is_power_of_two());
+    if count_alloc(layout.size()) {
+        let p = call(layout);
+        if p.is_null() {
+            uncount_failed_alloc();
+        }
+        p
+    } else {
+        alloc_slow(layout, call)
     }
 }
 

@@ -53,7 +53,8 @@
 //!   the end folds its own maximum back into the saved value so an enclosing scope sees it.
 use core::ptr;
 use core::sync::atomic::{
-    fence, AtomicBool, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering::*,
+    fence, AtomicBool, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+    Ordering::*,
 };
 
 #[repr(C, align(128))]
@@ -124,23 +125,15 @@ impl Slot {
     /// Counts one allocation. Only the owning thread calls this.
     #[inline(always)]
     pub fn add_alloc(&self, size: usize) {
-        self.alloc_objects
-            .store(self.alloc_objects.load(Relaxed) + 1, Relaxed);
-        self.alloc_bytes.store(
-            self.alloc_bytes.load(Relaxed).wrapping_add(size as u64),
-            Relaxed,
-        );
+        own_add(&self.alloc_objects, 1, Relaxed);
+        own_add(&self.alloc_bytes, size as u64, Relaxed);
     }
 
     /// Takes back an allocation counted by [`Self::add_alloc`] whose inner call failed. Only the
     /// owning thread calls this, right after that call returned null.
     pub fn sub_alloc(&self, size: usize) {
-        self.alloc_objects
-            .store(self.alloc_objects.load(Relaxed).wrapping_sub(1), Relaxed);
-        self.alloc_bytes.store(
-            self.alloc_bytes.load(Relaxed).wrapping_sub(size as u64),
-            Relaxed,
-        );
+        own_add(&self.alloc_objects, 1u64.wrapping_neg(), Relaxed);
+        own_add(&self.alloc_bytes, (size as u64).wrapping_neg(), Relaxed);
     }
 
     /// Counts one free. Only the owning thread calls this.
@@ -152,23 +145,22 @@ impl Slot {
     /// every sum. (`Relaxed` would give that only on x86.)
     #[inline(always)]
     pub fn add_free(&self, size: usize) {
-        self.free_objects
-            .store(self.free_objects.load(Relaxed) + 1, Release);
-        self.free_bytes.store(
-            self.free_bytes.load(Relaxed).wrapping_add(size as u64),
-            Release,
-        );
+        own_add(&self.free_objects, 1, Release);
+        own_add(&self.free_bytes, size as u64, Release);
     }
 
     /// Takes back a free counted by [`Self::add_free`] (a `realloc` whose inner call failed).
     pub fn sub_free(&self, size: usize) {
-        self.free_objects
-            .store(self.free_objects.load(Relaxed).wrapping_sub(1), Relaxed);
-        self.free_bytes.store(
-            self.free_bytes.load(Relaxed).wrapping_sub(size as u64),
-            Relaxed,
-        );
+        own_add(&self.free_objects, 1u64.wrapping_neg(), Relaxed);
+        own_add(&self.free_bytes, (size as u64).wrapping_neg(), Relaxed);
     }
+}
+
+/// `c += n` (wrapping) on a counter only the calling thread writes: a load and a store, no
+/// read-modify-write instruction (see the module docs). `store` orders the store.
+#[inline(always)]
+fn own_add(c: &AtomicU64, n: u64, store: Ordering) {
+    c.store(c.load(Relaxed).wrapping_add(n), store)
 }
 
 /// Bytes a thread frees between two flushes into [`INUSE`] (its free path's countdown). Also

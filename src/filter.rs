@@ -207,7 +207,7 @@ fn level2(ptr: usize) -> &'static Level2 {
 }
 
 /// Is `ptr` a live sampled block? Exact, lock-free, allocation-free, no clock: the second look of
-/// a free whose filter byte is nonzero. Returns `true` (the conservative answer, checked under
+/// a free whose address passed [`maybe_sampled_sized`]. Returns `true` (the conservative answer, checked under
 /// the lock) only if rebuilds keep overlapping its probes.
 pub(crate) fn is_sampled(ptr: *mut u8) -> bool {
     let ptr = ptr as usize;
