@@ -25,6 +25,16 @@ const ROUNDS: usize = 20;
 const CHILD_BOUND: Duration = Duration::from_secs(30);
 
 static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Stops the helper threads when dropped, also when an assertion fails, so the failure is
+/// reported instead of a thread scope waiting for them forever.
+struct StopOnDrop;
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        STOP.store(true, SeqCst);
+    }
+}
 static IN_PROFILE: AtomicBool = AtomicBool::new(false);
 
 /// What a forked child checks. Returns its exit status: 0 = all good.
@@ -128,14 +138,6 @@ fn fork_while_profiling(unwinder: Unwinder) {
         support::on_distinct_stack(i, 11, &mut || keep.push(vec![1u8; 32]));
     }
     std::thread::scope(|s| {
-        // Stops the helper threads even when an assertion below fails, so the failure is
-        // reported instead of the scope waiting for them forever.
-        struct StopOnDrop;
-        impl Drop for StopOnDrop {
-            fn drop(&mut self) {
-                STOP.store(true, SeqCst);
-            }
-        }
         let _stop = StopOnDrop;
         let p = s.spawn(profiler_loop);
         let a = s.spawn(allocator_loop);
@@ -205,12 +207,6 @@ fn fork_against(name: &str, threads: usize, activity: fn(usize)) -> (usize, usiz
     STOP.store(false, SeqCst);
     let (mut failed, mut hung) = (0, 0);
     std::thread::scope(|s| {
-        struct StopOnDrop;
-        impl Drop for StopOnDrop {
-            fn drop(&mut self) {
-                STOP.store(true, SeqCst);
-            }
-        }
         let _stop = StopOnDrop;
         for t in 0..threads {
             s.spawn(move || activity(t));

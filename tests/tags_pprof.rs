@@ -15,6 +15,22 @@ fn pprof(args: &[&str], file: &std::path::Path) -> String {
     support::go_pprof(&all)
 }
 
+/// The in-use bytes (fourth column) summed over the samples of `go tool pprof -raw` output.
+fn inuse_bytes(raw: &str) -> i64 {
+    raw.lines()
+        .skip_while(|l| !l.starts_with("Samples:"))
+        .skip(2)
+        .take_while(|l| !l.starts_with("Locations"))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .nth(3)?
+                .trim_end_matches(':')
+                .parse::<i64>()
+                .ok()
+        })
+        .sum()
+}
+
 #[test]
 fn pprof_tags_and_tagfocus() {
     if !support::have_tool("go") {
@@ -45,20 +61,7 @@ fn pprof_tags_and_tagfocus() {
 
     // -tagfocus keeps one tag: in-use bytes are exactly that tag's 40,000 (plus nothing else).
     let raw = pprof(&["-raw", "-tagfocus=tag=pprof-alpha"], &path);
-    let inuse: Vec<i64> = raw
-        .lines()
-        .skip_while(|l| !l.starts_with("Samples:"))
-        .skip(2)
-        .take_while(|l| !l.starts_with("Locations"))
-        .filter_map(|l| {
-            l.split_whitespace()
-                .nth(3)?
-                .trim_end_matches(':')
-                .parse()
-                .ok()
-        })
-        .collect();
-    assert_eq!(inuse.iter().sum::<i64>(), 40_000, "{raw}");
+    assert_eq!(inuse_bytes(&raw), 40_000, "{raw}");
 
     // The label set: each pair is its own label, and either focuses on the labelled block.
     for key in ["route:", "tenant:", "/search", "free"] {
@@ -66,20 +69,7 @@ fn pprof_tags_and_tagfocus() {
     }
     for focus in ["-tagfocus=route=/search", "-tagfocus=tenant=free"] {
         let raw = pprof(&["-raw", focus], &path);
-        let inuse: i64 = raw
-            .lines()
-            .skip_while(|l| !l.starts_with("Samples:"))
-            .skip(2)
-            .take_while(|l| !l.starts_with("Locations"))
-            .filter_map(|l| {
-                l.split_whitespace()
-                    .nth(3)?
-                    .trim_end_matches(':')
-                    .parse::<i64>()
-                    .ok()
-            })
-            .sum();
-        assert_eq!(inuse, 90_000, "{focus}:\n{raw}");
+        assert_eq!(inuse_bytes(&raw), 90_000, "{focus}:\n{raw}");
     }
     let stats = heapsight::tag_stats();
     let t = stats
