@@ -66,7 +66,10 @@ pub(crate) fn answer(input: &[u8]) -> Response {
         for (a, s) in addrs.iter().zip(&syms) {
             if let Some(f) = s.last().filter(|f| f.function != "??") {
                 use std::fmt::Write as _;
-                let _ = writeln!(text, "{a:#x} {}", f.function);
+                // The name pprof's shortening leaves readable (it deletes `<...>` groups, which
+                // would turn `<alloc::raw_vec::RawVecInner>::finish_grow` into `::finish_grow`),
+                // as the in-process profile's `Function.name`.
+                let _ = writeln!(text, "{a:#x} {}", crate::profile::display_name(&f.function));
             }
         }
         Owned::new(text)

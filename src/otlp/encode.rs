@@ -177,7 +177,7 @@ type Sample = (i32, Vec<i32>, i64);
 
 /// The samples of `p` for the two sample types `types`, zero values left out.
 fn samples(p: &HeapProfile, types: [SampleType; 2], meta: &Meta, d: &mut Dict) -> [Vec<Sample>; 2] {
-    let frames = SampleFrames::new();
+    let frames = SampleFrames::new(p);
     let mut out = [Vec::new(), Vec::new()];
     for r in &p.buckets {
         let values = types.map(|t| t.of(&r.est).round() as i64);

@@ -22,29 +22,40 @@ use crate::symbols::{Frame, Symbol, Symbols};
 /// Name of the overflow pseudo-site (samples beyond the site cap), which has no frames.
 pub(crate) const OVERFLOW_NAME: &str = "[heapsight: sites beyond the cap]";
 
-/// The frames a location-based format (pprof, OTLP) writes for a profile stack. The overflow
-/// pseudo-site has none, and a sample without a location would be shown nowhere, so it gets one
-/// pseudo-frame (address 0, no mapping) named [`OVERFLOW_NAME`].
-pub(crate) struct SampleFrames([Frame; 1]);
+/// The frames a stack-based format (pprof, OTLP, folded, text) writes for a profile stack: its
+/// program view (`program::view`: from the program's frame to the outermost frame of its own
+/// crate). The overflow pseudo-site has no frames, and a sample without a location would be
+/// shown nowhere, so it gets one pseudo-frame (address 0, no mapping) named [`OVERFLOW_NAME`].
+/// Built inside the profiler guard.
+pub(crate) struct SampleFrames {
+    overflow: [Frame; 1],
+    views: Vec<Option<Vec<Frame>>>,
+}
 
 impl SampleFrames {
-    pub(crate) fn new() -> Self {
-        SampleFrames([Frame {
-            address: 0,
-            symbols: Symbols::new(vec![Symbol {
-                function: OVERFLOW_NAME.to_string(),
-                file: None,
-                line: None,
-            }]),
-        }])
+    pub(crate) fn new(p: &HeapProfile) -> Self {
+        SampleFrames {
+            overflow: [Frame {
+                address: 0,
+                symbols: Symbols::new(vec![Symbol {
+                    function: OVERFLOW_NAME.to_string(),
+                    file: None,
+                    line: None,
+                }]),
+            }],
+            views: super::program::views(&p.stacks),
+        }
     }
 
     /// The frames of stack `stack` of `p`, leaf first.
     pub(crate) fn of<'a>(&'a self, p: &'a HeapProfile, stack: usize) -> &'a [Frame] {
         if stack == 0 {
-            &self.0
+            &self.overflow
         } else {
-            &p.stacks[stack]
+            match self.views.get(stack) {
+                Some(Some(v)) => v,
+                _ => &p.stacks[stack],
+            }
         }
     }
 }
@@ -189,7 +200,7 @@ pub(crate) fn fold_stack_for_people(frames: &[Frame], s: &mut String) {
         };
         let name = clean_name(&sym.function);
         s.extend(name.chars().map(|c| if c == ';' { ',' } else { c }));
-        if let (Some(file), false) = (&sym.file, super::top::is_library(&name)) {
+        if let (Some(file), false) = (&sym.file, super::program::is_library(&name)) {
             let base = file.rsplit('/').next().unwrap_or(file);
             let _ = write!(s, " ({base}:{})", sym.line.unwrap_or(0));
         }
@@ -208,13 +219,14 @@ fn lines_with(p: &HeapProfile, ty: SampleType, fold: fn(&[Frame], &mut String)) 
         per_stack[r.stack] += ty.of(&r.est);
     }
     let mut out: Vec<String> = Vec::new();
+    let frames = SampleFrames::new(p);
     for (stack, v) in per_stack.iter().enumerate() {
         let v = v.round() as u64;
         if v == 0 {
             continue;
         }
         let mut s = String::new();
-        fold(&p.stacks[stack], &mut s);
+        fold(frames.of(p, stack), &mut s);
         let _ = write!(s, " {v}");
         out.push(s);
     }

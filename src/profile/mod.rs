@@ -18,7 +18,7 @@ use std::io::{self, Write};
 
 use crate::guard::profiler_scope;
 use crate::owned::Owned;
-use crate::sites::Estimates;
+use crate::sites::{Bucket, Estimates};
 use crate::snapshot::HeapProfile;
 
 mod delta;
@@ -28,6 +28,7 @@ mod folded;
 mod golden_tests;
 pub(crate) mod maps;
 mod pprof;
+pub(crate) mod program;
 pub(crate) mod proto;
 mod text;
 mod top;
@@ -35,7 +36,7 @@ mod top;
 pub use dist::Distribution;
 #[cfg(feature = "otlp")]
 pub(crate) use folded::SampleFrames;
-#[cfg(feature = "otlp")]
+#[cfg(any(feature = "otlp", feature = "http"))]
 pub(crate) use pprof::display_name;
 pub use top::Top;
 #[cfg(feature = "http")]
@@ -88,6 +89,38 @@ impl SampleType {
             SampleType::InuseObjects => e.inuse_objects,
             SampleType::InuseSpace => e.inuse_bytes,
         }
+    }
+
+    /// The samples behind a bucket's estimate of this type: all its samples for `alloc_*`, the
+    /// live ones for `inuse_*`.
+    pub(crate) fn samples_of(self, r: &Bucket) -> u64 {
+        match self {
+            SampleType::AllocObjects | SampleType::AllocSpace => r.allocs,
+            SampleType::InuseObjects | SampleType::InuseSpace => r.allocs - r.frees.min(r.allocs),
+        }
+    }
+
+    /// The variance of a bucket's estimate of this type, estimated from its own samples.
+    ///
+    /// A bucket has one size `s` and one rate `R`, so each of its blocks is sampled alone with
+    /// probability `p = 1 - exp(-s/R)`, and each of its `n` samples stands for the same `w = E/n`
+    /// (`E` the estimate). Of `N` blocks, `n ~ Binomial(N, p)`, so `Var(E) = w² N p (1 - p)`, and
+    /// `n` estimates `N p` without bias: `Var(E) ≈ n w² (1 - p) = E² (1 - p) / n`. For small blocks
+    /// (`p` small) that is the Poisson `E²/n`, a relative error of `1/√n`; a block larger than the
+    /// rate several times over is sampled every time and its estimate is exact. The overflow
+    /// bucket mixes sizes: `E²/n`, the Poisson bound.
+    pub(crate) fn variance_of(self, r: &Bucket) -> f64 {
+        let n = self.samples_of(r);
+        let e = self.of(&r.est);
+        if n == 0 || e == 0.0 {
+            return 0.0;
+        }
+        let q = if r.size > 0 && r.rate > 0 {
+            (-(r.size as f64) / r.rate as f64).exp()
+        } else {
+            1.0
+        };
+        e * e * q / n as f64
     }
 }
 

@@ -37,6 +37,40 @@ use crate::symbols::{drop_frames_regex, Frame};
 /// removes heapsight's frames under both symbolizers.
 const SHORT_NAME_DROP: &str = "take_sample";
 
+/// The growth machinery by name, for the `drop_frames` of unsymbolized profiles, where the
+/// in-process program view (`program::view`) cannot be applied: pprof symbolizes, then drops,
+/// on each stack, the rootmost frame matching `^(...)$` below a frame that does not match, and
+/// everything leaf-ward of it. So the list names liballoc's modules that only run library code
+/// (not `alloc::boxed`: `<Box<F> as FnOnce>::call_once` starts every thread's closure, and
+/// matching it would drop the whole thread), hashbrown, std's collections, inherent methods of
+/// `str` and slices (`str::repeat` as `/debug/pprof/symbol` names it), a trait method of alloc
+/// on a generic type (`T as alloc::string::ToString::to_string`), and the short names Go's own
+/// DWARF reader gives the growth functions (it names `finish_grow`, not its path). Unlike the
+/// in-process view, a match that calls back into the program (`Vec::extend` running a closure
+/// that allocates) charges the program's caller: documented in docs/profiles.md.
+const MACHINERY_DROP: &[&str] = &[
+    r"alloc::(raw_vec|alloc|fmt|string|vec|str|slice|collections|borrow|ffi)::.*",
+    r"[^ ]* as alloc::.*",
+    r"hashbrown::.*",
+    r"std::collections::.*",
+    r"str::.*",
+    r"\[[^\]]*\]::.*",
+    "finish_grow",
+    "grow_one",
+    "grow_amortized",
+    "grow_exact",
+    "try_allocate_in",
+    "reserve_rehash",
+    "do_alloc",
+    "format_inner",
+    "do_reserve_and_handle",
+    "rustc_entry",
+];
+
+/// The string label naming what the library frames dropped from a stack did (see
+/// `program::operation`): `go tool pprof -tags` splits the profile by it.
+pub(crate) const OP_KEY: &str = "op";
+
 /// The `Function.name` pprof displays. pprof shortens C++-looking names by deleting everything
 /// in angle brackets, which turns Rust's `<alloc::raw_vec::RawVec<u8>>::grow_one` into
 /// `::grow_one`. So the name loses its outer `<...>` wrapper (`alloc::raw_vec::RawVec<u8>::grow_one`,
@@ -153,8 +187,15 @@ pub(crate) fn encode(
             }),
         })
         .collect();
+    // Each stack's `op` label (what the dropped library frames did), interned once per stack.
+    let op_key = st.intern(OP_KEY);
+    let ops: Vec<i64> = p
+        .stacks
+        .iter()
+        .map(|s| super::program::operation(s).map_or(0, |op| st.intern(&op)))
+        .collect();
     let mut ids: Vec<u64> = Vec::new();
-    let frames = SampleFrames::new();
+    let frames = SampleFrames::new(p);
     for r in &p.buckets {
         ids.clear();
         for f in frames.of(p, r.stack) {
@@ -181,6 +222,12 @@ pub(crate) fn encode(
                 e.i64_opt(1, bytes_key);
                 e.i64_opt(3, size);
             });
+            if let Some(&op) = ops.get(r.stack).filter(|&&op| op != 0) {
+                e.message(3, |e| {
+                    e.i64_opt(1, op_key);
+                    e.i64_opt(2, op);
+                });
+            }
             for &(key, value) in labels {
                 e.message(3, |e| {
                     e.i64_opt(1, key);
@@ -193,6 +240,9 @@ pub(crate) fn encode(
     // Profile.location = 4 and Profile.function = 5.
     let mut fn_ids: HashMap<(i64, i64), u64, FxBuild> = HashMap::default();
     let mut functions: Vec<(i64, i64)> = Vec::new();
+    // Mappings where a written location has no name: only their symbolization notes are
+    // worth a comment (pprof prints every comment above every report).
+    let mut unnamed = vec![false; mappings.len()];
     let mut res = vec![
         Resolution {
             used: false,
@@ -224,6 +274,7 @@ pub(crate) fn encode(
             lines.push((id, s.line.unwrap_or(0) as i64));
         }
         if let Some(m) = m {
+            unnamed[m] |= named.is_empty();
             let r = &mut res[m];
             r.used = true;
             r.functions &= !named.is_empty();
@@ -281,11 +332,30 @@ pub(crate) fn encode(
     let drop_frames = if p.symbolized {
         0
     } else {
-        st.intern(&format!("{}|{SHORT_NAME_DROP}", drop_frames_regex()))
+        let mut re = drop_frames_regex();
+        re.pop(); // `)`
+        for alt in [SHORT_NAME_DROP].iter().chain(MACHINERY_DROP) {
+            re.push('|');
+            re.push_str(alt);
+        }
+        re.push(')');
+        st.intern(&re)
     };
     let (space, bytes) = (st.intern("space"), st.intern("bytes"));
     let default_type = default_type.map_or(0, |t| st.intern(t.name()));
-    let comments: Vec<i64> = p.symbol_notes.iter().map(|n| st.intern(n)).collect();
+    // A note is about one file (`path: what is missing`): written when that file holds a
+    // location of this profile that has no name, the case where it explains something.
+    let comments: Vec<i64> = p
+        .symbol_notes
+        .iter()
+        .filter(|n| {
+            mappings
+                .iter()
+                .zip(&unnamed)
+                .any(|(m, &u)| u && n.strip_prefix(m.file.as_str()).is_some_and(|r| r.starts_with(": ")))
+        })
+        .map(|n| st.intern(n))
+        .collect();
 
     // Profile.string_table = 6.
     for s in &st.list {

@@ -35,6 +35,8 @@ use std::fmt::Write as _;
 use std::io::{self, Write};
 
 use super::dist;
+use super::top::Plus;
+use super::SampleType;
 use super::maps::Mapping;
 use crate::sites::{Estimates, FxBuild};
 use crate::snapshot::HeapProfile;
@@ -124,6 +126,7 @@ pub(crate) fn write(
         ab += 1;
     }
     let mut s = String::new();
+    let views = super::folded::SampleFrames::new(p);
     let _ = writeln!(s, "heap profile: {i}: {ib} [{a}: {ab}] @ heap/{}", 2 * rate);
     for l in &lines {
         let _ = write!(
@@ -131,7 +134,12 @@ pub(crate) fn write(
             "{}: {} [{}: {}] @",
             l.inuse.0, l.inuse.1, l.alloc.0, l.alloc.1
         );
-        let frames = &p.stacks[l.stack];
+        // The program view, as pprof's: the overflow pseudo-site keeps no address.
+        let frames: &[crate::symbols::Frame] = if l.stack == 0 {
+            &[]
+        } else {
+            views.of(p, l.stack)
+        };
         for f in frames.iter() {
             let _ = write!(s, " {:#x}", f.address);
         }
@@ -192,8 +200,17 @@ fn write_trailer(p: &HeapProfile, rate: u64, s: &mut String) {
     let _ = writeln!(
         s,
         "#\n# heapsight.Sites (top {TRAILER_SITES} by in-use bytes; allocation sizes weighted by \
-         estimated count; lifetimes of freed sampled blocks, +-20%)"
+         estimated count; lifetimes of freed sampled blocks, +-20%; estimates +- one standard \
+         error from the samples)"
     );
+    let sigma = |ty: SampleType| -> Vec<f64> {
+        let mut v = vec![0f64; p.stacks.len()];
+        for r in p.buckets.iter() {
+            v[r.stack] += ty.variance_of(r);
+        }
+        v.into_iter().map(f64::sqrt).collect()
+    };
+    let (inuse_sigma, alloc_sigma) = (sigma(SampleType::InuseSpace), sigma(SampleType::AllocSpace));
     for site in p.sites().iter().take(TRAILER_SITES) {
         let d = dist::of_stack(p, site.stack);
         let leaf = site.frames().first();
@@ -206,11 +223,13 @@ fn write_trailer(p: &HeapProfile, rate: u64, s: &mut String) {
         };
         let _ = writeln!(
             s,
-            "# {:#x} {}: inuse_space {} alloc_space {} samples {} size p50 {} p99 {} lifetime p50 {} p99 {} (n={})",
+            "# {:#x} {}: inuse_space {} {} alloc_space {} {} samples {} size p50 {} p99 {} lifetime p50 {} p99 {} (n={})",
             leaf.map_or(0, |f| f.address),
             name,
             site.inuse_bytes,
+            Plus(site.inuse_bytes as f64, inuse_sigma[site.stack]),
             site.alloc_bytes,
+            Plus(site.alloc_bytes as f64, alloc_sigma[site.stack]),
             site.samples,
             dist::opt(d.size_quantile(0.5)),
             dist::opt(d.size_quantile(0.99)),

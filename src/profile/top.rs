@@ -12,17 +12,8 @@ use super::dist;
 use super::SampleType;
 use crate::owned::Owned;
 use crate::snapshot::HeapProfile;
+use super::program::{is_program, last_segment};
 use crate::symbols::Symbol;
-
-/// Crates whose frames are library plumbing, not "the program's" call site.
-const LIBRARY_CRATES: &[&str] = &[
-    "std",
-    "core",
-    "alloc",
-    "hashbrown",
-    "heapsight",
-    "backtrace",
-];
 
 /// Library functions that make a container grow or build a fresh allocation: the "why" of a
 /// site. Compared with the last path segment of a demangled name; earlier entries win when a
@@ -49,59 +40,24 @@ const GROWTH: &[&str] = &[
     "finish_grow",
 ];
 
-/// The last path segment of a demangled function, without generic arguments:
-/// `<alloc::raw_vec::RawVec<u8>>::grow_one` -> `grow_one`.
-fn last_segment(function: &str) -> &str {
-    let mut depth = 0usize;
-    let mut cut = 0;
-    let b = function.as_bytes();
-    for (i, &c) in b.iter().enumerate() {
-        match c {
-            b'<' => depth += 1,
-            b'>' => depth = depth.saturating_sub(1),
-            b':' if depth == 0 && b.get(i + 1) == Some(&b':') => cut = i + 2,
-            _ => {}
-        }
-    }
-    let name = &function[cut.min(function.len())..];
-    &name[..name.find('<').unwrap_or(name.len())]
-}
-
 /// Rank of a growth function in [`GROWTH`] (lower is preferred).
 fn growth_rank(function: &str) -> Option<usize> {
     let name = last_segment(function);
     GROWTH.iter().position(|g| *g == name)
 }
 
-/// The crate a demangled function belongs to: the first path segment, looking through `<...>`
-/// of trait impls (`<alloc::vec::Vec<T> as core::clone::Clone>::clone` is in `alloc`). An impl
-/// for a type without a path (`<u64 as core::fmt::Display>::fmt`, `<[u8] as ...>`) belongs to
-/// the trait's crate.
-fn crate_of(function: &str) -> &str {
-    let f = function
-        .trim_start_matches(['<', '&', '[', '('])
-        .trim_start_matches("mut ");
-    let first = &f[..f.find("::").unwrap_or(f.len())];
-    match first.find(" as ") {
-        Some(i) => first[i + 4..].trim_start_matches(['<', '&']),
-        None => first,
-    }
-}
-
-/// Library plumbing: a [`LIBRARY_CRATES`] function, an allocator entry point or other `__` symbol
-/// (`__rust_alloc`, `__rdl_alloc`, `__rg_alloc`), or an unknown frame.
-pub(crate) fn is_library(function: &str) -> bool {
-    LIBRARY_CRATES.contains(&crate_of(function)) || function.starts_with("__") || function == "??"
-}
-
 /// One row: the sites sharing one name, and that name.
 struct Row {
     value: f64,
+    /// Standard error of `value` (see `SampleType::variance_of`).
+    sigma: f64,
     samples: u64,
     /// Distinct stacks merged into this row.
     stacks: usize,
     user: Option<Symbol>,
     growth: Option<Symbol>,
+    /// What the program called that allocated, as it wrote it (`program::operation`).
+    op: Option<String>,
     leaf_address: usize,
     overflow: bool,
     /// p50 and p99 of allocation sizes and lifetimes (the histograms are dropped once read).
@@ -115,6 +71,8 @@ struct Row {
 pub struct Top {
     ty: SampleType,
     total: f64,
+    total_sigma: f64,
+    total_samples: u64,
     sites: usize,
     /// Built inside the profiler guard.
     rows: Owned<Vec<Row>>,
@@ -159,6 +117,23 @@ impl Top {
     pub fn value(&self, i: usize) -> Option<f64> {
         self.rows.get(i).map(|r| r.value)
     }
+
+    /// The standard error of the `i`-th row's value, from its samples: about `value / √samples`
+    /// for blocks much smaller than the sampling rate, 0 for blocks sampled every time.
+    pub fn std_error(&self, i: usize) -> Option<f64> {
+        self.rows.get(i).map(|r| r.sigma)
+    }
+
+    /// The samples behind the `i`-th row's value (the live ones for `inuse_*`).
+    pub fn samples(&self, i: usize) -> Option<u64> {
+        self.rows.get(i).map(|r| r.samples)
+    }
+
+    /// What the `i`-th row's program frame called that allocated, as the program wrote it
+    /// (`Vec::push`, `HashMap::entry`, `format!`), if a library call is under it.
+    pub fn operation(&self, i: usize) -> Option<&str> {
+        self.rows.get(i)?.op.as_deref()
+    }
 }
 
 /// Picks the first program symbol (leaf side first) and the growth symbol under it: the library
@@ -167,7 +142,7 @@ impl Top {
 pub(crate) fn name_site(frames: &[crate::symbols::Frame]) -> (Option<Symbol>, Option<Symbol>) {
     // Leaf first, inlined callees before their callers (the order of `Frame::symbols`).
     let syms: Vec<&Symbol> = frames.iter().flat_map(|f| f.symbols.iter()).collect();
-    let Some(u) = syms.iter().position(|s| !is_library(&s.function)) else {
+    let Some(u) = syms.iter().position(|s| is_program(&s.function)) else {
         let growth = syms
             .iter()
             .filter_map(|s| growth_rank(&s.function).map(|r| (r, *s)))
@@ -188,12 +163,16 @@ pub(crate) fn name_site(frames: &[crate::symbols::Frame]) -> (Option<Symbol>, Op
 }
 
 pub(crate) fn build(p: &HeapProfile, n: usize, ty: SampleType) -> Top {
-    let mut per_stack = vec![(0f64, 0u64); p.stacks.len()];
+    // Value, samples and variance per stack.
+    let mut per_stack = vec![(0f64, 0u64, 0f64); p.stacks.len()];
     for r in &p.buckets {
         per_stack[r.stack].0 += ty.of(&r.est);
-        per_stack[r.stack].1 += r.allocs;
+        per_stack[r.stack].1 += ty.samples_of(r);
+        per_stack[r.stack].2 += ty.variance_of(r);
     }
     let total: f64 = per_stack.iter().map(|v| v.0).sum();
+    // Samples are independent, so variances add.
+    let total_sigma = per_stack.iter().map(|v| v.2).sum::<f64>().sqrt();
     let nonzero: Vec<usize> = (0..per_stack.len())
         .filter(|&i| per_stack[i].0.round() > 0.0)
         .collect();
@@ -201,20 +180,23 @@ pub(crate) fn build(p: &HeapProfile, n: usize, ty: SampleType) -> Top {
     // Group the stacks by the name their row would show.
     struct Group {
         value: f64,
+        variance: f64,
         samples: u64,
         stacks: Vec<usize>,
         user: Option<Symbol>,
         growth: Option<Symbol>,
+        op: Option<String>,
     }
     let mut groups: Vec<Group> = Vec::new();
     let mut by_name: std::collections::HashMap<String, usize> = Default::default();
     for stack in nonzero {
         let frames = &p.stacks[stack];
         let (user, growth) = name_site(frames);
+        let op = super::program::operation(frames);
         let name = if stack == 0 {
             String::from("\0overflow")
         } else {
-            let g = growth.as_ref().map_or("", |g| g.function.as_str());
+            let g = op.as_deref().unwrap_or("");
             match &user {
                 Some(u) => format!("{}\0{g}", Where(u)),
                 None => format!("{:#x}\0{g}", frames.first().map_or(0, |f| f.address)),
@@ -223,15 +205,18 @@ pub(crate) fn build(p: &HeapProfile, n: usize, ty: SampleType) -> Top {
         let i = *by_name.entry(name).or_insert_with(|| {
             groups.push(Group {
                 value: 0.0,
+                variance: 0.0,
                 samples: 0,
                 stacks: Vec::new(),
                 user,
                 growth,
+                op,
             });
             groups.len() - 1
         });
         groups[i].value += per_stack[stack].0;
         groups[i].samples += per_stack[stack].1;
+        groups[i].variance += per_stack[stack].2;
         groups[i].stacks.push(stack);
     }
     groups.sort_by(|a, b| {
@@ -247,10 +232,12 @@ pub(crate) fn build(p: &HeapProfile, n: usize, ty: SampleType) -> Top {
             let d = dist::of_stacks(p, &g.stacks);
             Row {
                 value: g.value,
+                sigma: g.variance.sqrt(),
                 samples: g.samples,
                 stacks: g.stacks.len(),
                 user: g.user,
                 growth: g.growth,
+                op: g.op,
                 leaf_address: p.stacks[first].first().map_or(0, |f| f.address),
                 overflow: first == 0,
                 size: [d.size_quantile(0.5), d.size_quantile(0.99)],
@@ -261,6 +248,8 @@ pub(crate) fn build(p: &HeapProfile, n: usize, ty: SampleType) -> Top {
     Top {
         ty,
         total,
+        total_sigma,
+        total_samples: per_stack.iter().map(|v| v.1).sum(),
         sites,
         rows: rows.into(),
     }
@@ -300,6 +289,26 @@ impl fmt::Display for Bytes {
     }
 }
 
+/// A relative standard error: `±15%` (whole percents from 10%), `±2.5%`, `±0%` for an exact
+/// value (every block sampled), `-` for a zero value.
+pub(crate) struct Plus(pub f64, pub f64);
+
+impl fmt::Display for Plus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (v, sigma) = (self.0.abs(), self.1);
+        if v.round() == 0.0 {
+            return f.pad("-");
+        }
+        let pct = 100.0 * sigma / v;
+        let s = if pct >= 9.95 {
+            format!("±{pct:.0}%")
+        } else {
+            format!("±{pct:.1}%")
+        };
+        f.pad(&s)
+    }
+}
+
 /// `name (file:line)` with the file's last component only.
 struct Where<'a>(&'a Symbol);
 
@@ -322,16 +331,19 @@ impl fmt::Display for Top {
         }
         writeln!(
             f,
-            "top {} of {} sites by {} (total {}; estimates from samples)",
+            "top {} of {} sites by {} (total {} {}, {} samples; ± one standard error)",
             self.rows.len(),
             self.sites,
             self.ty,
-            Amount(self.total, self.ty)
+            Amount(self.total, self.ty),
+            Plus(self.total, self.total_sigma),
+            self.total_samples,
         )?;
         writeln!(
             f,
-            "{:>12} {:>6} {:>7} {:>17} {:>17}  site",
+            "{:>12} {:>5} {:>6} {:>7} {:>17} {:>17}  site",
             self.ty.name(),
+            "±",
             "%",
             "samples",
             "size p50/p99",
@@ -351,8 +363,9 @@ impl fmt::Display for Top {
             );
             write!(
                 f,
-                "{:>12} {:>5.1}% {:>7} {:>17} {:>17}  ",
+                "{:>12} {:>5} {:>5.1}% {:>7} {:>17} {:>17}  ",
                 Amount(r.value, self.ty).to_string(),
+                Plus(r.value, r.sigma).to_string(),
                 share,
                 r.samples,
                 size,
@@ -366,9 +379,8 @@ impl fmt::Display for Top {
             if r.stacks > 1 {
                 write!(f, " [{} stacks]", r.stacks)?;
             }
-            if let Some(g) = &r.growth {
-                let g = super::folded::clean_name(&g.function);
-                write!(f, "\n{:>64}  <- {g}", "")?;
+            if let Some(op) = &r.op {
+                write!(f, "\n{:>70}  <- {op}", "")?;
             }
             writeln!(f)?;
         }
@@ -411,21 +423,4 @@ mod tests {
         );
     }
 
-    #[test]
-    fn library_frames_are_recognised_through_impl_brackets() {
-        assert!(is_library("alloc::raw_vec::finish_grow"));
-        assert!(is_library(
-            "<alloc::vec::Vec<T> as core::clone::Clone>::clone"
-        ));
-        assert!(is_library("hashbrown::raw::RawTable<T,A>::reserve_rehash"));
-        assert!(is_library("__rust_alloc"));
-        assert!(!is_library("myapp::build"));
-        assert!(!is_library(
-            "<myapp::Index as core::default::Default>::default"
-        ));
-        assert_eq!(
-            crate_of("<&mut serde_json::de::Deserializer<R>>::parse"),
-            "serde_json"
-        );
-    }
 }
