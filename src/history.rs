@@ -401,11 +401,19 @@ pub struct GrowingSite<'a> {
     frames: &'a [Frame],
     /// Growth of its live bytes (Theil–Sen slope over the window), bytes per minute.
     pub bytes_per_minute: f64,
+    /// One standard error of `bytes_per_minute` from sampling: that of the difference between
+    /// the first and last points' estimates over the time between them (a bound: the slope uses
+    /// every pair). Sites are listed by `bytes_per_minute − 2 × this`, so a growth that sampling
+    /// could explain never ranks above one it could not.
+    pub bytes_per_minute_error: f64,
     /// Strength of the trend: the Mann–Kendall statistic in standard deviations (only pairs of
     /// points further apart than their sampling error count). Reported sites have at least 3.
     pub z: f64,
     /// Live bytes (estimate) at the latest point.
     pub inuse_bytes: u64,
+    /// One standard error of `inuse_bytes`: `√(rate × inuse_bytes)` (each sampled block of a
+    /// size well under the rate stands for about `rate` bytes, and the count is Poisson).
+    pub inuse_error: f64,
     /// `(seconds before the latest point, live bytes)` for each point the trend used, oldest
     /// first: the sparkline.
     pub series: Vec<(f64, u64)>,
@@ -524,12 +532,15 @@ impl History {
             out.push(GrowingSite {
                 frames,
                 bytes_per_minute: tr.slope * 60.0,
+                bytes_per_minute_error: tr.slope_sd * 60.0,
                 z: tr.z,
                 inuse_bytes,
+                inuse_error: (last.stats.sample_rate as f64 * inuse_bytes as f64).sqrt(),
                 series: series.clone(),
             });
         }
-        out.sort_by(|a, b| b.bytes_per_minute.total_cmp(&a.bytes_per_minute));
+        let low = |g: &GrowingSite<'_>| g.bytes_per_minute - 2.0 * g.bytes_per_minute_error;
+        out.sort_by(|a, b| low(b).total_cmp(&low(a)));
         out
     }
 
@@ -548,6 +559,8 @@ type Series = Vec<(f64, u64)>;
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct Trend {
     pub slope: f64,
+    /// Sampling standard error of `slope` (see `GrowingSite::bytes_per_minute_error`).
+    pub slope_sd: f64,
     pub z: f64,
 }
 
@@ -666,7 +679,9 @@ pub(crate) fn trend(t: &[f64], y: &[f64], a: &[f64], r: &[f64]) -> Option<Trend>
     if slope <= 0.0 {
         return None;
     }
-    Some(Trend { slope, z })
+    let slope_sd = pair_sd(y[0], y[n - 1], a[0], a[n - 1], r.iter().copied().fold(0.0, f64::max))
+        / (t[n - 1] - t[0]).max(f64::MIN_POSITIVE);
+    Some(Trend { slope, slope_sd, z })
 }
 
 /// `profile now − the point nearest age ago`: the profile of now, plus for every site recorded at

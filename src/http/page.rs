@@ -195,14 +195,19 @@ fn history_sections(h: &mut String) {
         return;
     }
     h.push_str(
+        "<p class=k>Estimates ± one standard error from sampling; listed by growth less two errors.</p>\n",
+    );
+    h.push_str(
         "<table id=growing><tr><th>growth / min</th><th>live now (est.)</th><th>trend z</th><th></th><th class=l>site</th></tr>\n",
     );
     for g in growing.iter().take(10) {
         let _ = writeln!(
             h,
-            "<tr><td>+{}</td><td>{}</td><td>{:.1}</td><td class=spark>{}</td><td class=l>{}</td></tr>",
+            "<tr><td>+{} ± {}</td><td>{} ± {}</td><td>{:.1}</td><td class=spark>{}</td><td class=l>{}</td></tr>",
             human(g.bytes_per_minute.max(0.0) as u64),
+            human(g.bytes_per_minute_error as u64),
             human(g.inuse_bytes),
+            human(g.inuse_error as u64),
             g.z,
             sparkline(&g.series),
             escape_html(&site_label(g.frames()))
@@ -211,17 +216,20 @@ fn history_sections(h: &mut String) {
     h.push_str("</table>\n");
 }
 
-/// `program function (file:line) <- growth function`, as the top tables name a site.
+/// `program function (file:line) <- operation` (`Vec::push`, `format!`), as the top tables name
+/// a site.
 fn site_label(frames: &[crate::Frame]) -> String {
     let (user, growth) = crate::profile::name_site(frames);
+    let op = crate::profile::program::operation(frames);
+    let growth = op.or(growth.map(|g| g.function));
     let place = |s: &crate::Symbol| match (&s.file, s.line) {
         (Some(f), Some(l)) => format!("{} ({}:{l})", s.function, f.rsplit('/').next().unwrap_or(f)),
         _ => s.function.clone(),
     };
     match (user, growth) {
-        (Some(u), Some(g)) => format!("{} <- {}", place(&u), g.function),
+        (Some(u), Some(g)) => format!("{} <- {g}", place(&u)),
         (Some(u), None) => place(&u),
-        (None, Some(g)) => g.function,
+        (None, Some(g)) => g,
         (None, None) if frames.is_empty() => "(overflow: sites beyond the cap)".into(),
         (None, None) => format!("{:#x}", frames[0].address),
     }
