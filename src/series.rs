@@ -45,7 +45,7 @@ const fn series<T>(
 }
 
 /// The process-wide series, read from [`crate::stats`].
-pub(crate) const STATS: [Series<Stats>; 10] = [
+pub(crate) const STATS: [Series<Stats>; 11] = [
     series(
         "heapsight_alloc_objects_total",
         Kind::Counter,
@@ -105,6 +105,12 @@ pub(crate) const STATS: [Series<Stats>; 10] = [
         Kind::Gauge,
         "Memory held by the profiler itself.",
         |s| s.profiler_bytes,
+    ),
+    series(
+        "heapsight_tag_names_refused_total",
+        Kind::Counter,
+        "Tag interning refused because the tag table was full, each attempt (allocations then count under <overflow>).",
+        |s| s.tag_names_refused,
     ),
 ];
 

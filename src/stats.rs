@@ -41,6 +41,10 @@ pub struct Stats {
     pub thread_slots: u64,
     /// Sampled stacks captured with the DWARF unwinder (fallback or forced).
     pub dwarf_captures: u64,
+    /// Tag interning attempts (a new name or label set) refused because the tag table was full
+    /// ([`MAX_TAG_NAMES`](crate::MAX_TAG_NAMES)): their allocations count under the
+    /// [`OVERFLOW_TAG`](crate::OVERFLOW_TAG) tag. The first refusal is also reported on stderr.
+    pub tag_names_refused: u64,
 }
 
 /// Reads the exact counters. Lock-free, allocation-free, safe to call from any thread at any time.
@@ -80,6 +84,7 @@ pub fn stats() -> Stats {
         profiler_bytes: counters::profiler_bytes(),
         thread_slots: counters::slot_count() as u64,
         dwarf_captures: stack::DWARF_CAPTURES.load(Relaxed),
+        tag_names_refused: crate::tags::refused(),
     }
 }
 

@@ -43,6 +43,7 @@ use core::marker::PhantomData;
 use core::pin::Pin;
 use core::task::{Context, Poll};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use crate::counters::{self, MAX_TAGS};
@@ -221,6 +222,7 @@ fn intern_set(pairs: &[(&str, &str)]) -> Result<u32, TagError> {
                 return Ok(id);
             }
             if n.list.len() >= MAX_TAGS {
+                note_refused();
                 return Err(TagError::TableFull);
             }
             let id = n.list.len() as u32;
@@ -235,6 +237,27 @@ fn intern_set(pairs: &[(&str, &str)]) -> Result<u32, TagError> {
             Ok(id)
         })
     })
+}
+
+/// New names refused because the table was full, since start-up (`Stats::tag_names_refused`).
+static REFUSED: AtomicU64 = AtomicU64::new(0);
+
+/// Counts a refusal; the first one is also said once on stderr, since from then on new tags
+/// silently share [`OVERFLOW_TAG`]. Called under the names lock, inside the profiler guard:
+/// `eprintln!` writes to unbuffered stderr and allocates nothing that reaches the counters.
+fn note_refused() {
+    if REFUSED.fetch_add(1, Relaxed) == 0 {
+        eprintln!(
+            "heapsight: the tag table is full ({MAX_TAG_NAMES} names): new tags count under \
+             {OVERFLOW_TAG:?} from now on (tag by route or job kind, not by per-request values); \
+             metric heapsight_tag_names_refused_total counts them"
+        );
+    }
+}
+
+/// New tag names refused since start-up because the table was full.
+pub(crate) fn refused() -> u64 {
+    REFUSED.load(Relaxed)
 }
 
 fn intern(name: &str) -> Result<u32, TagError> {

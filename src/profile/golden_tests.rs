@@ -130,6 +130,7 @@ pub(crate) fn synthetic() -> HeapProfile {
         profiler_bytes: 65536,
         thread_slots: 2,
         dwarf_captures: 0,
+        tag_names_refused: 0,
     };
     let mut p = HeapProfile {
         time_nanos: 1_700_000_000_123_456_789,
