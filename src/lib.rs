@@ -110,21 +110,22 @@
 //! ```text
 //! $ cargo run --release --example quickstart
 //! 520003 live objects, 22243320 live bytes, peak 22243320 bytes
-//! top 3 of 3 sites by inuse_space (total 19.00 MiB; estimates from samples)
-//!  inuse_space      % samples      size p50/p99  lifetime p50/p99  site
-//!    13.52 MiB  71.2%      46          768/1536       328ms/328ms  quickstart::build (quickstart.rs:17)
-//!                                                                   <- <alloc::raw_vec::RawVec<alloc::vec::Vec<u8>>>::grow_one
-//!     4.50 MiB  23.7%       9             12/12               -/-  quickstart::build (quickstart.rs:17)
-//!                                                                   <- alloc::fmt::format::format_inner
-//!  1000.35 KiB   5.1%       1     802816/802816               -/-  quickstart::build (quickstart.rs:15)
-//!                                                                   <- hashbrown::raw::RawTable<T,A>::reserve_rehash
+//! top 3 of 3 sites by inuse_space (total 19.00 MiB ±16%, 37 samples; ± one standard error)
+//!  inuse_space     ±      % samples      size p50/p99  lifetime p50/p99  site
+//!    13.52 MiB  ±19%  71.2%      27          768/1536       164ms/164ms  quickstart::build (quickstart.rs:17)
+//!                                                                         <- Vec::push
+//!     4.50 MiB  ±33%  23.7%       9             12/12               -/-  quickstart::build (quickstart.rs:17)
+//!                                                                         <- format!
+//!  1000.35 KiB  ±47%   5.1%       1     802816/802816               -/-  quickstart::build (quickstart.rs:15)
+//!                                                                         <- HashMap::entry
 //! wrote heap.pb.gz: go tool pprof -top heap.pb.gz
 //! ```
 //!
-//! Each site is the program's frame and the growth frame under it: the `Vec<String>`s growing by
-//! doubling (`grow_one`), the `format!`ed values, the map's rehash. The estimates (19.0 MiB live)
-//! are within sampling error of the exact 22.2 MB: at the default rate a site's relative error is
-//! about `1/sqrt(samples)`.
+//! Each site is the program's frame and what it called that allocated, as the program wrote it:
+//! the `Vec<String>`s growing by doubling on `push`, the `format!`ed values, the map's `entry`.
+//! Each estimate carries its sample count and one standard error (Poisson sampling: about
+//! `1/sqrt(samples)` relative), so the estimated 19.0 MiB ± 16% reads against the exact
+//! 21.2 MiB (22,243,320 bytes).
 //!
 //! The same snapshot goes to files and tools:
 //!

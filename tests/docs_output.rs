@@ -13,6 +13,7 @@ mod support;
 
 const CHILD: &str = "HEAPSIGHT_DOCS_OUTPUT_CHILD";
 const COMMAND: &str = "$ cargo run --release --example quickstart";
+const TOP_COMMAND: &str = "$ go tool pprof -top heap.pb.gz";
 
 /// What the docs must agree on: the counters line, the table's title up to its total, and each
 /// row's site and growth frame.
@@ -52,9 +53,29 @@ fn shape(lines: &[String]) -> Shape {
     }
 }
 
+/// The first row of `go tool pprof -top` output: (function, flat%), the test binary's module
+/// path read as the example's crate name.
+fn first_top_row(lines: &[String]) -> Option<(String, String)> {
+    let row = lines
+        .iter()
+        .skip_while(|l| !l.trim_start().starts_with("flat"))
+        .nth(1)?;
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    Some((
+        cols.get(5..)?
+            .join(" ")
+            .replace("docs_output::quickstart::", "quickstart::"),
+        cols.get(1)?.to_string(),
+    ))
+}
+
 /// The lines after [`COMMAND`] in the first fenced block of `text` that has it, with `prefix`
 /// (`//! ` in Rust docs) removed.
 fn doc_block(text: &str, prefix: &str) -> Vec<String> {
+    doc_block_after(text, prefix, COMMAND)
+}
+
+fn doc_block_after(text: &str, prefix: &str, command: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut inside = false;
     for l in text.lines() {
@@ -68,7 +89,7 @@ fn doc_block(text: &str, prefix: &str) -> Vec<String> {
                 break;
             }
             out.push(l.to_string());
-        } else if l == COMMAND {
+        } else if l == command {
             inside = true;
         }
     }
@@ -99,6 +120,28 @@ fn quickstart_output_in_the_docs_is_true() {
             "{file}: the quickstart output pasted there is not what the program prints"
         );
     }
+    // The README's `go tool pprof -top` of the profile the quickstart wrote: the same first row
+    // (the program's function and its flat share).
+    if !support::have_tool("go") {
+        return;
+    }
+    let top = Command::new("go")
+        .args(["tool", "pprof", "-top", "heap.pb.gz"])
+        .current_dir(dir.path())
+        .output()
+        .expect("go tool pprof");
+    assert!(top.status.success(), "{top:?}");
+    let top = String::from_utf8(top.stdout).unwrap();
+    println!("{top}");
+    let top: Vec<String> = top.lines().map(str::to_string).collect();
+    let actual = first_top_row(&top).expect("a row in go tool pprof -top");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let block = doc_block_after(&readme, "", TOP_COMMAND);
+    assert_eq!(
+        first_top_row(&block),
+        Some(actual),
+        "README.md: the go tool pprof -top output pasted after {TOP_COMMAND:?} is not what pprof prints"
+    );
 }
 
 fn main() {
