@@ -9,11 +9,23 @@ pub(super) fn index_page() -> String {
          <p>/debug/pprof/ (heapsight)</p>\n<p>Types of profiles available:</p>\n\
          <table><thead><td>Count</td><td>Profile</td></thead>\n",
     );
-    let live = crate::stats().inuse_objects;
+    // Go's Count is `pprof.Lookup(name).Count()`: for heap and allocs alike, the records of
+    // the memory profile (`runtime.MemProfile`: one per stack and size with any allocation), the
+    // lines of `?debug=1`. Ours: the distinct (stack, size) pairs of the site table, the lines of
+    // our `?debug=1` text (before the program view merges any).
+    let records = crate::guard::profiler_scope(|| {
+        let mut keys: Vec<(usize, u64)> = crate::sites::buckets()
+            .iter()
+            .map(|r| (r.stack, r.size))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys.len()
+    });
     for (name, href) in [("allocs", "allocs?debug=1"), ("heap", "heap?debug=1")] {
         let _ = writeln!(
             s,
-            "<tr><td>{live}</td><td><a href='{href}'>{name}</a></td></tr>"
+            "<tr><td>{records}</td><td><a href='{href}'>{name}</a></td></tr>"
         );
     }
     s.push_str(
