@@ -679,8 +679,13 @@ pub(crate) fn trend(t: &[f64], y: &[f64], a: &[f64], r: &[f64]) -> Option<Trend>
     if slope <= 0.0 {
         return None;
     }
-    let slope_sd = pair_sd(y[0], y[n - 1], a[0], a[n - 1], r.iter().copied().fold(0.0, f64::max))
-        / (t[n - 1] - t[0]).max(f64::MIN_POSITIVE);
+    let slope_sd = pair_sd(
+        y[0],
+        y[n - 1],
+        a[0],
+        a[n - 1],
+        r.iter().copied().fold(0.0, f64::max),
+    ) / (t[n - 1] - t[0]).max(f64::MIN_POSITIVE);
     Some(Trend { slope, slope_sd, z })
 }
 

@@ -85,8 +85,13 @@ fn check_top(what: &str, source: &[&str]) -> Result<(), String> {
             "{what}: first row of -top is {first:?}, not build_index with >= 80% flat\n{text}"
         ));
     }
-    if let Some(r) = rows.iter().find(|r| r.name.starts_with("::") || r.name.contains("finish_grow")) {
-        return Err(format!("{what}: machinery or a shortened name in -top: {r:?}\n{text}"));
+    if let Some(r) = rows
+        .iter()
+        .find(|r| r.name.starts_with("::") || r.name.contains("finish_grow"))
+    {
+        return Err(format!(
+            "{what}: machinery or a shortened name in -top: {r:?}\n{text}"
+        ));
     }
     let (text, rows) = pprof(&[&["-top", "-cum"], source].concat())?;
     println!("{what}: go tool pprof -top -cum\n{text}");
@@ -102,7 +107,9 @@ fn check_top(what: &str, source: &[&str]) -> Result<(), String> {
 fn symbolized_in_process(dir: &Path) -> Result<(), String> {
     let file = dir.join("heap.pb.gz");
     let f = std::fs::File::create(&file).map_err(|e| e.to_string())?;
-    heapsight::profile().write_pprof(f).map_err(|e| e.to_string())?;
+    heapsight::profile()
+        .write_pprof(f)
+        .map_err(|e| e.to_string())?;
     check_top("symbolized", &[file.to_str().unwrap()])?;
     // The container operation is one flag away: the `op` label.
     let (text, _) = pprof(&["-tags", file.to_str().unwrap()])?;
@@ -147,7 +154,10 @@ fn remote_symbolization() -> Result<(), String> {
             "remote: first row of -top is {first:?}, not build_index with >= 80% flat\n{text}"
         ));
     }
-    if let Some(r) = rows.iter().find(|r| r.name.starts_with("::") || r.name.contains("heapsight::")) {
+    if let Some(r) = rows
+        .iter()
+        .find(|r| r.name.starts_with("::") || r.name.contains("heapsight::"))
+    {
         return Err(format!("remote: a shortened or hook name: {r:?}\n{text}"));
     }
     Ok(())

@@ -43,7 +43,11 @@ fn overflow_is_reported_once_on_stderr() {
         return;
     }
     let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "names_past_the_cap_overflow_or_fail", "--nocapture"])
+        .args([
+            "--exact",
+            "names_past_the_cap_overflow_or_fail",
+            "--nocapture",
+        ])
         .env("HEAPSIGHT_TAG_TABLE_CHILD", "1")
         .output()
         .unwrap();
@@ -51,5 +55,8 @@ fn overflow_is_reported_once_on_stderr() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let said = stderr.matches("heapsight: the tag table is full").count();
     assert_eq!(said, 1, "{stderr}");
-    assert!(stderr.contains("heapsight_tag_names_refused_total"), "{stderr}");
+    assert!(
+        stderr.contains("heapsight_tag_names_refused_total"),
+        "{stderr}"
+    );
 }

@@ -265,7 +265,12 @@ fn text_lines_carry_raw_counts_of_header_rate_buckets() {
     );
     // Frame lines: pc = return address - 1, function, file:line; the program view: the growth
     // function inlined into `app::build` at that pc and the `finish_grow` frame are left out.
-    assert!(text.contains("] @ 0x50002020 0x50003030\n#\t0x5000201f\tapp::build\t/src/app/src/main.rs:12\n"), "{text}");
+    assert!(
+        text.contains(
+            "] @ 0x50002020 0x50003030\n#\t0x5000201f\tapp::build\t/src/app/src/main.rs:12\n"
+        ),
+        "{text}"
+    );
     // The trailer has the exact counters.
     assert!(text.contains("# AllocBytes = 987654321\n"));
 }

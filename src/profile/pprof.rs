@@ -349,10 +349,11 @@ pub(crate) fn encode(
         .symbol_notes
         .iter()
         .filter(|n| {
-            mappings
-                .iter()
-                .zip(&unnamed)
-                .any(|(m, &u)| u && n.strip_prefix(m.file.as_str()).is_some_and(|r| r.starts_with(": ")))
+            mappings.iter().zip(&unnamed).any(|(m, &u)| {
+                u && n
+                    .strip_prefix(m.file.as_str())
+                    .is_some_and(|r| r.starts_with(": "))
+            })
         })
         .map(|n| st.intern(n))
         .collect();

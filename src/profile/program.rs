@@ -60,9 +60,7 @@ pub(crate) fn crate_of(function: &str) -> &str {
             None => "core",
         };
     }
-    let end = f
-        .find(|c: char| c == '<' || c == ' ' || c == '(')
-        .unwrap_or(f.len());
+    let end = f.find(['<', ' ', '(']).unwrap_or(f.len());
     let head = &f[..end];
     &head[..head.find("::").unwrap_or(head.len())]
 }
@@ -97,9 +95,7 @@ fn type_crate(ty: &str) -> Option<&str> {
             break;
         }
     }
-    let end = t
-        .find(|c: char| "<,;]) ".contains(c))
-        .unwrap_or(t.len());
+    let end = t.find(|c: char| "<,;]) ".contains(c)).unwrap_or(t.len());
     let path = &t[..end];
     path.find("::").map(|i| &path[..i])
 }
@@ -166,12 +162,9 @@ fn cut(frames: &[Frame], own: Option<&str>) -> Option<Cut> {
         (None, _) => return None,
     };
     let last_own = own.and_then(|own| {
-        syms()
-            .filter(|(_, _, s)| crate_of(&s.function) == own && is_program(&s.function))
-            .last()
+        syms().rfind(|(_, _, s)| crate_of(&s.function) == own && is_program(&s.function))
     });
-    let (ri, rj, _) =
-        last_own.or_else(|| syms().filter(|(_, _, s)| is_program(&s.function)).last())?;
+    let (ri, rj, _) = last_own.or_else(|| syms().rfind(|(_, _, s)| is_program(&s.function)))?;
     Some(Cut {
         leaf,
         root: (ri, rj),
@@ -302,7 +295,9 @@ fn is_concrete(args: &str) -> bool {
     let inner = args.trim_start_matches('<').trim_end_matches('>');
     !inner.split(',').all(|a| {
         let a = a.trim();
-        a.len() <= 2 && a.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+        a.len() <= 2
+            && a.chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
     })
 }
 
@@ -473,9 +468,21 @@ mod tests {
         // `build`), the program, std's start-up.
         let stack = [
             frame(1, &["alloc::raw_vec::finish_grow"]),
-            frame(2, &["<alloc::raw_vec::RawVec<alloc::string::String>>::grow_one"]),
-            frame(3, &["alloc::vec::Vec<T,A>::push", "app::build", "app::main"]),
-            frame(4, &["core::ops::function::FnOnce::call_once", "std::sys::backtrace::__rust_begin_short_backtrace"]),
+            frame(
+                2,
+                &["<alloc::raw_vec::RawVec<alloc::string::String>>::grow_one"],
+            ),
+            frame(
+                3,
+                &["alloc::vec::Vec<T,A>::push", "app::build", "app::main"],
+            ),
+            frame(
+                4,
+                &[
+                    "core::ops::function::FnOnce::call_once",
+                    "std::sys::backtrace::__rust_begin_short_backtrace",
+                ],
+            ),
             frame(5, &["std::rt::lang_start_internal"]),
             frame(6, &["main"]),
             frame(7, &["_start"]),
@@ -485,25 +492,40 @@ mod tests {
         assert_eq!(v[0].address, 3);
         assert_eq!(operation(&stack).as_deref(), Some("Vec::push"));
         // Without the own crate known: the outermost program frame.
-        assert_eq!(names(&view(&stack, None)), [vec!["app::build", "app::main"]]);
+        assert_eq!(
+            names(&view(&stack, None)),
+            [vec!["app::build", "app::main"]]
+        );
         // A tokio worker: scheduler frames rootward of the handler go, serde's stay.
         let task = [
             frame(1, &["alloc::raw_vec::finish_grow"]),
             frame(2, &["serde_json::ser::to_string"]),
             frame(3, &["app::handler::{closure#0}"]),
-            frame(4, &["<axum::routing::route::RouteFuture<E> as core::future::future::Future>::poll"]),
+            frame(
+                4,
+                &["<axum::routing::route::RouteFuture<E> as core::future::future::Future>::poll"],
+            ),
             frame(5, &["tokio::runtime::task::raw::poll"]),
-            frame(6, &["std::sys::pal::unix::thread::Thread::new::thread_start"]),
+            frame(
+                6,
+                &["std::sys::pal::unix::thread::Thread::new::thread_start"],
+            ),
         ];
         let v = view(&task, Some("app"));
         assert_eq!(
             names(&v),
-            [vec!["serde_json::ser::to_string"], vec!["app::handler::{closure#0}"]]
+            [
+                vec!["serde_json::ser::to_string"],
+                vec!["app::handler::{closure#0}"]
+            ]
         );
         let v = view(&task, Some("other"));
         assert_eq!(v.len(), 4, "{:?}", names(&v));
         // Nothing of the program: kept whole.
-        let std_only = [frame(1, &["alloc::raw_vec::finish_grow"]), frame(2, &["std::thread::spawn"])];
+        let std_only = [
+            frame(1, &["alloc::raw_vec::finish_grow"]),
+            frame(2, &["std::thread::spawn"]),
+        ];
         assert!(matches!(view(&std_only, Some("app")), Cow::Borrowed(_)));
     }
 
@@ -519,11 +541,20 @@ mod tests {
             operation(&frames)
         };
         assert_eq!(
-            op(&[&["alloc::raw_vec::finish_grow"], &["<alloc::raw_vec::RawVec<alloc::vec::Vec<u8>>>::grow_one"]]).as_deref(),
+            op(&[
+                &["alloc::raw_vec::finish_grow"],
+                &["<alloc::raw_vec::RawVec<alloc::vec::Vec<u8>>>::grow_one"]
+            ])
+            .as_deref(),
             Some("Vec<Vec<u8>>::grow_one")
         );
         assert_eq!(
-            op(&[&["alloc::raw_vec::finish_grow", "alloc::raw_vec::RawVec<T,A>::grow_one", "alloc::vec::Vec<T,A>::push"]]).as_deref(),
+            op(&[&[
+                "alloc::raw_vec::finish_grow",
+                "alloc::raw_vec::RawVec<T,A>::grow_one",
+                "alloc::vec::Vec<T,A>::push"
+            ]])
+            .as_deref(),
             Some("Vec::push")
         );
         assert_eq!(
@@ -531,11 +562,19 @@ mod tests {
             Some("Vec<String>::push")
         );
         assert_eq!(
-            op(&[&["hashbrown::raw::RawTable<T,A>::reserve_rehash"], &["std::collections::hash::map::HashMap<K,V,S>::entry"]]).as_deref(),
+            op(&[
+                &["hashbrown::raw::RawTable<T,A>::reserve_rehash"],
+                &["std::collections::hash::map::HashMap<K,V,S>::entry"]
+            ])
+            .as_deref(),
             Some("HashMap::entry")
         );
         assert_eq!(
-            op(&[&["alloc::fmt::format::format_inner"], &["alloc::fmt::format"]]).as_deref(),
+            op(&[
+                &["alloc::fmt::format::format_inner"],
+                &["alloc::fmt::format"]
+            ])
+            .as_deref(),
             Some("format!")
         );
         assert_eq!(op(&[&["<str>::repeat"]]).as_deref(), Some("str::repeat"));
@@ -544,6 +583,9 @@ mod tests {
             Some("String::clone")
         );
         assert_eq!(op(&[]), None);
-        assert_eq!(short_path("alloc::vec::Vec<alloc::string::String>"), "Vec<String>");
+        assert_eq!(
+            short_path("alloc::vec::Vec<alloc::string::String>"),
+            "Vec<String>"
+        );
     }
 }

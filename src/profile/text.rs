@@ -35,9 +35,9 @@ use std::fmt::Write as _;
 use std::io::{self, Write};
 
 use super::dist;
+use super::maps::Mapping;
 use super::top::Plus;
 use super::SampleType;
-use super::maps::Mapping;
 use crate::sites::{Estimates, FxBuild};
 use crate::snapshot::HeapProfile;
 

@@ -9,10 +9,10 @@
 use core::fmt;
 
 use super::dist;
+use super::program::{is_program, last_segment};
 use super::SampleType;
 use crate::owned::Owned;
 use crate::snapshot::HeapProfile;
-use super::program::{is_program, last_segment};
 use crate::symbols::Symbol;
 
 /// Library functions that make a container grow or build a fresh allocation: the "why" of a
@@ -422,5 +422,4 @@ mod tests {
             "{t}"
         );
     }
-
 }
