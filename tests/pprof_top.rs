@@ -74,17 +74,23 @@ fn pprof(args: &[&str]) -> Result<(String, Vec<Row>), String> {
     Ok((text, rows))
 }
 
-/// `-top`'s first row is `build_index` with at least 80% flat (Go's reference: 89% on
-/// `main.build`), and `-top -cum` has it among its first five rows.
-fn check_top(what: &str, source: &[&str]) -> Result<(), String> {
-    let (text, rows) = pprof(&[&["-top"], source].concat())?;
-    println!("{what}: go tool pprof -top\n{text}");
+/// The first row of `-top` is `build_index` with at least 80% flat.
+fn first_is_build_index(what: &str, rows: &[Row], text: &str) -> Result<(), String> {
     let first = rows.first().ok_or(format!("{what}: no rows\n{text}"))?;
     if !first.name.ends_with("build_index") || first.flat_pct < 80.0 {
         return Err(format!(
             "{what}: first row of -top is {first:?}, not build_index with >= 80% flat\n{text}"
         ));
     }
+    Ok(())
+}
+
+/// `-top`'s first row is `build_index` with at least 80% flat (Go's reference: 89% on
+/// `main.build`), and `-top -cum` has it among its first five rows.
+fn check_top(what: &str, source: &[&str]) -> Result<(), String> {
+    let (text, rows) = pprof(&[&["-top"], source].concat())?;
+    println!("{what}: go tool pprof -top\n{text}");
+    first_is_build_index(what, &rows, &text)?;
     if let Some(r) = rows
         .iter()
         .find(|r| r.name.starts_with("::") || r.name.contains("finish_grow"))
@@ -130,12 +136,7 @@ fn unsymbolized_offline(dir: &Path) -> Result<(), String> {
     let exe = std::env::current_exe().unwrap();
     let (text, rows) = pprof(&["-top", exe.to_str().unwrap(), file.to_str().unwrap()])?;
     println!("unsymbolized, offline: go tool pprof -top BINARY PROFILE\n{text}");
-    let first = rows.first().ok_or(format!("no rows\n{text}"))?;
-    if !first.name.ends_with("build_index") || first.flat_pct < 80.0 {
-        return Err(format!(
-            "offline: first row of -top is {first:?}, not build_index with >= 80% flat\n{text}"
-        ));
-    }
+    first_is_build_index("offline", &rows, &text)?;
     Ok(())
 }
 
@@ -148,12 +149,7 @@ fn remote_symbolization() -> Result<(), String> {
     let (text, rows) = pprof(&["-symbolize=remote", "-top", &url])?;
     println!("?symbolize=0, -symbolize=remote: go tool pprof -top\n{text}");
     server.shutdown();
-    let first = rows.first().ok_or(format!("no rows\n{text}"))?;
-    if !first.name.ends_with("build_index") || first.flat_pct < 80.0 {
-        return Err(format!(
-            "remote: first row of -top is {first:?}, not build_index with >= 80% flat\n{text}"
-        ));
-    }
+    first_is_build_index("remote", &rows, &text)?;
     if let Some(r) = rows
         .iter()
         .find(|r| r.name.starts_with("::") || r.name.contains("heapsight::"))
