@@ -269,13 +269,40 @@ pub fn resolve(b: &[u8]) -> Received {
 }
 
 /// Heapsight's own profile keyed like [`Profile::by_site`]: (function names leaf first, tag).
+/// The program view the encoders write (docs/profiles.md), for stacks whose program frames are
+/// all the test binary's own (`crate_name::`, `<crate_name::`): from its first symbol of that
+/// crate to its last, symbol by symbol (innermost first within a frame). A stack without one is
+/// kept whole. A naive oracle of `program::view` for the tests' own workloads.
+pub fn own_crate_view(frames: Vec<Vec<String>>) -> Vec<Vec<String>> {
+    let exe = std::env::current_exe().unwrap();
+    let stem = exe.file_stem().unwrap().to_str().unwrap();
+    let own = format!("{}::", stem.split('-').next().unwrap());
+    let is_own = |s: &String| {
+        s.starts_with(&own) || s.strip_prefix('<').is_some_and(|t| t.starts_with(&own))
+    };
+    let flat: Vec<(usize, usize)> = frames
+        .iter()
+        .enumerate()
+        .flat_map(|(i, f)| (0..f.len()).map(move |j| (i, j)))
+        .filter(|&(i, j)| is_own(&frames[i][j]))
+        .collect();
+    let (Some(&(li, lj)), Some(&(ri, rj))) = (flat.first(), flat.last()) else {
+        return frames;
+    };
+    let mut out: Vec<Vec<String>> = frames[li..=ri].to_vec();
+    let n = out.len();
+    out[n - 1].truncate(rj + 1);
+    out[0].drain(..lj);
+    out
+}
+
 pub fn own_by_site(
     p: &heapsight::HeapProfile,
     value: fn(&heapsight::Site) -> u64,
 ) -> HashMap<(Vec<String>, String), i64> {
     let mut m = HashMap::new();
     for site in p.sites_by_tag() {
-        let frames = site
+        let frames: Vec<Vec<String>> = site
             .frames()
             .iter()
             .map(|f| {
@@ -284,8 +311,11 @@ pub fn own_by_site(
                     .filter(|s| s.function != "??")
                     .map(|s| s.function.clone())
                     .collect::<Vec<_>>()
-                    .join("|")
             })
+            .collect();
+        let frames = own_crate_view(frames)
+            .into_iter()
+            .map(|f| f.join("|"))
             .collect();
         let v = value(site) as i64;
         if v != 0 {
