@@ -345,6 +345,106 @@ pub(crate) fn parse_http_addr(s: &str) -> Result<HttpAddr, ParseError> {
     })
 }
 
+/// A level at which a dump trigger fires (`HEAPSIGHT_DUMP_AT`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub enum Threshold {
+    /// A fraction (0 < f ≤ 1) of the container's memory limit, against the cgroup's usage: what
+    /// the kernel kills on (`80%`).
+    OfLimit(f64),
+    /// An absolute size of the process's resident set (`1GiB`).
+    Rss(u64),
+}
+
+/// What `HEAPSIGHT_DUMP_AT` accepts, as its error message says it.
+pub(crate) const DUMP_AT_VALUES: &str = "a comma-separated list of percentages of the container's \
+     memory limit (80%, 92.5%) and resident-set sizes (1GiB, 512MiB)";
+/// What the dump-trigger durations accept.
+pub(crate) const DURATION_VALUES: &str = "a whole number with a unit ms, s or m (500ms, 10s, 1m), \
+     bare digits as seconds";
+
+/// Parses `HEAPSIGHT_DUMP_AT`: `80%`, `1GiB`, or a comma-separated list of them.
+pub(crate) fn parse_thresholds(s: &[u8]) -> Result<Vec<Threshold>, ParseError> {
+    let mut out = Vec::new();
+    for part in s.split(|&c| c == b',') {
+        let part = trim(part);
+        if let Some(pct) = part.strip_suffix(b"%") {
+            let t = core::str::from_utf8(trim(pct)).map_err(|_| ParseError::NotANumber)?;
+            if t.is_empty() || !t.bytes().all(|c| c.is_ascii_digit() || c == b'.') {
+                return Err(ParseError::NotANumber);
+            }
+            let v: f64 = t.parse().map_err(|_| ParseError::NotANumber)?;
+            if v <= 0.0 {
+                return Err(ParseError::TooSmall);
+            }
+            if v > 100.0 {
+                return Err(ParseError::TooLarge);
+            }
+            out.push(Threshold::OfLimit(v / 100.0));
+        } else {
+            match parse_bytes(part)? {
+                0 => return Err(ParseError::TooSmall),
+                b => out.push(Threshold::Rss(b)),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Parses a duration: digits with a unit `ms`, `s` or `m`, or bare digits as seconds; not zero.
+pub(crate) fn parse_duration(s: &[u8]) -> Result<core::time::Duration, ParseError> {
+    use core::time::Duration;
+    let s = trim(s);
+    let digits = s.iter().take_while(|c| c.is_ascii_digit()).count();
+    if digits == 0 {
+        return Err(ParseError::NotANumber);
+    }
+    let n = parse_count(&s[..digits], 1, u64::MAX / 1000)?;
+    let unit = trim(&s[digits..]);
+    Ok(match unit {
+        b"" | b"s" => Duration::from_secs(n),
+        b"ms" => Duration::from_millis(n),
+        b"m" => Duration::from_secs(n.checked_mul(60).ok_or(ParseError::TooLarge)?),
+        _ => return Err(ParseError::NotANumber),
+    })
+}
+
+#[cfg(test)]
+mod trigger_tests {
+    use super::*;
+    use core::time::Duration;
+
+    #[test]
+    fn thresholds() {
+        assert_eq!(parse_thresholds(b"80%"), Ok(vec![Threshold::OfLimit(0.8)]));
+        assert_eq!(
+            parse_thresholds(b" 50% , 92.5%,1GiB"),
+            Ok(vec![
+                Threshold::OfLimit(0.5),
+                Threshold::OfLimit(0.925),
+                Threshold::Rss(1 << 30)
+            ])
+        );
+        assert_eq!(parse_thresholds(b"0%"), Err(ParseError::TooSmall));
+        assert_eq!(parse_thresholds(b"101%"), Err(ParseError::TooLarge));
+        assert_eq!(parse_thresholds(b"0"), Err(ParseError::TooSmall));
+        for bad in ["", "80%%", "-5%", "x%", "80%,", "1e2%"] {
+            assert!(parse_thresholds(bad.as_bytes()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration(b"10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration(b"10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration(b" 250ms "), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration(b"2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration(b"0s"), Err(ParseError::TooSmall));
+        assert!(parse_duration(b"1h").is_err());
+        assert!(parse_duration(b"s").is_err());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
