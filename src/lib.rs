@@ -21,8 +21,8 @@
 //!   6   transports   dump, http/, otlp/, metrics, series,              │      enters ──┐
 //!                    history, tracing, measure, watch                  │               │
 //!   5   encoders     profile/                                          │      bytes  ◄─┤
-//!   4   snapshot     snapshot, stats, symbols, dwarf,                  │      copy   ◄─┤
-//!                    memory                                            │               │
+//!   4   snapshot     snapshot, stats, symbols,                         │      copy   ◄─┤
+//!                    dwarf, memory                                     │               │
 //!   3   tables       sites, tags                              record ◄─┤      read   ◄─┤
 //!   2   thread       guard, thread, counters, filter, owned   count  ◄─┤      sum    ◄─┘
 //!   1   capture      stack                                    stack  ◄─┘ (sampled)

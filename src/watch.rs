@@ -15,14 +15,14 @@
 //! * each new high-water mark of the heap in use (exact counters) at least `step` above the last
 //!   dumped one (start-up growth counts: the first fires at `step`);
 //! * at most one dump per `min_interval`: a trigger that fires sooner waits, still armed.
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
 use std::time::{Duration, Instant};
 
 use crate::config::{self, Threshold};
+use crate::dump::{rotate, write_file_safely, DumpLimits};
 use crate::guard::profiler_scope;
 use crate::memory::human;
 
@@ -391,13 +391,15 @@ fn watch(cfg: DumpTriggers) {
     }
 }
 
-/// The prefix of the watcher's files; rotation only ever touches names with it.
+/// The prefix of the watcher's files (`heapsight-oom-<pid>-<seq>`); rotation (`dump::rotate`)
+/// only touches this process's regular files with it.
 const PREFIX: &str = "heapsight-oom-";
 
 /// Writes one dump: the profile first (what names the growing site), then the table.
 fn dump(cfg: &DumpTriggers, why: &str) -> io::Result<PathBuf> {
     let seq = SEQ.fetch_add(1, Relaxed);
-    let stem = format!("{PREFIX}{}-{seq:06}", std::process::id());
+    let prefix = format!("{PREFIX}{}-", std::process::id());
+    let stem = format!("{prefix}{seq:06}");
     let mem = crate::memory::memory();
     let table = format!("heapsight dump: {why}\n{mem}");
     let mut p = crate::snapshot::take(true);
@@ -405,82 +407,18 @@ fn dump(cfg: &DumpTriggers, why: &str) -> io::Result<PathBuf> {
     let mut pb = Vec::new();
     p.write_pprof(&mut pb)?;
     let pb_path = cfg.dir.join(format!("{stem}.pb.gz"));
-    write_new(&pb_path, &pb)?;
-    write_new(&cfg.dir.join(format!("{stem}.txt")), table.as_bytes())?;
-    rotate(&cfg.dir, cfg.keep, cfg.max_bytes)?;
+    write_file_safely(&pb_path, |w| w.write_all(&pb))?;
+    write_file_safely(&cfg.dir.join(format!("{stem}.txt")), |w| {
+        w.write_all(table.as_bytes())
+    })?;
+    // This process's series only: the dumps a killed predecessor left are never rotated away.
+    let limits = DumpLimits {
+        min_interval: cfg.min_interval,
+        keep: cfg.keep,
+        max_bytes: cfg.max_bytes,
+    };
+    rotate(&cfg.dir, &prefix, &limits)?;
     Ok(pb_path)
-}
-
-/// Writes `bytes` to a new regular file at `path` through a temporary name created with
-/// `O_EXCL | O_NOFOLLOW`, then renames it into place, refusing to replace anything at `path`
-/// that is not a regular file (a symlink, a FIFO, a directory).
-fn write_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    if let Ok(m) = fs::symlink_metadata(path) {
-        if !m.file_type().is_file() {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!("{}: exists and is not a regular file", path.display()),
-            ));
-        }
-    }
-    let tmp = path.with_extension("tmp");
-    let _ = fs::remove_file(&tmp).or_else(|e| {
-        if e.kind() == io::ErrorKind::NotFound {
-            Ok(())
-        } else {
-            Err(e)
-        }
-    });
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .mode(0o644)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    fs::rename(&tmp, path)
-}
-
-/// Keeps the newest `keep` dumps (a dump is the files sharing a `heapsight-oom-<pid>-<seq>`
-/// stem) and at most `max_bytes` of them, the newest always kept; deletes only regular files.
-/// Newest is by modification time, then name, so a restarted process's dumps and the ones its
-/// predecessor left before it was killed rotate together.
-pub(crate) fn rotate(dir: &Path, keep: usize, max_bytes: u64) -> io::Result<()> {
-    use std::collections::BTreeMap;
-    // stem -> (newest mtime, bytes, files)
-    let mut dumps: BTreeMap<String, (std::time::SystemTime, u64, Vec<PathBuf>)> = BTreeMap::new();
-    for e in fs::read_dir(dir)? {
-        let e = e?;
-        let name = e.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if !name.starts_with(PREFIX) || name.ends_with(".tmp") {
-            continue;
-        }
-        let m = fs::symlink_metadata(e.path())?;
-        if !m.file_type().is_file() {
-            continue;
-        }
-        let stem = name.split('.').next().unwrap_or(name).to_string();
-        let d = dumps
-            .entry(stem)
-            .or_insert((std::time::UNIX_EPOCH, 0, Vec::new()));
-        d.0 = d.0.max(m.modified().unwrap_or(std::time::UNIX_EPOCH));
-        d.1 += m.len();
-        d.2.push(e.path());
-    }
-    let mut v: Vec<_> = dumps.into_iter().collect();
-    v.sort_by(|a, b| (b.1 .0, &b.0).cmp(&(a.1 .0, &a.0)));
-    let mut bytes = 0u64;
-    for (i, (_, (_, size, files))) in v.into_iter().enumerate() {
-        bytes += size;
-        if i > 0 && (i >= keep || bytes > max_bytes) {
-            for f in files {
-                fs::remove_file(f)?;
-            }
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -603,83 +541,5 @@ mod tests {
                 max_bytes: 1 << 20,
             }
         );
-    }
-
-    fn temp_dir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("watch-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).unwrap();
-        d
-    }
-
-    #[test]
-    fn rotation_keeps_the_newest_and_only_deletes_regular_files() {
-        let d = temp_dir("rotate");
-        for seq in 0..6 {
-            let stem = format!("{PREFIX}1-{seq:06}");
-            write_new(&d.join(format!("{stem}.pb.gz")), &[0; 1000]).unwrap();
-            write_new(&d.join(format!("{stem}.txt")), &[0; 24]).unwrap();
-            // Distinct mtimes without sleeping: set them.
-            for ext in ["pb.gz", "txt"] {
-                let f = File::options()
-                    .write(true)
-                    .open(d.join(format!("{stem}.{ext}")))
-                    .unwrap();
-                f.set_modified(std::time::UNIX_EPOCH + Duration::from_secs(1000 + seq))
-                    .unwrap();
-            }
-        }
-        // Not ours, and not regular: never touched.
-        fs::write(d.join("other.pb.gz"), b"x").unwrap();
-        std::os::unix::fs::symlink("/etc/hostname", d.join(format!("{PREFIX}9-000000.pb.gz")))
-            .unwrap();
-        rotate(&d, 4, u64::MAX).unwrap();
-        let mut left: Vec<String> = fs::read_dir(&d)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        left.sort();
-        let want: Vec<String> = [
-            "heapsight-oom-1-000002",
-            "heapsight-oom-1-000003",
-            "heapsight-oom-1-000004",
-            "heapsight-oom-1-000005",
-        ]
-        .iter()
-        .flat_map(|s| [format!("{s}.pb.gz"), format!("{s}.txt")])
-        .chain([
-            "heapsight-oom-9-000000.pb.gz".to_string(),
-            "other.pb.gz".to_string(),
-        ])
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
-        assert_eq!(left, want);
-        // Bytes: 1024 each; 2500 keeps two.
-        rotate(&d, 100, 2500).unwrap();
-        let n = fs::read_dir(&d)
-            .unwrap()
-            .filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .file_name()
-                    .to_str()
-                    .unwrap()
-                    .starts_with("heapsight-oom-1")
-            })
-            .count();
-        assert_eq!(n, 4);
-        // The newest is kept even when it alone is over the bound.
-        rotate(&d, 100, 1).unwrap();
-        assert!(d.join("heapsight-oom-1-000005.pb.gz").exists());
-        assert!(!d.join("heapsight-oom-1-000004.pb.gz").exists());
-        // A destination that is a symlink is refused, the link left as it was.
-        let link = d.join(format!("{PREFIX}9-000000.pb.gz"));
-        assert!(write_new(&link, b"y").is_err());
-        assert!(fs::symlink_metadata(&link)
-            .unwrap()
-            .file_type()
-            .is_symlink());
-        fs::remove_dir_all(&d).unwrap();
     }
 }
