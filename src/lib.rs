@@ -236,6 +236,9 @@
 //! | `HEAPSIGHT_DUMP_ON_EXIT` | write a profile there at exit (`.txt`: Go text, else pprof) | off |
 //! | `HEAPSIGHT_HTTP_ADDR` | `HOST:PORT`, or Go's `:PORT` for every interface, for `http::serve_from_env` (feature `http`) | – |
 //! | `HEAPSIGHT_DUMP_DIR` | directory for signal dumps (feature `signal`) | `.` |
+//! | `HEAPSIGHT_DUMP_AT` | memory-trigger levels, `80%` of the container's limit or `1GiB` of RSS, comma-separated ([`start_dump_triggers_from_env`]) | – |
+//! | `HEAPSIGHT_DUMP_STEP` | a memory-trigger dump at each new heap high-water mark this far above the last | – |
+//! | `HEAPSIGHT_DUMP_POLL` | how often the memory triggers read the levels | 100ms |
 //!
 //! Units are binary and case-insensitive, and the `B` is optional: `64k`, `64kb`, `64KiB` and
 //! `65536` are the same rate, as are `1m`, `1MB` and `1MiB`; `g`/`GB`/`GiB` likewise. Counts

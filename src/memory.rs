@@ -441,7 +441,7 @@ fn unescape(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'\\'
-            && i + 3 < b.len() + 0
+            && i + 3 < b.len()
             && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
         {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
@@ -935,7 +935,7 @@ mod tests {
         let p = parse_status(&fixture("status"));
         assert_eq!(p.rss_bytes, 261_004 * 1024);
         assert_eq!(p.anon_bytes, 257_768 * 1024);
-        assert_eq!(p.file_bytes, (3_236 + 0) * 1024);
+        assert_eq!(p.file_bytes, 3_236 * 1024);
         assert_eq!(p.swap_bytes, 0);
     }
 
