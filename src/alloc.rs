@@ -73,13 +73,13 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for HeapSight<A> {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: `allocate` calls the closure once, with `layout` or `layout` with a larger
         // power-of-two alignment (same size), which `A` accepts as it accepts `layout`.
-        allocate(layout, |l| unsafe { self.inner.alloc(l) })
+        allocate::<A>(layout, |l| unsafe { self.inner.alloc(l) })
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: as in `alloc`.
-        allocate(layout, |l| unsafe { self.inner.alloc_zeroed(l) })
+        allocate::<A>(layout, |l| unsafe { self.inner.alloc_zeroed(l) })
     }
 
     #[inline]
@@ -127,9 +127,10 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for HeapSight<A> {
 }
 
 /// `alloc` and `alloc_zeroed`: counts before calling the inner allocator (`call`), and takes the
-/// count back if it fails; the rare cases go to [`alloc_slow`].
+/// count back if it fails; the rare cases go to [`alloc_slow`]. `A` is the inner allocator's
+/// type, which the slow path records for `memory()`.
 #[inline(always)]
-fn allocate(layout: Layout, call: impl Fn(Layout) -> *mut u8) -> *mut u8 {
+fn allocate<A>(layout: Layout, call: impl Fn(Layout) -> *mut u8) -> *mut u8 {
     debug_assert!(layout.align().is_power_of_two());
     if count_alloc(layout.size()) {
         let p = call(layout);
@@ -138,7 +139,7 @@ fn allocate(layout: Layout, call: impl Fn(Layout) -> *mut u8) -> *mut u8 {
         }
         p
     } else {
-        alloc_slow(layout, call)
+        alloc_slow::<A>(layout, call)
     }
 }
 
@@ -255,7 +256,9 @@ fn uncount_failed_realloc() {
 /// counts (and maybe samples) the block it returned.
 #[cold]
 #[inline(never)]
-fn alloc_slow(layout: Layout, call: impl Fn(Layout) -> *mut u8) -> *mut u8 {
+fn alloc_slow<A>(layout: Layout, call: impl Fn(Layout) -> *mut u8) -> *mut u8 {
+    // Which allocator is inside, for `memory()`'s allocator row: one load once recorded.
+    crate::memory::note_inner_type(core::any::type_name::<A>);
     let size = layout.size();
     let mut plan = THREAD.with(|t| {
         // Undo the fast path's subtraction: the countdown is back to what it was before this

@@ -165,18 +165,6 @@ pub(crate) fn env_settings() -> EnvSettings {
 
 /// [`env_settings`] over any source of values (tests pass a table).
 fn settings_from(get: impl Fn(&'static [u8]) -> Option<&'static [u8]>) -> EnvSettings {
-    fn check<T>(
-        var: &str,
-        v: Option<&[u8]>,
-        parse: impl FnOnce(&[u8]) -> Result<T, ParseError>,
-        values: &str,
-        default: &dyn fmt::Display,
-    ) -> Option<T> {
-        let v = v?;
-        parse(v)
-            .map_err(|e| complain(var, v, e, values, default))
-            .ok()
-    }
     EnvSettings {
         sample_rate: check(
             "HEAPSIGHT_SAMPLE_RATE",
@@ -207,6 +195,72 @@ fn settings_from(get: impl Fn(&'static [u8]) -> Option<&'static [u8]>) -> EnvSet
             &"auto",
         ),
     }
+}
+
+/// Signal dumps: least seconds between two, dumps kept, bytes kept (see `dump::DumpLimits`).
+pub(crate) const DEFAULT_DUMP_MIN_INTERVAL_SECS: u64 = 10;
+pub(crate) const DEFAULT_DUMP_KEEP: usize = 10;
+pub(crate) const DEFAULT_DUMP_MAX_BYTES: u64 = 256 << 20;
+pub(crate) const DUMP_MIN_INTERVAL_VALUES: &str = "a whole number of seconds from 0 to 86400";
+pub(crate) const DUMP_KEEP_VALUES: &str = "a whole number of dumps from 1 to 100000";
+pub(crate) const DUMP_MAX_BYTES_VALUES: &str =
+    "a byte count of at least 1 with an optional binary unit (B, K/KB/KiB, M/MB/MiB, G/GB/GiB)";
+
+/// What `HEAPSIGHT_DUMP_MIN_INTERVAL`, `HEAPSIGHT_DUMP_KEEP` and `HEAPSIGHT_DUMP_MAX_BYTES` ask
+/// for; `None` = not set, or rejected with one line on stderr.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DumpSettings {
+    pub min_interval_secs: Option<u64>,
+    pub keep: Option<usize>,
+    pub max_bytes: Option<u64>,
+}
+
+/// Reads the dump limits from the environment (when a dump signal is installed).
+pub(crate) fn dump_settings() -> DumpSettings {
+    dump_settings_from(getenv)
+}
+
+fn dump_settings_from(get: impl Fn(&'static [u8]) -> Option<&'static [u8]>) -> DumpSettings {
+    DumpSettings {
+        min_interval_secs: check(
+            "HEAPSIGHT_DUMP_MIN_INTERVAL",
+            get(b"HEAPSIGHT_DUMP_MIN_INTERVAL\0"),
+            |v| parse_count(v, 0, 86_400),
+            DUMP_MIN_INTERVAL_VALUES,
+            &format_args!("{DEFAULT_DUMP_MIN_INTERVAL_SECS} s"),
+        ),
+        keep: check(
+            "HEAPSIGHT_DUMP_KEEP",
+            get(b"HEAPSIGHT_DUMP_KEEP\0"),
+            |v| parse_count(v, 1, 100_000).map(|n| n as usize),
+            DUMP_KEEP_VALUES,
+            &DEFAULT_DUMP_KEEP,
+        ),
+        max_bytes: check(
+            "HEAPSIGHT_DUMP_MAX_BYTES",
+            get(b"HEAPSIGHT_DUMP_MAX_BYTES\0"),
+            |v| match parse_bytes(v)? {
+                0 => Err(ParseError::TooSmall),
+                n => Ok(n),
+            },
+            DUMP_MAX_BYTES_VALUES,
+            &format_args!("{} MiB", DEFAULT_DUMP_MAX_BYTES >> 20),
+        ),
+    }
+}
+
+/// Parses `v` if set; a rejected value is reported on one stderr line and becomes `None`.
+fn check<T>(
+    var: &str,
+    v: Option<&[u8]>,
+    parse: impl FnOnce(&[u8]) -> Result<T, ParseError>,
+    values: &str,
+    default: &dyn fmt::Display,
+) -> Option<T> {
+    let v = v?;
+    parse(v)
+        .map_err(|e| complain(var, v, e, values, default))
+        .ok()
 }
 
 /// The raw bytes of an environment variable, without allocating. `name` must end with a NUL.
@@ -345,6 +399,106 @@ pub(crate) fn parse_http_addr(s: &str) -> Result<HttpAddr, ParseError> {
     })
 }
 
+/// A level at which a dump trigger fires (`HEAPSIGHT_DUMP_AT`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub enum Threshold {
+    /// A fraction (0 < f ≤ 1) of the container's memory limit, against the cgroup's usage: what
+    /// the kernel kills on (`80%`).
+    OfLimit(f64),
+    /// An absolute size of the process's resident set (`1GiB`).
+    Rss(u64),
+}
+
+/// What `HEAPSIGHT_DUMP_AT` accepts, as its error message says it.
+pub(crate) const DUMP_AT_VALUES: &str = "a comma-separated list of percentages of the container's \
+     memory limit (80%, 92.5%) and resident-set sizes (1GiB, 512MiB)";
+/// What the dump-trigger durations accept.
+pub(crate) const DURATION_VALUES: &str = "a whole number with a unit ms, s or m (500ms, 10s, 1m), \
+     bare digits as seconds";
+
+/// Parses `HEAPSIGHT_DUMP_AT`: `80%`, `1GiB`, or a comma-separated list of them.
+pub(crate) fn parse_thresholds(s: &[u8]) -> Result<Vec<Threshold>, ParseError> {
+    let mut out = Vec::new();
+    for part in s.split(|&c| c == b',') {
+        let part = trim(part);
+        if let Some(pct) = part.strip_suffix(b"%") {
+            let t = core::str::from_utf8(trim(pct)).map_err(|_| ParseError::NotANumber)?;
+            if t.is_empty() || !t.bytes().all(|c| c.is_ascii_digit() || c == b'.') {
+                return Err(ParseError::NotANumber);
+            }
+            let v: f64 = t.parse().map_err(|_| ParseError::NotANumber)?;
+            if v <= 0.0 {
+                return Err(ParseError::TooSmall);
+            }
+            if v > 100.0 {
+                return Err(ParseError::TooLarge);
+            }
+            out.push(Threshold::OfLimit(v / 100.0));
+        } else {
+            match parse_bytes(part)? {
+                0 => return Err(ParseError::TooSmall),
+                b => out.push(Threshold::Rss(b)),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Parses a duration: digits with a unit `ms`, `s` or `m`, or bare digits as seconds; not zero.
+pub(crate) fn parse_duration(s: &[u8]) -> Result<core::time::Duration, ParseError> {
+    use core::time::Duration;
+    let s = trim(s);
+    let digits = s.iter().take_while(|c| c.is_ascii_digit()).count();
+    if digits == 0 {
+        return Err(ParseError::NotANumber);
+    }
+    let n = parse_count(&s[..digits], 1, u64::MAX / 1000)?;
+    let unit = trim(&s[digits..]);
+    Ok(match unit {
+        b"" | b"s" => Duration::from_secs(n),
+        b"ms" => Duration::from_millis(n),
+        b"m" => Duration::from_secs(n.checked_mul(60).ok_or(ParseError::TooLarge)?),
+        _ => return Err(ParseError::NotANumber),
+    })
+}
+
+#[cfg(test)]
+mod trigger_tests {
+    use super::*;
+    use core::time::Duration;
+
+    #[test]
+    fn thresholds() {
+        assert_eq!(parse_thresholds(b"80%"), Ok(vec![Threshold::OfLimit(0.8)]));
+        assert_eq!(
+            parse_thresholds(b" 50% , 92.5%,1GiB"),
+            Ok(vec![
+                Threshold::OfLimit(0.5),
+                Threshold::OfLimit(0.925),
+                Threshold::Rss(1 << 30)
+            ])
+        );
+        assert_eq!(parse_thresholds(b"0%"), Err(ParseError::TooSmall));
+        assert_eq!(parse_thresholds(b"101%"), Err(ParseError::TooLarge));
+        assert_eq!(parse_thresholds(b"0"), Err(ParseError::TooSmall));
+        for bad in ["", "80%%", "-5%", "x%", "80%,", "1e2%"] {
+            assert!(parse_thresholds(bad.as_bytes()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration(b"10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration(b"10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration(b" 250ms "), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration(b"2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration(b"0s"), Err(ParseError::TooSmall));
+        assert!(parse_duration(b"1h").is_err());
+        assert!(parse_duration(b"s").is_err());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -444,6 +598,38 @@ mod tests {
                 max_depth: None,
                 max_sites: None,
                 unwinder: Some(Unwinder::Dwarf),
+            }
+        );
+    }
+
+    #[test]
+    fn dump_settings_from_a_table() {
+        let s = dump_settings_from(|name| match name {
+            b"HEAPSIGHT_DUMP_MIN_INTERVAL\0" => Some(b"0"),
+            b"HEAPSIGHT_DUMP_KEEP\0" => Some(b"0"),
+            b"HEAPSIGHT_DUMP_MAX_BYTES\0" => Some(b"64MiB"),
+            _ => None,
+        });
+        assert_eq!(
+            s,
+            DumpSettings {
+                min_interval_secs: Some(0),
+                keep: None,
+                max_bytes: Some(64 << 20),
+            }
+        );
+        let s = dump_settings_from(|name| match name {
+            b"HEAPSIGHT_DUMP_MIN_INTERVAL\0" => Some(b"1m"),
+            b"HEAPSIGHT_DUMP_KEEP\0" => Some(b"3"),
+            b"HEAPSIGHT_DUMP_MAX_BYTES\0" => Some(b"0"),
+            _ => None,
+        });
+        assert_eq!(
+            s,
+            DumpSettings {
+                min_interval_secs: None,
+                keep: Some(3),
+                max_bytes: None,
             }
         );
     }

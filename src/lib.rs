@@ -19,9 +19,10 @@
 //!  rank layer        files                                    allocation      dump
 //!   7   hook         alloc, setup                             enters ──┐
 //!   6   transports   dump, http/, otlp/, metrics, series,              │      enters ──┐
-//!                    history, tracing, measure                         │               │
+//!                    history, tracing, measure, watch                  │               │
 //!   5   encoders     profile/                                          │      bytes  ◄─┤
-//!   4   snapshot     snapshot, stats, symbols, dwarf                   │      copy   ◄─┤
+//!   4   snapshot     snapshot, stats, symbols,                         │      copy   ◄─┤
+//!                    dwarf, memory                                     │               │
 //!   3   tables       sites, tags                              record ◄─┤      read   ◄─┤
 //!   2   thread       guard, thread, counters, filter, owned   count  ◄─┤      sum    ◄─┘
 //!   1   capture      stack                                    stack  ◄─┘ (sampled)
@@ -43,14 +44,15 @@
 //! * **tables**: `sites` the site table and the live-sample shards; `tags` the tag-name table.
 //! * **snapshot**: `snapshot` the trimmed-stack caches and [`HeapProfile`]; `stats` nothing
 //!   (sums the counters into [`Stats`]); `symbols` the symbol cache; `dwarf` nothing (reads
-//!   DWARF line tables for `symbols`).
+//!   DWARF line tables for `symbols`); `memory` the inner allocator's name, detected or declared
+//!   (reads the allocator's, the process's and the cgroup's figures into [`MemoryReport`]).
 //! * **encoders**: `profile/` nothing: pure functions from a snapshot to bytes (pprof, Go text,
 //!   folded stacks, top, delta).
 //! * **transports and scopes**: `dump` the signal pipe and dump file numbers; `http/` the
 //!   server; `otlp/` the exporter thread; `metrics` the updater thread; `series` nothing (the
 //!   one list of metric series `/metrics` and `metrics` publish); `history` the ring of
 //!   recorded points; `tracing` the span-to-tag layer's entered spans; `measure` a thread's
-//!   open measurement.
+//!   open measurement; `watch` the dump-trigger thread's start flag and dump numbers.
 //! * **hook**: `alloc` the `GlobalAlloc` impl; `setup` the process activation (fork handlers,
 //!   exit dump, unwinder warm-up).
 //!
@@ -235,6 +237,9 @@
 //! | `HEAPSIGHT_DUMP_ON_EXIT` | write a profile there at exit (`.txt`: Go text, else pprof) | off |
 //! | `HEAPSIGHT_HTTP_ADDR` | `HOST:PORT`, or Go's `:PORT` for every interface, for `http::serve_from_env` (feature `http`) | – |
 //! | `HEAPSIGHT_DUMP_DIR` | directory for signal dumps (feature `signal`) | `.` |
+//! | `HEAPSIGHT_DUMP_AT` | memory-trigger levels, `80%` of the container's limit or `1GiB` of RSS, comma-separated ([`start_dump_triggers_from_env`]) | – |
+//! | `HEAPSIGHT_DUMP_STEP` | a memory-trigger dump at each new heap high-water mark this far above the last | – |
+//! | `HEAPSIGHT_DUMP_POLL` | how often the memory triggers read the levels | 100ms |
 //!
 //! Units are binary and case-insensitive, and the `B` is optional: `64k`, `64kb`, `64KiB` and
 //! `65536` are the same rate, as are `1m`, `1MB` and `1MiB`; `g`/`GB`/`GiB` likewise. Counts
@@ -289,6 +294,7 @@ mod filter;
 mod guard;
 pub mod history;
 mod measure;
+mod memory;
 mod owned;
 mod profile;
 mod sampler;
@@ -303,6 +309,7 @@ mod symbols;
 mod sync;
 mod tags;
 mod thread;
+mod watch;
 
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
@@ -316,13 +323,17 @@ pub mod otlp;
 #[cfg(feature = "tracing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
 pub mod tracing;
-pub use crate::dump::{dump_to_dir, dump_to_file};
+pub use crate::dump::{dump_to_dir, dump_to_file, DumpLimits};
 #[cfg(all(unix, feature = "signal"))]
 pub use crate::dump::{install_dump_signal, DumpSignalError};
 
 pub use crate::alloc::HeapSight;
-pub use crate::config::{ParseError, Unwinder};
+pub use crate::config::{ParseError, Threshold, Unwinder};
 pub use crate::measure::{measure, Usage};
+pub use crate::memory::{
+    declare_allocator, memory, memory_cgroup, AllocatorKnown, AllocatorMemory, ContainerMemory,
+    HeldBytesFn, MemoryClass, MemoryReport, ProcessMemory,
+};
 pub use crate::profile::{Distribution, SampleType, Top, UnknownSampleType};
 pub use crate::snapshot::{HeapProfile, Site};
 pub use crate::stats::{stats, Stats};
@@ -331,6 +342,7 @@ pub use crate::tags::{
     tag, tag_stats, try_tag, with_tag, Tag, TagError, TagFutureExt, TagGuard, TagStats, Tagged,
     MAX_LABELS, MAX_LABEL_KEY_LEN, MAX_TAG_LEN, MAX_TAG_NAMES, OVERFLOW_TAG, TAG_KEY,
 };
+pub use crate::watch::{start_dump_triggers, start_dump_triggers_from_env, DumpTriggers};
 
 /// Go's default `MemProfileRate`, heapsight's default: one sample per 512 KiB allocated.
 pub const DEFAULT_SAMPLE_RATE: u64 = sampler::DEFAULT_RATE;

@@ -225,6 +225,13 @@ fn build(raw: sites::TableCopy, symbolize: bool, stats: Stats, time_nanos: i64) 
 }
 
 impl HeapProfile {
+    /// Adds lines written as pprof comments and in the text trailer, after what symbolization
+    /// lacked (the memory table of a triggered dump). Inside the guard: the vector is the
+    /// profiler's.
+    pub(crate) fn add_notes(&mut self, lines: impl Iterator<Item = String>) {
+        crate::guard::profiler_scope(|| self.symbol_notes.extend(lines));
+    }
+
     /// Derives `sites` from `buckets` (merged per stack) and puts both in display order. Must
     /// run inside the profiler guard (it replaces the profiler's own vectors).
     pub(crate) fn assemble(&mut self) {

@@ -42,6 +42,8 @@ const LAYERS: &[(&str, &str, u8)] = &[
     ("stats", "snapshot", 4),
     ("symbols", "snapshot", 4),
     ("dwarf", "snapshot", 4),
+    // memory: the exact counters beside the allocator's, the process's and the cgroup's figures.
+    ("memory", "snapshot", 4),
     // encoders: pure functions from a snapshot to bytes.
     ("profile", "encoders", 5),
     // transports and scopes: where dumps leave the process, and the scopes users open.
@@ -53,6 +55,7 @@ const LAYERS: &[(&str, &str, u8)] = &[
     ("history", "transports", 6),
     ("tracing", "transports", 6),
     ("measure", "transports", 6),
+    ("watch", "transports", 6),
     // hook: the GlobalAlloc impl and process set-up; it drives every layer below.
     ("alloc", "hook", 7),
     ("setup", "hook", 7),

@@ -129,6 +129,7 @@ pub(super) fn heapsight_page() -> String {
             escape_html(&p.top(10, ty).to_string())
         );
     }
+    memory_section(&mut h, &crate::memory::memory());
     let tags = crate::tag_stats();
     if !tags.is_empty() {
         h.push_str("<h2>Tags</h2>\n<table id=tags><tr><th class=l>tag</th><th>alloc objects</th><th>alloc bytes</th><th>live objects (est.)</th><th>live bytes (est.)</th></tr>\n");
@@ -513,6 +514,15 @@ fn sparkline(series: &[(f64, u64)]) -> String {
          <polyline points=\"{}\" fill=\"none\" stroke=\"#c0392b\" stroke-width=\"1.5\"/></svg>",
         poly(&pts)
     )
+}
+
+/// The memory table (`heapsight::memory()`): the classes that add up to RSS and the container.
+fn memory_section(h: &mut String, m: &crate::MemoryReport) {
+    let _ = writeln!(
+        h,
+        "<h2>Memory: heap to container</h2>\n<pre id=memory>{}</pre>",
+        escape_html(&m.to_string())
+    );
 }
 
 #[cfg(test)]
