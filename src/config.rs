@@ -165,18 +165,6 @@ pub(crate) fn env_settings() -> EnvSettings {
 
 /// [`env_settings`] over any source of values (tests pass a table).
 fn settings_from(get: impl Fn(&'static [u8]) -> Option<&'static [u8]>) -> EnvSettings {
-    fn check<T>(
-        var: &str,
-        v: Option<&[u8]>,
-        parse: impl FnOnce(&[u8]) -> Result<T, ParseError>,
-        values: &str,
-        default: &dyn fmt::Display,
-    ) -> Option<T> {
-        let v = v?;
-        parse(v)
-            .map_err(|e| complain(var, v, e, values, default))
-            .ok()
-    }
     EnvSettings {
         sample_rate: check(
             "HEAPSIGHT_SAMPLE_RATE",
@@ -207,6 +195,72 @@ fn settings_from(get: impl Fn(&'static [u8]) -> Option<&'static [u8]>) -> EnvSet
             &"auto",
         ),
     }
+}
+
+/// Signal dumps: least seconds between two, dumps kept, bytes kept (see `dump::DumpLimits`).
+pub(crate) const DEFAULT_DUMP_MIN_INTERVAL_SECS: u64 = 10;
+pub(crate) const DEFAULT_DUMP_KEEP: usize = 10;
+pub(crate) const DEFAULT_DUMP_MAX_BYTES: u64 = 256 << 20;
+pub(crate) const DUMP_MIN_INTERVAL_VALUES: &str = "a whole number of seconds from 0 to 86400";
+pub(crate) const DUMP_KEEP_VALUES: &str = "a whole number of dumps from 1 to 100000";
+pub(crate) const DUMP_MAX_BYTES_VALUES: &str =
+    "a byte count of at least 1 with an optional binary unit (B, K/KB/KiB, M/MB/MiB, G/GB/GiB)";
+
+/// What `HEAPSIGHT_DUMP_MIN_INTERVAL`, `HEAPSIGHT_DUMP_KEEP` and `HEAPSIGHT_DUMP_MAX_BYTES` ask
+/// for; `None` = not set, or rejected with one line on stderr.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DumpSettings {
+    pub min_interval_secs: Option<u64>,
+    pub keep: Option<usize>,
+    pub max_bytes: Option<u64>,
+}
+
+/// Reads the dump limits from the environment (when a dump signal is installed).
+pub(crate) fn dump_settings() -> DumpSettings {
+    dump_settings_from(getenv)
+}
+
+fn dump_settings_from(get: impl Fn(&'static [u8]) -> Option<&'static [u8]>) -> DumpSettings {
+    DumpSettings {
+        min_interval_secs: check(
+            "HEAPSIGHT_DUMP_MIN_INTERVAL",
+            get(b"HEAPSIGHT_DUMP_MIN_INTERVAL\0"),
+            |v| parse_count(v, 0, 86_400),
+            DUMP_MIN_INTERVAL_VALUES,
+            &format_args!("{DEFAULT_DUMP_MIN_INTERVAL_SECS} s"),
+        ),
+        keep: check(
+            "HEAPSIGHT_DUMP_KEEP",
+            get(b"HEAPSIGHT_DUMP_KEEP\0"),
+            |v| parse_count(v, 1, 100_000).map(|n| n as usize),
+            DUMP_KEEP_VALUES,
+            &DEFAULT_DUMP_KEEP,
+        ),
+        max_bytes: check(
+            "HEAPSIGHT_DUMP_MAX_BYTES",
+            get(b"HEAPSIGHT_DUMP_MAX_BYTES\0"),
+            |v| match parse_bytes(v)? {
+                0 => Err(ParseError::TooSmall),
+                n => Ok(n),
+            },
+            DUMP_MAX_BYTES_VALUES,
+            &format_args!("{} MiB", DEFAULT_DUMP_MAX_BYTES >> 20),
+        ),
+    }
+}
+
+/// Parses `v` if set; a rejected value is reported on one stderr line and becomes `None`.
+fn check<T>(
+    var: &str,
+    v: Option<&[u8]>,
+    parse: impl FnOnce(&[u8]) -> Result<T, ParseError>,
+    values: &str,
+    default: &dyn fmt::Display,
+) -> Option<T> {
+    let v = v?;
+    parse(v)
+        .map_err(|e| complain(var, v, e, values, default))
+        .ok()
 }
 
 /// The raw bytes of an environment variable, without allocating. `name` must end with a NUL.
@@ -444,6 +498,38 @@ mod tests {
                 max_depth: None,
                 max_sites: None,
                 unwinder: Some(Unwinder::Dwarf),
+            }
+        );
+    }
+
+    #[test]
+    fn dump_settings_from_a_table() {
+        let s = dump_settings_from(|name| match name {
+            b"HEAPSIGHT_DUMP_MIN_INTERVAL\0" => Some(b"0"),
+            b"HEAPSIGHT_DUMP_KEEP\0" => Some(b"0"),
+            b"HEAPSIGHT_DUMP_MAX_BYTES\0" => Some(b"64MiB"),
+            _ => None,
+        });
+        assert_eq!(
+            s,
+            DumpSettings {
+                min_interval_secs: Some(0),
+                keep: None,
+                max_bytes: Some(64 << 20),
+            }
+        );
+        let s = dump_settings_from(|name| match name {
+            b"HEAPSIGHT_DUMP_MIN_INTERVAL\0" => Some(b"1m"),
+            b"HEAPSIGHT_DUMP_KEEP\0" => Some(b"3"),
+            b"HEAPSIGHT_DUMP_MAX_BYTES\0" => Some(b"0"),
+            _ => None,
+        });
+        assert_eq!(
+            s,
+            DumpSettings {
+                min_interval_secs: None,
+                keep: Some(3),
+                max_bytes: None,
             }
         );
     }

@@ -315,7 +315,7 @@ pub mod otlp;
 #[cfg(feature = "tracing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
 pub mod tracing;
-pub use crate::dump::{dump_to_dir, dump_to_file};
+pub use crate::dump::{dump_to_dir, dump_to_file, DumpLimits};
 #[cfg(all(unix, feature = "signal"))]
 pub use crate::dump::{install_dump_signal, DumpSignalError};
 
