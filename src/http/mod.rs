@@ -34,14 +34,18 @@ mod symbol;
 
 use page::{heapsight_page, index_page};
 pub(crate) use prometheus::metrics_text;
-pub use server::{serve, serve_from_env, Handle, DEFAULT_ADDR};
+pub use server::{
+    serve, serve_from_env, serve_unix, serve_with, Handle, ServeOptions, BODY_TIMEOUT,
+    DEFAULT_ADDR, DEFAULT_MAX_FDS, HEAD_TIMEOUT, MAX_HEADERS, MIN_MAX_FDS, TOTAL_TIMEOUT,
+    WRITE_TIMEOUT,
+};
 /// Requests answered at once (one per worker thread); more complete requests wait in a queue.
 /// A `?seconds=N` request holds its worker for N seconds.
 pub const WORKERS: usize = 4;
 /// Longest `?seconds=N` delta accepted.
 pub const MAX_SECONDS: u64 = 300;
+/// Largest request line and headers together; past it, 431.
 const MAX_REQUEST_BYTES: usize = 16 * 1024;
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An HTTP response: status, content type and body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -239,6 +243,18 @@ fn printable(s: &str) -> String {
 /// symbolization: addresses with mappings and build IDs, for `go tool pprof` to symbolize from
 /// the binary or through `/debug/pprof/symbol` (see [`respond_post`]).
 pub fn respond(path_and_query: &str) -> Response {
+    respond_waiting(path_and_query, &mut |d| {
+        thread::sleep(d);
+        true
+    })
+}
+
+/// [`respond`], with `wait(d)` in place of sleeping through a `?seconds=` delta: it returns
+/// false to cancel (the client went away), and the answer is then a 503 nobody reads.
+pub(crate) fn respond_waiting(
+    path_and_query: &str,
+    wait: &mut dyn FnMut(Duration) -> bool,
+) -> Response {
     let (path, query) = path_and_query
         .split_once('?')
         .unwrap_or((path_and_query, ""));
@@ -250,7 +266,7 @@ pub fn respond(path_and_query: &str) -> Response {
         Err(m) => return Response::text(400, m),
     };
     match parse(path_and_query) {
-        Ok(route) => render(route, symbolize),
+        Ok(route) => render(route, symbolize, wait),
         Err(Refusal::NotFound(m)) => Response::text(404, m),
         Err(Refusal::BadRequest(m)) => Response::text(400, m),
     }
@@ -295,7 +311,7 @@ fn symbolize_param(query: &str) -> Result<bool, String> {
     Ok(symbolize)
 }
 
-fn render(route: Route, symbolize: bool) -> Response {
+fn render(route: Route, symbolize: bool, wait: &mut dyn FnMut(Duration) -> bool) -> Response {
     let take = || crate::snapshot::take(symbolize);
     match route {
         Route::Index => Response::new(200, "text/html; charset=utf-8", index_page().into_bytes()),
@@ -325,7 +341,9 @@ fn render(route: Route, symbolize: bool) -> Response {
                 None => take(),
                 Some(s) => {
                     let before = take();
-                    thread::sleep(Duration::from_secs(s));
+                    if !wait(Duration::from_secs(s)) {
+                        return Response::text(503, "cancelled: the client went away".into());
+                    }
                     take().delta(&before)
                 }
             };
