@@ -18,9 +18,9 @@
 //! The threads are spawned outside the guard and never exit before [`Handle::shutdown`]: a thread
 //! spawned inside the guard would have std's per-thread bookkeeping allocated uncounted on one
 //! thread and freed (counted) on another, and the counters would drift.
-//! Requests are `GET`/`HEAD` with no body, answered with `Connection: close`: the few lines a
-//! profile scrape needs, with a deadline for the request head and write timeouts so a slow client
-//! never holds a thread forever.
+//! Requests are `GET`/`HEAD` (and the symbol `POST`), answered with `Connection: close`: the
+//! few lines a profile scrape needs. The poll loop reads heads and bodies and writes replies,
+//! each with a deadline, so no peer holds a worker (see `server.rs`).
 //!
 //! Files: `mod.rs` routes a request to a body; `page.rs` renders the HTML pages; `prometheus.rs`
 //! the `/metrics` text; `server.rs` is the loopback server and its worker threads.
@@ -130,6 +130,20 @@ pub(crate) fn parse(path_and_query: &str) -> Result<Route, Refusal> {
             )))
         }
     };
+    // One rule for repeated parameters: a parameter heapsight reads may appear once; twice is
+    // a 400 (neither first-wins nor last-wins guesses what a proxy or client meant).
+    let keys = || {
+        query
+            .split('&')
+            .map(|p| p.split_once('=').map_or(p, |kv| kv.0))
+    };
+    for k in KNOWN_PARAMS {
+        if keys().filter(|q| *q == k).count() > 1 {
+            return Err(Refusal::BadRequest(format!(
+                "query parameter {k} given more than once"
+            )));
+        }
+    }
     let mut route = route;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -174,6 +188,9 @@ pub(crate) fn parse(path_and_query: &str) -> Result<Route, Refusal> {
     }
     Ok(route)
 }
+
+/// The query parameters heapsight reads; each may be given once.
+const KNOWN_PARAMS: [&str; 5] = ["debug", "seconds", "gc", "since", "symbolize"];
 
 /// Longest `?since=` accepted (the history holds less unless started with a longer window).
 pub const MAX_SINCE_SECS: u64 = 30 * 24 * 3600;
@@ -456,6 +473,10 @@ mod tests {
             "/debug/pprof/heap?seconds=x",
             "/debug/pprof/heap?debug=9",
             "/debug/pprof/heap?debug=1&seconds=2",
+            "/debug/pprof/heap?seconds=2&seconds=3",
+            "/debug/pprof/heap?since=1m&since=2m",
+            "/debug/pprof/heap?debug=0&debug=0",
+            "/debug/pprof/heap?symbolize=0&symbolize=1",
         ] {
             assert!(
                 matches!(parse(target), Err(Refusal::BadRequest(_))),

@@ -981,14 +981,10 @@ impl Loop {
                     } else {
                         0
                     };
-                    if method == "POST"
-                        && super::takes_post(&target)
-                        && body_len == BodyLen::Absent
+                    if method == "POST" && super::takes_post(&target) && body_len == BodyLen::Absent
                     {
-                        return self.reply(
-                            i,
-                            Response::text(411, "POST needs a Content-Length".into()),
-                        );
+                        return self
+                            .reply(i, Response::text(411, "POST needs a Content-Length".into()));
                     }
                     s.buf.drain(..used);
                     s.phase = Phase::Body {
