@@ -373,6 +373,33 @@ fn serve_from_env_says_so() {
     }
 }
 
+#[inline(never)]
+fn http_delta_kept_throughout() -> Vec<Vec<u8>> {
+    (0..4000).map(|i| vec![i as u8; 4096]).collect()
+}
+
+/// `?seconds=N` is Go's delta of every sample type: blocks live before and after the window and
+/// untouched in between show no in-use change (Go subtracts in-use too).
+fn seconds_delta_subtracts_in_use() {
+    if !support::have_tool("go") {
+        return;
+    }
+    let keep = http_delta_kept_throughout();
+    let h = server();
+    let (st, _, body) = get(h.local_addr(), "/debug/pprof/heap?seconds=1");
+    assert_eq!(st, 200);
+    let dir = support::TempDir::new("http-delta");
+    let path = dir.join("delta.pb.gz");
+    std::fs::write(&path, &body).unwrap();
+    let top = support::go_pprof(&["-top", "-sample_index=inuse_space", path.to_str().unwrap()]);
+    assert!(
+        !top.contains("http_delta_kept_throughout"),
+        "in-use from before the window:\n{top}"
+    );
+    drop(keep);
+    h.shutdown();
+}
+
 fn main() {
     match std::env::var("HEAPSIGHT_TEST_CHILD").as_deref() {
         Ok("fds") => return fd_child(),
@@ -396,5 +423,9 @@ fn main() {
         ("unix_socket", unix_socket),
         ("http_details", http_details),
         ("serve_from_env_says_so", serve_from_env_says_so),
+        (
+            "seconds_delta_subtracts_in_use",
+            seconds_delta_subtracts_in_use,
+        ),
     ]);
 }

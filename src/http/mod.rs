@@ -361,12 +361,57 @@ fn render(route: Route, symbolize: bool, wait: &mut dyn FnMut(Duration) -> bool)
                     if !wait(Duration::from_secs(s)) {
                         return Response::text(503, "cancelled: the client went away".into());
                     }
-                    take().delta(&before)
+                    go_delta(&take(), &before)
                 }
             };
             profile_response(&profile, debug, allocs, "")
         }
     }
+}
+
+/// Go's `?seconds=N`: every sample type is the later profile minus the earlier one, in-use
+/// included (Go's pprof handler subtracts the whole earlier profile), as `?since=` does. Built on
+/// [`crate::HeapProfile::delta`] (allocations in between, re-estimated per bucket), with the
+/// earlier in-use estimates taken off bucket by bucket.
+fn go_delta(later: &crate::HeapProfile, earlier: &crate::HeapProfile) -> crate::HeapProfile {
+    use std::collections::HashMap;
+    let mut d = later.delta(earlier);
+    crate::guard::profiler_scope(|| {
+        let addrs = |p: &crate::HeapProfile, i: usize| -> Vec<usize> {
+            p.stacks[i].iter().map(|f| f.address).collect()
+        };
+        let mut stack_of: HashMap<Vec<usize>, usize> =
+            (0..d.stacks.len()).map(|i| (addrs(&d, i), i)).collect();
+        let mut at: HashMap<(usize, u32, u64, u64), usize> = d
+            .buckets
+            .iter()
+            .enumerate()
+            .map(|(i, b)| ((b.stack, b.tag, b.size, b.rate), i))
+            .collect();
+        for b in earlier.buckets.iter() {
+            if b.est.inuse_objects == 0.0 && b.est.inuse_bytes == 0.0 {
+                continue;
+            }
+            let stack = *stack_of.entry(addrs(earlier, b.stack)).or_insert_with(|| {
+                d.stacks.push(earlier.stacks[b.stack].clone());
+                d.stacks.len() - 1
+            });
+            let i = *at.entry((stack, b.tag, b.size, b.rate)).or_insert_with(|| {
+                d.buckets.push(crate::sites::Bucket {
+                    stack,
+                    tag: b.tag,
+                    size: b.size,
+                    rate: b.rate,
+                    ..Default::default()
+                });
+                d.buckets.len() - 1
+            });
+            d.buckets[i].est.inuse_objects -= b.est.inuse_objects;
+            d.buckets[i].est.inuse_bytes -= b.est.inuse_bytes;
+        }
+        d.assemble();
+    });
+    d
 }
 
 /// A profile as Go's `debug=1` text, or as a pprof attachment named `heap` or `allocs` (plus
