@@ -18,9 +18,9 @@
 //! The threads are spawned outside the guard and never exit before [`Handle::shutdown`]: a thread
 //! spawned inside the guard would have std's per-thread bookkeeping allocated uncounted on one
 //! thread and freed (counted) on another, and the counters would drift.
-//! Requests are `GET`/`HEAD` with no body, answered with `Connection: close`: the few lines a
-//! profile scrape needs, with a deadline for the request head and write timeouts so a slow client
-//! never holds a thread forever.
+//! Requests are `GET`/`HEAD` (and the symbol `POST`), answered with `Connection: close`: the
+//! few lines a profile scrape needs. The poll loop reads heads and bodies and writes replies,
+//! each with a deadline, so no peer holds a worker (see `server.rs`).
 //!
 //! Files: `mod.rs` routes a request to a body; `page.rs` renders the HTML pages; `prometheus.rs`
 //! the `/metrics` text; `server.rs` is the loopback server and its worker threads.
@@ -34,14 +34,18 @@ mod symbol;
 
 use page::{heapsight_page, index_page};
 pub(crate) use prometheus::metrics_text;
-pub use server::{serve, serve_from_env, Handle, DEFAULT_ADDR};
+pub use server::{
+    serve, serve_from_env, serve_unix, serve_with, Handle, ServeOptions, BODY_TIMEOUT,
+    DEFAULT_ADDR, DEFAULT_MAX_FDS, HEAD_TIMEOUT, MAX_HEADERS, MIN_MAX_FDS, TOTAL_TIMEOUT,
+    WRITE_TIMEOUT,
+};
 /// Requests answered at once (one per worker thread); more complete requests wait in a queue.
 /// A `?seconds=N` request holds its worker for N seconds.
 pub const WORKERS: usize = 4;
 /// Longest `?seconds=N` delta accepted.
 pub const MAX_SECONDS: u64 = 300;
+/// Largest request line and headers together; past it, 431.
 const MAX_REQUEST_BYTES: usize = 16 * 1024;
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An HTTP response: status, content type and body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +130,20 @@ pub(crate) fn parse(path_and_query: &str) -> Result<Route, Refusal> {
             )))
         }
     };
+    // One rule for repeated parameters: a parameter heapsight reads may appear once; twice is
+    // a 400 (neither first-wins nor last-wins guesses what a proxy or client meant).
+    let keys = || {
+        query
+            .split('&')
+            .map(|p| p.split_once('=').map_or(p, |kv| kv.0))
+    };
+    for k in KNOWN_PARAMS {
+        if keys().filter(|q| *q == k).count() > 1 {
+            return Err(Refusal::BadRequest(format!(
+                "query parameter {k} given more than once"
+            )));
+        }
+    }
     let mut route = route;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -170,6 +188,9 @@ pub(crate) fn parse(path_and_query: &str) -> Result<Route, Refusal> {
     }
     Ok(route)
 }
+
+/// The query parameters heapsight reads; each may be given once.
+const KNOWN_PARAMS: [&str; 5] = ["debug", "seconds", "gc", "since", "symbolize"];
 
 /// Longest `?since=` accepted (the history holds less unless started with a longer window).
 pub const MAX_SINCE_SECS: u64 = 30 * 24 * 3600;
@@ -239,6 +260,18 @@ fn printable(s: &str) -> String {
 /// symbolization: addresses with mappings and build IDs, for `go tool pprof` to symbolize from
 /// the binary or through `/debug/pprof/symbol` (see [`respond_post`]).
 pub fn respond(path_and_query: &str) -> Response {
+    respond_waiting(path_and_query, &mut |d| {
+        thread::sleep(d);
+        true
+    })
+}
+
+/// [`respond`], with `wait(d)` in place of sleeping through a `?seconds=` delta: it returns
+/// false to cancel (the client went away), and the answer is then a 503 nobody reads.
+pub(crate) fn respond_waiting(
+    path_and_query: &str,
+    wait: &mut dyn FnMut(Duration) -> bool,
+) -> Response {
     let (path, query) = path_and_query
         .split_once('?')
         .unwrap_or((path_and_query, ""));
@@ -250,7 +283,7 @@ pub fn respond(path_and_query: &str) -> Response {
         Err(m) => return Response::text(400, m),
     };
     match parse(path_and_query) {
-        Ok(route) => render(route, symbolize),
+        Ok(route) => render(route, symbolize, wait),
         Err(Refusal::NotFound(m)) => Response::text(404, m),
         Err(Refusal::BadRequest(m)) => Response::text(400, m),
     }
@@ -295,7 +328,7 @@ fn symbolize_param(query: &str) -> Result<bool, String> {
     Ok(symbolize)
 }
 
-fn render(route: Route, symbolize: bool) -> Response {
+fn render(route: Route, symbolize: bool, wait: &mut dyn FnMut(Duration) -> bool) -> Response {
     let take = || crate::snapshot::take(symbolize);
     match route {
         Route::Index => Response::new(200, "text/html; charset=utf-8", index_page().into_bytes()),
@@ -325,13 +358,60 @@ fn render(route: Route, symbolize: bool) -> Response {
                 None => take(),
                 Some(s) => {
                     let before = take();
-                    thread::sleep(Duration::from_secs(s));
-                    take().delta(&before)
+                    if !wait(Duration::from_secs(s)) {
+                        return Response::text(503, "cancelled: the client went away".into());
+                    }
+                    go_delta(&take(), &before)
                 }
             };
             profile_response(&profile, debug, allocs, "")
         }
     }
+}
+
+/// Go's `?seconds=N`: every sample type is the later profile minus the earlier one, in-use
+/// included (Go's pprof handler subtracts the whole earlier profile), as `?since=` does. Built on
+/// [`crate::HeapProfile::delta`] (allocations in between, re-estimated per bucket), with the
+/// earlier in-use estimates taken off bucket by bucket.
+fn go_delta(later: &crate::HeapProfile, earlier: &crate::HeapProfile) -> crate::HeapProfile {
+    use std::collections::HashMap;
+    let mut d = later.delta(earlier);
+    crate::guard::profiler_scope(|| {
+        let addrs = |p: &crate::HeapProfile, i: usize| -> Vec<usize> {
+            p.stacks[i].iter().map(|f| f.address).collect()
+        };
+        let mut stack_of: HashMap<Vec<usize>, usize> =
+            (0..d.stacks.len()).map(|i| (addrs(&d, i), i)).collect();
+        let mut at: HashMap<(usize, u32, u64, u64), usize> = d
+            .buckets
+            .iter()
+            .enumerate()
+            .map(|(i, b)| ((b.stack, b.tag, b.size, b.rate), i))
+            .collect();
+        for b in earlier.buckets.iter() {
+            if b.est.inuse_objects == 0.0 && b.est.inuse_bytes == 0.0 {
+                continue;
+            }
+            let stack = *stack_of.entry(addrs(earlier, b.stack)).or_insert_with(|| {
+                d.stacks.push(earlier.stacks[b.stack].clone());
+                d.stacks.len() - 1
+            });
+            let i = *at.entry((stack, b.tag, b.size, b.rate)).or_insert_with(|| {
+                d.buckets.push(crate::sites::Bucket {
+                    stack,
+                    tag: b.tag,
+                    size: b.size,
+                    rate: b.rate,
+                    ..Default::default()
+                });
+                d.buckets.len() - 1
+            });
+            d.buckets[i].est.inuse_objects -= b.est.inuse_objects;
+            d.buckets[i].est.inuse_bytes -= b.est.inuse_bytes;
+        }
+        d.assemble();
+    });
+    d
 }
 
 /// A profile as Go's `debug=1` text, or as a pprof attachment named `heap` or `allocs` (plus
@@ -438,6 +518,10 @@ mod tests {
             "/debug/pprof/heap?seconds=x",
             "/debug/pprof/heap?debug=9",
             "/debug/pprof/heap?debug=1&seconds=2",
+            "/debug/pprof/heap?seconds=2&seconds=3",
+            "/debug/pprof/heap?since=1m&since=2m",
+            "/debug/pprof/heap?debug=0&debug=0",
+            "/debug/pprof/heap?symbolize=0&symbolize=1",
         ] {
             assert!(
                 matches!(parse(target), Err(Refusal::BadRequest(_))),
