@@ -229,8 +229,10 @@ pub(crate) fn warm_up_dwarf() {
 }
 
 /// Reads stack words without faulting, for one capture: a word between the caller's frame and
-/// the top of the stack this thread runs on (the thread's stack, or the `sigaltstack` a handler
-/// runs on) directly; any other only from a 4 KiB block [`Pages`] has proven readable.
+/// the top of the thread's stack directly; any other (a coroutine's or green thread's stack, a
+/// `sigaltstack`, a garbage frame pointer) only from a 4 KiB block [`Pages`] has proven readable.
+/// The block holding the capture's own stack pointer needs no proof (it is the stack in use), so
+/// a coroutine's frames near the allocation cost nothing; each further block costs one probe.
 pub(crate) struct Reader {
     lo: usize,
     hi: usize,
@@ -244,19 +246,16 @@ impl Reader {
     pub(crate) fn new(thread: (usize, usize)) -> Reader {
         let marker = 0u8;
         let sp = core::hint::black_box(&marker) as *const u8 as usize;
-        let (lo, hi) = if thread.0 <= sp && sp < thread.1 {
-            (sp, thread.1)
-        } else {
-            match alt_stack() {
-                Some((a, b)) if a <= sp && sp < b => (sp, b),
-                _ => (0, 0),
-            }
-        };
-        Reader {
-            lo,
-            hi,
-            pages: Pages::new(),
+        let mut pages = Pages::new();
+        if thread.0 <= sp && sp < thread.1 {
+            return Reader {
+                lo: sp,
+                hi: thread.1,
+                pages,
+            };
         }
+        pages.known(sp);
+        Reader { lo: 0, hi: 0, pages }
     }
 
     /// The word at `addr` (any alignment), or `None` if it cannot be proven readable.
@@ -295,12 +294,10 @@ const MAX_SWITCHES: usize = 4;
 
 /// The frame-pointer walk. `thread` is this thread's stack `[lo, hi)` (`(0, 0)` if unknown).
 ///
-/// The range read directly is `[sp, top)` of the stack the walk runs on: the thread's stack if
-/// the stack pointer is inside it, else the `sigaltstack` if a signal handler is running on it
-/// (from `sigaltstack(NULL, ..)`, async-signal-safe). Everything between our own frame and the top
-/// of that stack is mapped. A frame outside that range (an unknown stack, a switch to another
-/// stack, a garbage frame pointer) is read only from a page [`Pages`] has proven readable, which
-/// costs one system call per page and walk, not per frame.
+/// Every word is read through a [`Reader`]: directly between our own frame and the top of the
+/// thread's stack (mapped while we run on it); elsewhere (a coroutine stack, a `sigaltstack`, a
+/// switch to another stack, a garbage frame pointer) only from a 4 KiB block proven readable, one
+/// system call per block and walk, not per frame (none for the block of our own stack pointer).
 #[inline(never)]
 pub(crate) fn walk_frame_pointers(buf: &mut [usize], thread: (usize, usize)) -> (usize, End) {
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
@@ -344,29 +341,6 @@ pub(crate) fn walk_frame_pointers(buf: &mut [usize], thread: (usize, usize)) -> 
     }
 }
 
-/// The alternate signal stack `[lo, hi)` if this thread is running a signal handler on it.
-fn alt_stack() -> Option<(usize, usize)> {
-    #[cfg(all(target_os = "linux", not(heapsight_portable)))]
-    {
-        // SAFETY: `ss` is a live local that sigaltstack fills; a null new stack only queries.
-        // sigaltstack is async-signal-safe and does not set errno on success.
-        unsafe {
-            let mut ss: libc::stack_t = core::mem::zeroed();
-            if libc::sigaltstack(core::ptr::null(), &mut ss) == 0
-                && ss.ss_flags & libc::SS_ONSTACK != 0
-            {
-                let lo = ss.ss_sp as usize;
-                return Some((lo, lo.saturating_add(ss.ss_size)));
-            }
-        }
-        None
-    }
-    #[cfg(not(all(target_os = "linux", not(heapsight_portable))))]
-    {
-        None
-    }
-}
-
 /// Readability is decided per 4 KiB block: a page is at least that large and aligned to it, so
 /// one readable byte proves the whole block readable.
 const BLOCK: usize = 4096;
@@ -385,6 +359,13 @@ impl Pages {
             blocks: [0; 8],
             n: 0,
         }
+    }
+
+    /// Records the block of `addr` as readable without asking: for the block of the running
+    /// stack pointer, which is mapped while this thread runs on it.
+    pub(crate) fn known(&mut self, addr: usize) {
+        self.blocks[0] = addr & !(BLOCK - 1);
+        self.n = 1;
     }
 
     /// Whether the byte at `addr` (hence its whole 4 KiB block) can be read without faulting.

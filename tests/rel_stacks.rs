@@ -569,6 +569,7 @@ fn measure() {
         }
     };
     let (mut th, mut co) = (Vec::new(), Vec::new());
+    let d0 = heapsight::stats().dwarf_captures;
     for _ in 0..7 {
         th.push(run(false));
         co.push(run(true));
@@ -578,6 +579,11 @@ fn measure() {
     println!(
         "sampled alloc+free, ns: thread stack median {:.0} (min {:.0}, max {:.0}); coroutine stack median {:.0} (min {:.0}, max {:.0})",
         th[3], th[0], th[6], co[3], co[0], co[6]
+    );
+    println!(
+        "DWARF captures: {} of {} samples",
+        heapsight::stats().dwarf_captures - d0,
+        14 * n
     );
 }
 
