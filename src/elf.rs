@@ -73,7 +73,12 @@ pub(crate) fn parse_maps(text: &str) -> Vec<Mapping> {
         let file = file.strip_suffix(" (deleted)").unwrap_or(file);
         let dev = dev
             .split_once(':')
-            .and_then(|(a, b)| Some((u32::from_str_radix(a, 16).ok()?, u32::from_str_radix(b, 16).ok()?)))
+            .and_then(|(a, b)| {
+                Some((
+                    u32::from_str_radix(a, 16).ok()?,
+                    u32::from_str_radix(b, 16).ok()?,
+                ))
+            })
             .unwrap_or((0, 0));
         out.push(Mapping {
             start,
@@ -200,7 +205,9 @@ pub(crate) fn open_mapped(m: &Mapping) -> Opened {
     ];
     for path in candidates.iter().filter(|p| p.starts_with('/')) {
         let Ok(f) = File::open(path) else { continue };
-        let Some(map) = MappedFile::of(&f) else { continue };
+        let Some(map) = MappedFile::of(&f) else {
+            continue;
+        };
         let id = elf_info(&map).and_then(|e| e.build_id);
         if is_mapped_file(loaded.as_deref(), id.as_deref(), &f, m) {
             return Opened {
@@ -247,7 +254,9 @@ pub(crate) fn loaded_build_id(addr: u64) -> Option<String> {
         let load = |p: &&Phdr| p.p_type == libc::PT_LOAD;
         let holds = |p: &Phdr, a: u64, len: u64| {
             let lo = bias.wrapping_add(p.p_vaddr);
-            lo <= a && a.checked_add(len).is_some_and(|e| e <= lo.wrapping_add(p.p_memsz))
+            lo <= a
+                && a.checked_add(len)
+                    .is_some_and(|e| e <= lo.wrapping_add(p.p_memsz))
         };
         // The kernel maps whole pages: a mapping's start (what `/proc/self/maps` gives) may lie
         // before its segment's first byte, in the same page.
@@ -466,7 +475,9 @@ mod tests {
         moved.file = other.into();
         let opened = open_mapped(&moved);
         assert_eq!(opened.build_id, want);
-        let map = opened.file.expect("the running executable, through /proc/self/exe");
+        let map = opened
+            .file
+            .expect("the running executable, through /proc/self/exe");
         assert_eq!(elf_info(&map).and_then(|e| e.build_id), want);
         // No build ID in memory (an anonymous page) and a path whose device and inode are not
         // the maps line's: nothing is taken, and the reason names the path.
@@ -484,7 +495,10 @@ mod tests {
         let opened = open_mapped(&fake);
         assert_eq!(opened.build_id, None);
         let why = opened.file.err().expect("not the mapped file");
-        assert!(why.starts_with(other) && why.contains("no symbols"), "{why}");
+        assert!(
+            why.starts_with(other) && why.contains("no symbols"),
+            "{why}"
+        );
     }
 
     #[test]

@@ -1,27 +1,27 @@
 //! Stack capture for a sampled allocation: return addresses only, into a caller-provided buffer.
 //!
-//! Two unwinders:
+//! Two unwinders, both reading every stack word through a [`Reader`], which never reads a word it
+//! has not proven mapped: directly between our own frame and the top of the thread's stack, else
+//! only from a 4 KiB block the kernel has just said is readable (`rt_sigprocmask` with an invalid
+//! `how`, see [`block_readable`] for why that call).
 //!
 //! * **Frame pointers** (default when the program is built with `-C force-frame-pointers=yes`,
 //!   which the standard library already is): follow the `rbp`/`x29` chain. Each frame holds the
-//!   caller's frame pointer at `[fp]` and the return address at `[fp + 8]`. ~0.1 µs for 30 frames.
-//!   No word is read before it is proven mapped (see [`walk_frame_pointers`]): a frame on the stack
-//!   in use (the thread's stack, or the `sigaltstack` a signal handler runs on) is read directly;
-//!   any other address (a coroutine or green-thread stack, a garbage frame pointer left by code
-//!   built without frame pointers) is read with `process_vm_readv` on our own process, which
-//!   returns `EFAULT` for an unmapped or unreadable address instead of faulting.
-//! * **DWARF** through `backtrace::trace` (libgcc's unwinder): correct without frame pointers,
-//!   ~3 µs. Used when frame pointers are not compiled in, when asked for (`HEAPSIGHT_UNWINDER=dwarf`),
-//!   or when the frame-pointer walk is *broken*: it ended on a frame pointer that is not a frame
-//!   (misaligned, unmapped, going backwards) instead of on the chain's 0 terminator, so the
-//!   program's frames above the break would be lost. The main thread's chain ends on such a frame
-//!   too (glibc's `__libc_start_call_main` keeps no frame pointer); those ends are learned: the
-//!   first time a walk that ended on return address `r` is redone with DWARF and DWARF finds at
-//!   most [`ENTRY_TAIL`] frames above `r` (the C start-up code), `r` is recorded as a thread entry,
-//!   and later walks ending there are complete. `backtrace::trace` takes backtrace's global lock;
-//!   we call it before taking the site lock and never under it (dhat-rs#38). Its first call is made
-//!   when heapsight activates, outside every heapsight lock (see `setup::init_global`), so that
-//!   libgcc's one-time set-up does not first run inside a sampled allocation.
+//!   caller's frame pointer at `[fp]` and the return address at `[fp + 8]`. ~0.1 µs for 30 frames
+//!   on the thread's stack; off it (a coroutine or green-thread stack, a `sigaltstack`, a garbage
+//!   frame pointer), one probe per 4 KiB block the walk touches.
+//! * **DWARF**: `framehop` on x86_64 Linux ([`crate::unwind`]), reading the stack through the same
+//!   reader, so a frame whose registers disagree with its CFI ends the trace rather than the
+//!   process; `backtrace::trace` (libgcc) elsewhere. Used when frame pointers are not compiled in,
+//!   when asked for (`HEAPSIGHT_UNWINDER=dwarf`), and when a frame-pointer chain does not end
+//!   where the stack ends: a chain is complete only when its last return address is a learned
+//!   thread entry. One that breaks (misaligned, unreadable, going backwards) or meets a 0 frame
+//!   pointer elsewhere (a function without frame pointers may hold 0 in rbp) would lose the
+//!   program's frames above. Entries are learned: the first time a walk that ended on return
+//!   address `r` is redone with DWARF and DWARF finds at most [`ENTRY_TAIL`] frames above `r`
+//!   (the C start-up code, `clone3`), `r` is recorded as a thread entry, and later walks ending
+//!   there are complete. The DWARF unwinder is prepared when heapsight activates, outside every
+//!   heapsight lock (see `setup::init_global`), and never runs under one.
 //!
 //! The captured stack starts inside heapsight; the allocator frames are trimmed by name at dump
 //! time (see `symbols`), where symbols are known.
@@ -255,7 +255,11 @@ impl Reader {
             };
         }
         pages.known(sp);
-        Reader { lo: 0, hi: 0, pages }
+        Reader {
+            lo: 0,
+            hi: 0,
+            pages,
+        }
     }
 
     /// The word at `addr` (any alignment), or `None` if it cannot be proven readable.
@@ -310,8 +314,10 @@ pub(crate) fn walk_frame_pointers(buf: &mut [usize], thread: (usize, usize)) -> 
             if fp % core::mem::align_of::<usize>() != 0 {
                 return (n, End::Broken);
             }
-            let (Some(next), Some(ret)) = (reader.word(fp), fp.checked_add(8).and_then(|a| reader.word(a)))
-            else {
+            let (Some(next), Some(ret)) = (
+                reader.word(fp),
+                fp.checked_add(8).and_then(|a| reader.word(a)),
+            ) else {
                 return (n, End::Broken);
             };
             if ret == 0 {

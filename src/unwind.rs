@@ -97,7 +97,9 @@ fn module(bias: u64, phdrs: &[crate::elf::Phdr]) -> Option<Module<&'static [u8]>
             .filter(|p| p.p_flags & libc::PF_R != 0)
             .find(|p| {
                 p.p_vaddr <= vaddr
-                    && vaddr.checked_add(len).is_some_and(|e| e <= p.p_vaddr + p.p_filesz)
+                    && vaddr
+                        .checked_add(len)
+                        .is_some_and(|e| e <= p.p_vaddr + p.p_filesz)
             })
             .map(|p| p.p_vaddr + p.p_filesz)
     };

@@ -100,9 +100,16 @@ fn replaced_binary_keeps_its_build_id_and_symbols() {
         .collect();
     assert!(!ids.is_empty(), "no mapping of {helper_name}: {strings:?}");
     for id in &ids {
-        assert_eq!(id, &own_id, "the mapped binary's build ID (the file now there: {other_id})");
+        assert_eq!(
+            id, &own_id,
+            "the mapped binary's build ID (the file now there: {other_id})"
+        );
     }
-    let names: Vec<&String> = p.msgs(5).iter().map(|f| &strings[f.u(2) as usize]).collect();
+    let names: Vec<&String> = p
+        .msgs(5)
+        .iter()
+        .map(|f| &strings[f.u(2) as usize])
+        .collect();
     assert!(
         names.iter().any(|n| n.contains("site_in_replaced_binary")),
         "the mapped binary's symbols: {names:?}"

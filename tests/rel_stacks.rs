@@ -372,7 +372,10 @@ fn sigaltstack_frame_whose_rbp_disagrees_with_its_cfi() {
         BAD_CFA.store(0, SeqCst);
         BAD_FP.store(0, SeqCst);
         heapsight::set_sample_rate(0);
-        assert!(heapsight::stats().dwarf_captures > before, "{u:?}: DWARF not used");
+        assert!(
+            heapsight::stats().dwarf_captures > before,
+            "{u:?}: DWARF not used"
+        );
         assert_site_with(&["alloc_in_signal_handler"]);
         drop_kept();
     }
@@ -472,7 +475,11 @@ fn install_seccomp(nrs: &[libc::c_long], deny: u32) {
     unsafe {
         assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
         assert_eq!(
-            libc::prctl(libc::PR_SET_SECCOMP, 2 /* SECCOMP_MODE_FILTER */, &fprog),
+            libc::prctl(
+                libc::PR_SET_SECCOMP,
+                2, /* SECCOMP_MODE_FILTER */
+                &fprog
+            ),
             0,
             "{}",
             std::io::Error::last_os_error()
@@ -559,7 +566,8 @@ fn measure() {
             e.as_nanos() as f64 / n as f64
         };
         if on_coroutine {
-            let mut co = corosensei::Coroutine::new(move |_: &corosensei::Yielder<(), ()>, ()| body());
+            let mut co =
+                corosensei::Coroutine::new(move |_: &corosensei::Yielder<(), ()>, ()| body());
             match co.resume(()) {
                 corosensei::CoroutineResult::Return(ns) => ns,
                 _ => unreachable!(),
