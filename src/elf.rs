@@ -312,6 +312,7 @@ pub(crate) fn for_each_loaded(mut f: impl FnMut(u64, &[Phdr]) -> bool) {
             // `dlpi_phdr` points to its `dlpi_phnum` program headers, in the loaded image.
             unsafe { core::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum)) }
         };
+        #[allow(clippy::unnecessary_cast)] // u32 on 32-bit targets
         f(info.dlpi_addr as u64, phdrs)
     });
 }
@@ -324,7 +325,9 @@ pub(crate) fn loader_count() -> Option<u64> {
     iterate_loaded(&mut |info, size| {
         let end = core::mem::offset_of!(libc::dl_phdr_info, dlpi_subs) + 8;
         if size >= end {
-            count = Some((info.dlpi_adds as u64).wrapping_add(info.dlpi_subs as u64));
+            #[allow(clippy::useless_conversion)] // c_ulonglong is u64 on Linux targets
+            let (adds, subs) = (u64::from(info.dlpi_adds), u64::from(info.dlpi_subs));
+            count = Some(adds.wrapping_add(subs));
         }
         true
     });

@@ -266,7 +266,7 @@ impl Reader {
     pub(crate) fn word(&mut self, addr: usize) -> Option<usize> {
         let end = addr.checked_add(core::mem::size_of::<usize>())?;
         let known = self.lo <= addr && end <= self.hi;
-        if !known && !(self.pages.readable(addr) && self.pages.readable(end - 1)) {
+        if !(known || self.pages.readable(addr) && self.pages.readable(end - 1)) {
             return None;
         }
         // SAFETY: `[addr, end)` is readable: either it lies between the capturing function's
@@ -540,7 +540,7 @@ mod tests {
             8,
             0,
             usize::MAX - 7,
-            readable_blocks_agree_with_the_maps_and_keep_errno as usize,
+            readable_blocks_agree_with_the_maps_and_keep_errno as *const () as usize,
         ];
         for a in probes {
             let mut pages = Pages::new();

@@ -15,7 +15,6 @@ use std::process::{Command, Stdio};
 use heapsight::HeapSight;
 
 #[path = "support/otlp.rs"]
-#[allow(dead_code)]
 mod otlp_support;
 #[path = "support/strict.rs"]
 mod strict;
