@@ -91,17 +91,28 @@ extern "C" {
     );
 }
 
-/// Runs `f` under a frame whose CFI computes the CFA from an rbp that is `bad`.
+/// One of the assembly frames above: `asm(f, data, arg)` calls `f(data)` and returns normally.
 #[cfg(target_arch = "x86_64")]
-fn with_cfa_on_bad_rbp(bad: usize, f: &mut dyn FnMut()) {
+type AsmFrame = unsafe extern "C" fn(extern "C" fn(*mut c_void), *mut c_void, usize);
+
+/// Runs `f` under the assembly frame `asm` with its register argument `arg`.
+#[cfg(target_arch = "x86_64")]
+fn under_asm_frame(asm: AsmFrame, arg: usize, f: &mut dyn FnMut()) {
     extern "C" fn trampoline(data: *mut c_void) {
         // SAFETY: `data` is the `&mut &mut dyn FnMut()` passed below, alive for the call.
         let f = unsafe { &mut *(data as *mut &mut dyn FnMut()) };
         f();
     }
     let mut f = f;
-    // SAFETY: the assembly calls `trampoline(data)`, restores rbp from rbx and returns normally.
-    unsafe { rel_stacks_call_with_cfa_on_bad_rbp(trampoline, &mut f as *mut _ as *mut c_void, bad) }
+    // SAFETY: both assembly frames call `trampoline(data)`, restore rbp and return normally;
+    // `data` points to `f`.
+    unsafe { asm(trampoline, &mut f as *mut _ as *mut c_void, arg) }
+}
+
+/// Runs `f` under a frame whose CFI computes the CFA from an rbp that is `bad`.
+#[cfg(target_arch = "x86_64")]
+fn with_cfa_on_bad_rbp(bad: usize, f: &mut dyn FnMut()) {
+    under_asm_frame(rel_stacks_call_with_cfa_on_bad_rbp, bad, f)
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -112,14 +123,7 @@ fn with_cfa_on_bad_rbp(_bad: usize, f: &mut dyn FnMut()) {
 /// Runs `f` under a frame whose saved frame pointer is `fp`.
 #[cfg(target_arch = "x86_64")]
 fn with_frame_pointer(fp: usize, f: &mut dyn FnMut()) {
-    extern "C" fn trampoline(data: *mut c_void) {
-        // SAFETY: `data` is the `&mut &mut dyn FnMut()` passed below, alive for the call.
-        let f = unsafe { &mut *(data as *mut &mut dyn FnMut()) };
-        f();
-    }
-    let mut f = f;
-    // SAFETY: the assembly calls `trampoline(data)` and returns normally; `data` points to `f`.
-    unsafe { rel_stacks_call_with_fp(trampoline, &mut f as *mut _ as *mut c_void, fp) }
+    under_asm_frame(rel_stacks_call_with_fp, fp, f)
 }
 
 #[cfg(not(target_arch = "x86_64"))]
