@@ -25,7 +25,7 @@
 //!                    dwarf, memory                                     │               │
 //!   3   tables       sites, tags                              record ◄─┤      read   ◄─┤
 //!   2   thread       guard, thread, counters, filter, owned   count  ◄─┤      sum    ◄─┘
-//!   1   capture      stack                                    stack  ◄─┘ (sampled)
+//!   1   capture      stack, unwind                            stack  ◄─┘ (sampled)
 //!   0   base         sync, config, sampler, clock, elf        (under every layer)
 //! ```
 //!
@@ -36,7 +36,8 @@
 //!   without allocating); `sampler` the sample rate and the exponential draws; `clock` nothing
 //!   (the monotonic clock); `elf` nothing (reads ELF files and `/proc/self/maps`).
 //! * **capture**: `stack` the unwinder choice and the learned thread entries; it reads a
-//!   thread's stack bounds but keeps no thread state, so thread set-up can call it.
+//!   thread's stack bounds but keeps no thread state, so thread set-up can call it. `unwind` the
+//!   DWARF unwinder's module table and caches (built outside the hook, read by it).
 //! * **thread**: `guard` the calling thread's state and the reentrancy guard; `thread` a
 //!   thread's set-up (its counter slot and countdowns); `counters` the counter slots and the
 //!   process-wide peak; `filter` the exact set of live sampled addresses a free checks;
@@ -309,6 +310,7 @@ mod symbols;
 mod sync;
 mod tags;
 mod thread;
+mod unwind;
 mod watch;
 
 #[cfg(feature = "http")]

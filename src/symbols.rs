@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use object::{Object, ObjectSection};
 
-use crate::elf::{self, MappedFile};
+use crate::elf;
 use crate::sites::FxBuild;
 use crate::sync::{self, Lock};
 
@@ -130,6 +130,9 @@ impl Symbol {
 /// Resolves every address in `addrs`, returning them in order. Must run inside the profiler guard.
 pub(crate) fn resolve_all(addrs: &[usize]) -> Vec<Symbols> {
     debug_assert!(crate::guard::in_profiler());
+    // A dump is outside the hook and every heapsight lock: the moment to give the sampled path's
+    // DWARF unwinder the objects loaded since the last dump (`dlopen`).
+    crate::stack::warm_up_dwarf();
     let mut out: Vec<Option<Symbols>> = with_cache(|c| {
         addrs
             .iter()
@@ -186,7 +189,7 @@ impl Default for Symbols {
 /// the profile's comments. Bounded by the number of mapped files.
 static NOTES: Lock<Vec<String>> = Lock::new(&sync::SYMBOL_NOTES_LOCK, Vec::new());
 
-fn note(msg: String) {
+pub(crate) fn note(msg: String) {
     let mut n = NOTES.lock();
     if !n.contains(&msg) && n.len() < 64 {
         n.push(msg);
@@ -265,9 +268,14 @@ fn give_back_freed_memory() {
 /// Symbols of return addresses `probes` in mapping `m`, in order; empty lists for unknowns.
 fn resolve_in_file(m: &elf::Mapping, probes: &[u64]) -> Vec<Vec<Symbol>> {
     let mut out = vec![Vec::new(); probes.len()];
-    let Some(map) = MappedFile::open(&m.file) else {
-        note(format!("{}: cannot be read; addresses only", m.file));
-        return out;
+    // The file that is mapped, which a deploy may have replaced at this path (see
+    // `elf::open_mapped`): another file's symbols would be wrong for every address.
+    let map = match elf::open_mapped(m).file {
+        Ok(map) => map,
+        Err(why) => {
+            note(why);
+            return out;
+        }
     };
     let Ok(file) = object::File::parse(map.bytes()) else {
         note(format!("{}: not an object file; addresses only", m.file));

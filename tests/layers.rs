@@ -26,6 +26,7 @@ const LAYERS: &[(&str, &str, u8)] = &[
     // capture: the stack of a sampled allocation, and a thread's stack bounds (it needs no
     // thread state: bounds and buffers are handed to it, so it sits under the thread layer).
     ("stack", "capture", 1),
+    ("unwind", "capture", 1),
     // thread: per-thread state and set-up, the reentrancy guard, the exact counters, the
     // sampled-block check, memory the profiler owns.
     ("guard", "thread", 2),

@@ -162,6 +162,8 @@ pub(crate) fn synthetic_mappings() -> Vec<Mapping> {
             offset: 0x1000,
             file: "/usr/bin/app".into(),
             build_id: "0123456789abcdef".into(),
+            dev: (0, 0),
+            inode: 0,
         },
         Mapping {
             start: 0x7f00_0000_0000,
@@ -169,6 +171,8 @@ pub(crate) fn synthetic_mappings() -> Vec<Mapping> {
             offset: 0,
             file: "/lib/libc.so.6".into(),
             build_id: String::new(),
+            dev: (0, 0),
+            inode: 0,
         },
     ]
 }

@@ -3,8 +3,11 @@
 //! Like Go's `runtime/pprof` (`parseProcSelfMaps`, `elfBuildID`) we list the executable entries
 //! of `/proc/self/maps` and give each file-backed one the GNU build ID of its ELF file, so that
 //! `go tool pprof BINARY PROFILE` (or a symbol server) can match the binary to the profile and
-//! turn addresses into functions after the fact. The build ID comes from `elf::read_elf_info`
-//! (the `object` crate over a read-only mapping of the file); even stripped binaries keep it.
+//! turn addresses into functions after the fact. The build ID is the one of what is mapped, not of
+//! whatever file is at the path now (a deploy may have replaced it): `elf::open_mapped` reads it
+//! from the loaded image's notes in memory, else from the file proven to be the mapped one; even
+//! stripped binaries keep it. A mapping whose file cannot be had gets what memory tells, and the
+//! profile's comments say so (`symbols::notes`).
 //!
 //! # Where a mapping starts
 //!
@@ -14,7 +17,6 @@
 //! that starts at offset `0x2b000`) and computes the load bias from it: checked against Go 1.26's
 //! `go tool pprof` by `tests/profiles_go.rs`, which symbolizes an unsymbolized profile and a text
 //! profile offline.
-use crate::elf::read_elf_info as read_elf;
 pub(crate) use crate::elf::Mapping;
 
 /// The executable mappings of this process, with build IDs.
@@ -29,10 +31,11 @@ pub(crate) fn read_self() -> Vec<Mapping> {
         if !m.file.starts_with('/') {
             continue;
         }
-        let Some(elf) = read_elf(&m.file) else {
-            continue;
-        };
-        m.build_id = elf.build_id.unwrap_or_default();
+        let opened = crate::elf::open_mapped(m);
+        if let Err(why) = opened.file {
+            crate::symbols::note(why);
+        }
+        m.build_id = opened.build_id.unwrap_or_default();
     }
     maps
 }
@@ -52,7 +55,7 @@ pub(crate) fn write_proc_maps(maps: &[Mapping], out: &mut String) {
 /// The GNU build ID of an ELF file.
 #[cfg(test)]
 pub(crate) fn elf_build_id(path: &str) -> Option<String> {
-    read_elf(path)?.build_id
+    crate::elf::read_elf_info(path)?.build_id
 }
 
 #[cfg(test)]
@@ -92,6 +95,8 @@ mod tests {
             offset: 0x2b000,
             file: "/x".into(),
             build_id: String::new(),
+            dev: (0, 0),
+            inode: 0,
         };
         let mut out = String::new();
         write_proc_maps(std::slice::from_ref(&m), &mut out);
