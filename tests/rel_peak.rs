@@ -44,7 +44,7 @@ fn one_run() -> Result<(), String> {
                     ready.wait();
                     for _ in 0..ROUNDS {
                         // SAFETY: nonzero size; freed below with the same layout.
-                        let p = unsafe { alloc(layout) };
+                        let p = std::hint::black_box(unsafe { alloc(layout) });
                         assert!(!p.is_null());
                         // All three blocks are live between these two waits.
                         barrier.wait();
