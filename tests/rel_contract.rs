@@ -199,7 +199,7 @@ static LOCKED_OPS: AtomicU64 = AtomicU64::new(0);
 static INJECTED_NULLS: AtomicU64 = AtomicU64::new(0);
 
 fn worker(id: usize, ops: u64, guard_sections: bool) {
-    let mut r = Rng(0x9E37_79B9_7F4A_7C15 ^ (id as u64 + 1) * 0x2545_F491_4F6C_DD1D);
+    let mut r = Rng(0x9E37_79B9_7F4A_7C15 ^ ((id as u64 + 1) * 0x2545_F491_4F6C_DD1D));
     let mut live: Vec<Block> = Vec::with_capacity(4096);
     for op in 0..ops {
         if op % 40_000 == 0 {

@@ -180,12 +180,7 @@ fn before_call() -> bool {
         n > 0
     });
     let every = FAIL_EVERY.load(Relaxed);
-    let fail = next
-        || (every != 0
-            && CALLS
-                .fetch_add(1, Relaxed)
-                .wrapping_add(1)
-                .is_multiple_of(every));
+    let fail = next || (every != 0 && CALLS.fetch_add(1, Relaxed).wrapping_add(1) % every == 0);
     if fail {
         INJECTED.fetch_add(1, Relaxed);
     }
