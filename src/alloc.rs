@@ -19,7 +19,7 @@
 //! inner allocator sees the caller's layout, except that a sampled small block is asked at a
 //! raised alignment (see `filter`), which it then sees for that block's whole life.
 use core::alloc::{GlobalAlloc, Layout};
-use core::sync::atomic::Ordering::Relaxed;
+use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::alloc::System;
 
 use crate::counters::{self, Slot};
@@ -73,13 +73,17 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for HeapSight<A> {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: `allocate` calls the closure once, with `layout` or `layout` with a larger
         // power-of-two alignment (same size), which `A` accepts as it accepts `layout`.
-        allocate::<A>(layout, |l| unsafe { self.inner.alloc(l) })
+        allocate(layout, |l| unsafe { self.inner.alloc(l) }, &self.inner)
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: as in `alloc`.
-        allocate::<A>(layout, |l| unsafe { self.inner.alloc_zeroed(l) })
+        allocate(
+            layout,
+            |l| unsafe { self.inner.alloc_zeroed(l) },
+            &self.inner,
+        )
     }
 
     #[inline]
@@ -116,7 +120,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for HeapSight<A> {
             // `new_size` are the ones `A::realloc` requires.
             let new = unsafe { self.inner.realloc(ptr, layout, new_size) };
             if new.is_null() {
-                uncount_failed_realloc();
+                uncount_failed_realloc(layout.size(), new_size);
             }
             new
         } else {
@@ -127,19 +131,24 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for HeapSight<A> {
 }
 
 /// `alloc` and `alloc_zeroed`: counts before calling the inner allocator (`call`), and takes the
-/// count back if it fails; the rare cases go to [`alloc_slow`]. `A` is the inner allocator's
-/// type, which the slow path records for `memory()`.
+/// count back if it fails; the rare cases go to [`alloc_slow`] (`inner` frees a block there).
 #[inline(always)]
-fn allocate<A>(layout: Layout, call: impl Fn(Layout) -> *mut u8) -> *mut u8 {
+fn allocate<A: GlobalAlloc>(
+    layout: Layout,
+    call: impl Fn(Layout) -> *mut u8,
+    inner: &A,
+) -> *mut u8 {
     debug_assert!(layout.align().is_power_of_two());
     if count_alloc(layout.size()) {
         let p = call(layout);
         if p.is_null() {
-            uncount_failed_alloc();
+            // The size is this call's own (`layout`), not a thread-local a nested allocation
+            // could overwrite during `call` (an inner allocator that allocates, a signal handler).
+            uncount_failed_alloc(layout.size());
         }
         p
     } else {
-        alloc_slow::<A>(layout, call)
+        alloc_slow(layout, call, inner)
     }
 }
 
@@ -154,7 +163,6 @@ fn count_alloc(size: usize) -> bool {
         let (c, borrow) = t.countdown.get().overflowing_sub(size as u64);
         t.countdown.set(c);
         if !borrow & (c != 0) {
-            t.pending_alloc.set(size as u64);
             // SAFETY: `countdown > 0` only while this thread owns a slot that is installed in
             // `t.slot` (thread init sets the slot before the countdown; the guard, scopes and
             // thread exit zero the countdown whenever the slot is not installed), and slots are
@@ -167,17 +175,22 @@ fn count_alloc(size: usize) -> bool {
     })
 }
 
-/// The inner allocator returned null after [`count_alloc`] counted: a failed allocation is not
-/// an allocation, so take it back (count and countdown), from the size the fast path saved.
+/// The inner allocator returned null after [`count_alloc`] counted `size`: a failed allocation
+/// is not an allocation, so take it back (count and countdown). Whatever allocations ran on this
+/// thread during the inner call (each counted and undone with its own size) left the slot where
+/// it was, so the counts come back exact.
 #[cold]
 #[inline(never)]
-fn uncount_failed_alloc() {
+fn uncount_failed_alloc(size: usize) {
     THREAD.with(|t| {
-        let size = t.pending_alloc.get();
-        t.countdown.set(t.countdown.get().wrapping_add(size));
-        // SAFETY: the fast path just counted into this installed slot, and the inner call in
-        // between cannot change it (it does not call back into heapsight on this thread).
-        unsafe { (*t.slot.get()).sub_alloc(size as usize) };
+        t.countdown.set(t.countdown.get().wrapping_add(size as u64));
+        let slot = t.slot.get();
+        if !slot.is_null() {
+            // SAFETY: the fast path just counted into this thread's installed slot (the inner
+            // call returns with the guard as it found it, so the slot is installed again);
+            // slots are never freed.
+            unsafe { (*slot).sub_alloc(size) };
+        }
     })
 }
 
@@ -221,8 +234,6 @@ fn count_realloc_unsampled(old_size: usize, new_size: usize) -> bool {
         if !fb & (f != 0) & !cb & (c != 0) {
             t.free_left.set(f);
             t.countdown.set(c);
-            t.pending_alloc.set(new_size as u64);
-            t.pending_free.set(old_size as u64);
             // SAFETY: both countdowns are nonzero only while the slot is installed (as in
             // `count_alloc` and `count_free`).
             let slot = unsafe { &*t.slot.get() };
@@ -236,18 +247,23 @@ fn count_realloc_unsampled(old_size: usize, new_size: usize) -> bool {
 }
 
 /// The inner `realloc` failed after [`count_realloc`] counted: the old block is still the
-/// caller's and no new one exists, so take both halves back.
+/// caller's and no new one exists, so take both halves back (sizes from the call itself, as in
+/// [`uncount_failed_alloc`]).
 #[cold]
 #[inline(never)]
-fn uncount_failed_realloc() {
+fn uncount_failed_realloc(old_size: usize, new_size: usize) {
     THREAD.with(|t| {
-        let (a, f) = (t.pending_alloc.get(), t.pending_free.get());
-        t.countdown.set(t.countdown.get().wrapping_add(a));
-        t.free_left.set(t.free_left.get().wrapping_add(f));
-        // SAFETY: as in `uncount_failed_alloc`.
-        let slot = unsafe { &*t.slot.get() };
-        slot.sub_alloc(a as usize);
-        slot.sub_free(f as usize);
+        t.countdown
+            .set(t.countdown.get().wrapping_add(new_size as u64));
+        t.free_left
+            .set(t.free_left.get().wrapping_add(old_size as u64));
+        let slot = t.slot.get();
+        if !slot.is_null() {
+            // SAFETY: as in `uncount_failed_alloc`.
+            let slot = unsafe { &*slot };
+            slot.sub_alloc(new_size);
+            slot.sub_free(old_size);
+        }
     })
 }
 
@@ -256,7 +272,11 @@ fn uncount_failed_realloc() {
 /// counts (and maybe samples) the block it returned.
 #[cold]
 #[inline(never)]
-fn alloc_slow<A>(layout: Layout, call: impl Fn(Layout) -> *mut u8) -> *mut u8 {
+fn alloc_slow<A: GlobalAlloc>(
+    layout: Layout,
+    call: impl Fn(Layout) -> *mut u8,
+    inner: &A,
+) -> *mut u8 {
     // Which allocator is inside, for `memory()`'s allocator row: one load once recorded.
     crate::memory::note_inner_type(core::any::type_name::<A>);
     let size = layout.size();
@@ -270,14 +290,55 @@ fn alloc_slow<A>(layout: Layout, call: impl Fn(Layout) -> *mut u8) -> *mut u8 {
     let mut p = call(plan.inner_layout(layout));
     if p.is_null() && plan.inner_layout(layout) != layout {
         // `A` refused the raised alignment: allocate as asked and let this sample go (the next
-        // allocation draws a fresh countdown, so no later one is biased by it).
+        // countdown is drawn already, so no later allocation is biased by it).
         plan = plan.unsampled();
         p = call(layout);
     }
-    if !p.is_null() {
-        THREAD.with(|t| finish_alloc(t, plan, p, size));
+    if p.is_null() {
+        THREAD.with(|t| plan.undo(t));
+        return p;
+    }
+    if !THREAD.with(|t| finish_alloc(t, plan, p, size)) {
+        // SAFETY: `p` was allocated by `call` with `plan.inner_layout(layout)` and is not yet
+        // the caller's; `call` allocates from `inner`.
+        p = unsafe { unrecorded(p, plan.inner_layout(layout), layout, 0, &call, inner) };
+        if p.is_null() {
+            THREAD.with(|t| plan.uncount(t, size));
+        }
     }
     p
+}
+
+/// A planned sample that could not be recorded (`finish_alloc` returned false) must not stay at
+/// an alignment the free side cannot know: the block is moved to one allocated as the caller
+/// asked (`keep` bytes copied), and the raised one freed with the layout it has. Null if that
+/// allocation fails (the raised block is freed all the same).
+///
+/// # Safety
+/// `p` was allocated by `inner` (through `call`) with `raised`, holds `keep` initialised bytes,
+/// and is not used after; `asked` has the same size.
+#[cold]
+unsafe fn unrecorded<A: GlobalAlloc>(
+    p: *mut u8,
+    raised: Layout,
+    asked: Layout,
+    keep: usize,
+    call: &impl Fn(Layout) -> *mut u8,
+    inner: &A,
+) -> *mut u8 {
+    if raised == asked {
+        return p;
+    }
+    let q = call(asked);
+    // SAFETY: `p` and `q` (if not null) are distinct live blocks of at least `keep` bytes; `p` is
+    // freed once, with the layout `inner` allocated it with.
+    unsafe {
+        if !q.is_null() {
+            core::ptr::copy_nonoverlapping(p, q, keep);
+        }
+        inner.dealloc(p, raised);
+    }
+    q
 }
 
 /// What the slow path does with an allocation, decided before the inner call.
@@ -285,11 +346,17 @@ fn alloc_slow<A>(layout: Layout, call: impl Fn(Layout) -> *mut u8) -> *mut u8 {
 enum Plan {
     /// The profiler's own memory (inside the guard): forwarded, counted as the profiler's.
     Profiler,
-    /// A thread without a slot (exiting): counted in the shared fallback.
+    /// Counted in the shared fallback: a thread without a slot (exiting), or the program's
+    /// block reallocated inside the guard (a sample's realloc there).
     Orphan,
-    /// Counted in this thread's slot; `Some` when it is a sample: the rate its countdown was
-    /// drawn with and the alignment asked of the inner allocator.
-    Count(Option<(u64, usize)>),
+    /// Counted in this thread's slot. `took`: bytes taken off the sampling countdown at the
+    /// plan (0 when the countdown expired and a fresh one was drawn); `sample`: the rate the
+    /// expired countdown was drawn with and the alignment asked of the inner allocator.
+    Count {
+        took: u64,
+        expired: bool,
+        sample: Option<(u64, usize)>,
+    },
 }
 
 impl Plan {
@@ -297,21 +364,55 @@ impl Plan {
         match self {
             // `plan_alloc` checked that the size fits at this alignment (the fallback is never
             // taken; it only avoids a panic path in the allocator).
-            Plan::Count(Some((_, align))) => {
-                Layout::from_size_align(layout.size(), align).unwrap_or(layout)
-            }
+            Plan::Count {
+                sample: Some((_, align)),
+                ..
+            } => Layout::from_size_align(layout.size(), align).unwrap_or(layout),
             _ => layout,
         }
     }
 
     fn unsampled(self) -> Plan {
         match self {
-            Plan::Count(Some(_)) => Plan::Count(None),
+            Plan::Count { took, expired, .. } => Plan::Count {
+                took,
+                expired,
+                sample: None,
+            },
             p => p,
+        }
+    }
+
+    /// The inner call failed: give back what the plan took off the countdown.
+    fn undo(self, t: &ThreadState) {
+        if let Plan::Count { took, .. } = self {
+            t.set_countdown(t.sampling_countdown().wrapping_add(took));
+        }
+    }
+
+    /// Takes back what [`finish_alloc`] counted for a block that is not handed out after all.
+    fn uncount(self, t: &ThreadState, size: usize) {
+        match self {
+            Plan::Profiler => counters::profiler_free(size),
+            Plan::Orphan => counters::orphan_uncount(size),
+            Plan::Count { .. } => {
+                let slot = t.slot.get();
+                if slot.is_null() {
+                    counters::orphan_uncount(size);
+                } else {
+                    // SAFETY: this thread's installed slot; slots are never freed.
+                    unsafe { (*slot).sub_alloc(size) }
+                }
+            }
         }
     }
 }
 
+/// Decides, before the inner call, how an allocation is counted and whether it is a sample. A
+/// sample is decided here once: the countdown is consumed or redrawn now, so an allocation
+/// nested in the inner call (a signal handler, an inner allocator that allocates) neither sees
+/// this one's expired countdown nor re-arms it under it, and [`finish_alloc`] records every
+/// sample planned here.
 fn plan_alloc(t: &ThreadState, layout: Layout) -> Plan {
     if t.in_profiler.get() {
         return Plan::Profiler;
@@ -322,47 +423,103 @@ fn plan_alloc(t: &ThreadState, layout: Layout) -> Plan {
     if t.life.get() != Life::Active {
         return Plan::Orphan;
     }
+    let size = layout.size() as u64;
+    let c = t.sampling_countdown();
+    if c > size {
+        // In a scope, or just after thread init (a fresh countdown does not cover this
+        // allocation yet).
+        t.set_countdown(c - size);
+        return Plan::Count {
+            took: size,
+            expired: false,
+            sample: None,
+        };
+    }
+    // The countdown falls inside this allocation: a fresh one now.
     let rate = t.drawn_rate.get();
-    if t.sampling_countdown() > layout.size() as u64 || rate == 0 {
-        return Plan::Count(None);
+    thread::rearm(t);
+    let mut plan = Plan::Count {
+        took: 0,
+        expired: true,
+        sample: None,
+    };
+    if rate == 0 {
+        return plan;
     }
     // A sample: its address must pass the free check (see `filter`), so it is asked at the
     // sample alignment (the site table widens the check to it when it records the sample).
     let align = filter::sample_layout_align(rate, layout.size(), layout.align());
-    if Layout::from_size_align(layout.size(), align).is_err() {
-        // Too large to align further (within a page of `isize::MAX`): no sample this time.
-        return Plan::Count(None);
+    if Layout::from_size_align(layout.size(), align).is_ok() {
+        // (Too large to align further, within a page of `isize::MAX`: no sample this time.)
+        plan = plan_sample(plan, rate, align);
     }
-    Plan::Count(Some((rate, align)))
+    plan
 }
 
-fn finish_alloc(t: &ThreadState, plan: Plan, ptr: *mut u8, size: usize) {
-    let sample = match plan {
-        Plan::Profiler => return counters::profiler_alloc(size),
-        Plan::Orphan => return counters::orphan_alloc(size),
-        Plan::Count(sample) => sample,
+fn plan_sample(plan: Plan, rate: u64, align: usize) -> Plan {
+    match plan {
+        Plan::Count { took, expired, .. } => Plan::Count {
+            took,
+            expired,
+            sample: Some((rate, align)),
+        },
+        p => p,
+    }
+}
+
+/// Counts the block `A` returned as planned, and records the sample if one was planned. Returns
+/// false only for a planned sample that was not recorded (then the caller moves the block off
+/// its raised alignment; see [`unrecorded`]).
+fn finish_alloc(t: &ThreadState, plan: Plan, ptr: *mut u8, size: usize) -> bool {
+    let (expired, sample) = match plan {
+        Plan::Profiler => {
+            counters::profiler_alloc(size);
+            return true;
+        }
+        Plan::Orphan => {
+            counters::orphan_alloc(size);
+            return true;
+        }
+        Plan::Count {
+            expired, sample, ..
+        } => (expired, sample),
     };
-    // SAFETY: an active thread outside the guard has its slot installed (`plan_alloc`).
-    let slot: &Slot = unsafe { &*t.slot.get() };
+    let slot = t.slot.get();
+    if slot.is_null() {
+        // Planned while active; nothing between the plan and here hands the slot back (the
+        // inner call returns with the guard as it found it). Counted all the same.
+        counters::orphan_alloc(size);
+        return sample.is_none();
+    }
+    // SAFETY: this thread's installed slot; slots are never freed.
+    let slot: &Slot = unsafe { &*slot };
     slot.add_alloc(size);
     if t.scope_depth.get() > 0 {
         counters::note_scope_alloc(slot);
     }
-    let c = t.sampling_countdown();
-    if c > size as u64 {
-        // In a scope, or just after thread init (a fresh countdown does not cover this
-        // allocation yet).
-        t.set_countdown(c - size as u64);
-        return;
+    if expired {
+        // A flush with every fresh countdown (constant time whatever the thread count: one
+        // shared `fetch_add`; see `counters`).
+        counters::resync(slot);
     }
-    // The countdown fell inside this allocation: a fresh one, and a flush (constant time
-    // whatever the thread count: one shared `fetch_add`; see `counters`).
-    thread::rearm(t);
-    counters::resync(slot);
-    if let Some((rate, align)) = sample {
+    match sample {
         // Sampled with the weight of the rate its countdown was drawn with.
-        take_sample(t, ptr, size as u64, rate, align);
+        Some((rate, align)) => take_sample(t, ptr, size as u64, rate, align),
+        None => true,
     }
+}
+
+/// The layout `A` allocated a live sample at `ptr` with: the caller's size at the alignment
+/// the free side's exact set recorded (see `filter`), or `None` if `ptr` is not a live sample.
+/// The one answer every free and realloc path uses.
+fn sampled_layout(ptr: *mut u8, layout: Layout) -> Option<Layout> {
+    if !filter::maybe_sampled_sized(ptr, layout.size()) {
+        return None;
+    }
+    let align = filter::sampled_align(ptr)?;
+    // The recorded alignment is the one `A` was asked for this very size (at least the
+    // caller's), so the layout is valid.
+    Layout::from_size_align(layout.size(), align).ok()
 }
 
 /// A free whose address passed the sample check (see `filter`): the exact, lock-free look-up
@@ -379,18 +536,21 @@ unsafe fn dealloc_maybe_sampled<A: GlobalAlloc>(inner: &A, ptr: *mut u8, layout:
     // thread's memo of the last such address saves the probe.
     let epoch = filter::sample_epoch();
     let known = THREAD.with(|t| t.known_not_sampled(ptr as usize, epoch));
-    if !known && filter::is_sampled(ptr) {
-        // SAFETY: the caller's guarantees.
-        unsafe { dealloc_slow(inner, ptr, layout, 0) }
-    } else if count_free(layout.size()) {
+    if !known {
+        if let Some(a) = filter::sampled_align(ptr) {
+            // SAFETY: the caller's guarantees; `a` is the block's inner alignment.
+            return unsafe { dealloc_sampled(inner, ptr, layout, a) };
+        }
+    }
+    if count_free(layout.size()) {
         if !known {
             THREAD.with(|t| t.remember_not_sampled(ptr as usize, epoch));
         }
         // SAFETY: as above.
         unsafe { inner.dealloc(ptr, layout) }
     } else {
-        // SAFETY: as above.
-        unsafe { dealloc_slow(inner, ptr, layout, layout.size()) }
+        // SAFETY: as above; known not to be a sample.
+        unsafe { dealloc_unsampled(inner, ptr, layout, layout.size()) }
     }
 }
 
@@ -403,17 +563,105 @@ unsafe fn dealloc_maybe_sampled<A: GlobalAlloc>(inner: &A, ptr: *mut u8, layout:
 #[cold]
 #[inline(never)]
 unsafe fn dealloc_slow<A: GlobalAlloc>(inner: &A, ptr: *mut u8, layout: Layout, undo: usize) {
-    let align = THREAD.with(|t| {
+    match sampled_layout(ptr, layout) {
+        Some(l) => {
+            THREAD.with(|t| t.free_left.set(t.free_left.get().wrapping_add(undo as u64)));
+            // SAFETY: the caller's guarantees; `l` is the block's inner layout.
+            unsafe { dealloc_sampled(inner, ptr, layout, l.align()) }
+        }
+        // SAFETY: the caller's guarantees.
+        None => unsafe { dealloc_unsampled(inner, ptr, layout, undo) },
+    }
+}
+
+/// [`dealloc_slow`] for a block known not to be a live sample.
+///
+/// # Safety
+/// As [`dealloc_slow`].
+unsafe fn dealloc_unsampled<A: GlobalAlloc>(inner: &A, ptr: *mut u8, layout: Layout, undo: usize) {
+    THREAD.with(|t| {
         t.free_left.set(t.free_left.get().wrapping_add(undo as u64));
-        count_free_slow(t, ptr, layout.size(), true)
+        count_free_slow(t, layout.size(), false)
     });
-    // SAFETY: the caller's guarantees, passed on unchanged, with the alignment the block was
-    // allocated with from `A` (the caller's, or the larger one it was sampled with).
-    unsafe {
-        inner.dealloc(
-            ptr,
-            Layout::from_size_align_unchecked(layout.size(), align.max(layout.align())),
-        )
+    // SAFETY: the caller's guarantees, passed on unchanged.
+    unsafe { inner.dealloc(ptr, layout) }
+}
+
+/// The free of a live sample, wherever it happens (inside the guard too: profiler code may drop
+/// a value the program allocated). `A` gets the caller's size at `inner_align`, the alignment it
+/// allocated the block with; the sample is retired first. A thread that holds one of heapsight's
+/// locks (a signal handler interrupted it, or `with_site_lock_held`) cannot retire it now: the
+/// block is then kept (never given back to `A`, so its address cannot be handed out again while
+/// the exact set still holds it), counted as the profiler's, and its sample retired later
+/// ([`retire_later`]).
+///
+/// # Safety
+/// As `GlobalAlloc::dealloc`; `inner_align` is what [`filter::sampled_align`] returned for `ptr`.
+#[cold]
+#[inline(never)]
+unsafe fn dealloc_sampled<A: GlobalAlloc>(
+    inner: &A,
+    ptr: *mut u8,
+    layout: Layout,
+    inner_align: usize,
+) {
+    let size = layout.size();
+    let retired = THREAD.with(|t| {
+        let retired = retire(t, ptr).is_some();
+        count_free_slow(t, size, true);
+        if !retired {
+            counters::profiler_alloc(size);
+        }
+        retired
+    });
+    if retired {
+        // SAFETY: the caller's block, with the layout `A` allocated it with (the size is the
+        // caller's, the alignment the one recorded for it).
+        unsafe { inner.dealloc(ptr, Layout::from_size_align_unchecked(size, inner_align)) }
+    }
+}
+
+/// Takes the live sample at `ptr` out of the site table (any thread, inside the guard or not),
+/// or, if this thread holds one of heapsight's locks, queues it for later and returns `None`.
+fn retire(t: &ThreadState, ptr: *mut u8) -> Option<Option<sites::Live>> {
+    if crate::sync::held_here() {
+        retire_later(ptr as usize);
+        return None;
+    }
+    // Inside the guard already (profiler code dropping a program value) or entering it now.
+    let _g = InProfiler::enter(t);
+    let live = sites::remove_sample(ptr);
+    retire_queued();
+    Some(live)
+}
+
+/// Samples whose blocks were freed while their thread held a heapsight lock (see
+/// [`dealloc_sampled`]): retired by the next thread that retires or takes a sample. Their blocks
+/// are kept, so their addresses stay out of the allocator until then. Should it ever be full,
+/// a sample stays live in the profile (an overstatement, never a wrong layout).
+static UNRETIRED: [AtomicUsize; 64] = [const { AtomicUsize::new(0) }; 64];
+static UNRETIRED_N: AtomicUsize = AtomicUsize::new(0);
+
+fn retire_later(ptr: usize) {
+    for s in UNRETIRED.iter() {
+        if s.compare_exchange(0, ptr, Relaxed, Relaxed).is_ok() {
+            UNRETIRED_N.fetch_add(1, Relaxed);
+            return;
+        }
+    }
+}
+
+/// Retires the queued samples. Inside the guard, holding no lock.
+fn retire_queued() {
+    if UNRETIRED_N.load(Relaxed) == 0 {
+        return;
+    }
+    for s in UNRETIRED.iter() {
+        let p = s.swap(0, Relaxed);
+        if p != 0 {
+            UNRETIRED_N.fetch_sub(1, Relaxed);
+            sites::remove_sample(p as *mut u8);
+        }
     }
 }
 
@@ -433,41 +681,52 @@ unsafe fn realloc_slow<A: GlobalAlloc>(
     layout: Layout,
     new_size: usize,
 ) -> *mut u8 {
-    let sampled = filter::maybe_sampled_sized(ptr, layout.size()) && filter::is_sampled(ptr);
-    if !sampled && count_realloc_unsampled(layout.size(), new_size) {
+    let sampled = sampled_layout(ptr, layout);
+    if sampled.is_none() && count_realloc_unsampled(layout.size(), new_size) {
         // An aligned block that only looked like a sample: the fast path after all.
         // SAFETY: the caller's guarantees, passed on unchanged.
         let new = unsafe { inner.realloc(ptr, layout, new_size) };
         if new.is_null() {
-            uncount_failed_realloc();
+            uncount_failed_realloc(layout.size(), new_size);
         }
         return new;
     }
-    let taken = if sampled {
-        take_sample_for_realloc(ptr)
+    let old_inner = sampled.unwrap_or(layout);
+    // A sample is taken out before `A` may free its address; `kept`: it cannot be now (this
+    // thread holds a lock), so the old block is kept rather than freed, and its sample queued
+    // for retirement once the new block exists (see `dealloc_sampled`).
+    let kept = sampled.is_some() && crate::sync::held_here();
+    let taken = if sampled.is_some() && !kept {
+        THREAD.with(|t| retire(t, ptr)).flatten()
     } else {
         None
     };
-    let old_align = taken.map_or(layout.align(), |l| l.inner_align().max(layout.align()));
-    // SAFETY: `old_align` is the alignment `A` allocated the block with (a power of two, and the
-    // block exists, so its size rounded up to it fits).
-    let old_inner = unsafe { Layout::from_size_align_unchecked(layout.size(), old_align) };
     // SAFETY: the caller guarantees `new_size` rounded up to `layout.align()` fits.
     let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
-    let plan = THREAD.with(|t| plan_alloc(t, new_layout));
+    let plan = THREAD.with(|t| {
+        if sampled.is_some() && t.in_profiler.get() {
+            // The program's block, reallocated by profiler code: still the program's.
+            Plan::Orphan
+        } else {
+            plan_alloc(t, new_layout)
+        }
+    });
     let new_inner = plan.inner_layout(new_layout);
-    let new = if old_inner == layout && new_inner == new_layout {
+    let new = if old_inner == layout && new_inner == new_layout && !kept {
         // SAFETY: the caller's guarantees, passed on unchanged.
         unsafe { inner.realloc(ptr, layout, new_size) }
     } else {
-        // SAFETY: `new_inner` is the caller's new size with a power-of-two alignment; the old block is valid for `layout.size()` bytes, the new one for `new_size`, they do
-        // not overlap (both live at once), and the old one is freed with the layout `A`
-        // allocated it with.
+        // SAFETY: `new_inner` is the caller's new size with a power-of-two alignment; the old
+        // block is valid for `layout.size()` bytes, the new one for `new_size`, they do not
+        // overlap (both live at once), and the old one is freed with the layout `A` allocated
+        // it with (or kept).
         unsafe {
             let n = inner.alloc(new_inner);
             if !n.is_null() {
                 core::ptr::copy_nonoverlapping(ptr, n, layout.size().min(new_size));
-                inner.dealloc(ptr, old_inner);
+                if !kept {
+                    inner.dealloc(ptr, old_inner);
+                }
             }
             n
         }
@@ -477,43 +736,45 @@ unsafe fn realloc_slow<A: GlobalAlloc>(
         if let Some(live) = taken {
             crate::guard::profiler_scope(|| sites::restore_sample(ptr, live));
         }
+        THREAD.with(|t| plan.undo(t));
         return new;
     }
-    THREAD.with(|t| {
-        count_free_slow(t, ptr, layout.size(), false);
-        finish_alloc(t, plan, new, new_size);
-    });
-    new
-}
-
-#[cold]
-#[inline(never)]
-fn take_sample_for_realloc(ptr: *mut u8) -> Option<sites::Live> {
-    THREAD.with(|t| {
-        // The profiler's own blocks are never sampled, and the profiler may be holding the site
-        // lock right now: do not look.
-        let _g = InProfiler::enter(t)?;
-        sites::remove_sample(ptr)
-    })
-}
-
-/// Counts a free off the fast path; retires its sample first when `check_sample` (a `realloc`
-/// took it out already). Returns the alignment the block was allocated with from the inner
-/// allocator when it was a sample (see `filter`), else 1.
-fn count_free_slow(t: &ThreadState, ptr: *mut u8, size: usize, check_sample: bool) -> usize {
-    if t.in_profiler.get() {
-        // The profiler's own memory; never sampled, so no table look-up (we may hold its lock).
-        counters::profiler_free(size);
-        return 1;
-    }
-    let mut align = 1;
-    // Known to be sampled (exact, lock-free) before the clock is read or the lock taken.
-    if check_sample && filter::maybe_sampled_sized(ptr, size) && filter::is_sampled(ptr) {
-        if let Some(_g) = InProfiler::enter(t) {
-            if let Some(live) = sites::remove_sample(ptr) {
-                align = live.inner_align();
-            }
+    let recorded = THREAD.with(|t| {
+        count_free_slow(t, layout.size(), sampled.is_some());
+        if kept {
+            retire_later(ptr as usize);
+            counters::profiler_alloc(layout.size());
         }
+        finish_alloc(t, plan, new, new_size)
+    });
+    if recorded {
+        return new;
+    }
+    let call = |l: Layout| {
+        // SAFETY: `l` is `new_layout`, valid (checked above).
+        unsafe { inner.alloc(l) }
+    };
+    // SAFETY: `new` was allocated from `inner` with `new_inner` and holds `new_size` bytes of
+    // the caller's data.
+    let moved = unsafe { unrecorded(new, new_inner, new_layout, new_size, &call, inner) };
+    if moved.is_null() {
+        THREAD.with(|t| plan.uncount(t, new_size));
+    }
+    moved
+}
+
+/// Counts a free off the fast path: the program's (`program`: a sample is always the program's,
+/// wherever it is freed) or, inside the guard, the profiler's own.
+fn count_free_slow(t: &ThreadState, size: usize, program: bool) {
+    if t.in_profiler.get() {
+        if program {
+            // The slot is parked under the guard: the shared fallback counts it, exactly.
+            counters::orphan_free(size);
+        } else {
+            // The profiler's own memory; never sampled.
+            counters::profiler_free(size);
+        }
+        return;
     }
     if t.life.get() == Life::New {
         init_this_thread(t);
@@ -521,7 +782,7 @@ fn count_free_slow(t: &ThreadState, ptr: *mut u8, size: usize, check_sample: boo
     let slot = t.slot.get();
     if slot.is_null() {
         counters::orphan_free(size);
-        return align;
+        return;
     }
     // SAFETY: this thread's owned, never-freed slot.
     let slot: &Slot = unsafe { &*slot };
@@ -534,7 +795,6 @@ fn count_free_slow(t: &ThreadState, ptr: *mut u8, size: usize, check_sample: boo
         counters::resync(slot);
         t.free_left.set(counters::FREE_FLUSH);
     }
-    align
 }
 
 /// A thread's first slow-path call: the process set-up if this is the first thread, then the
@@ -550,15 +810,17 @@ fn init_this_thread(t: &ThreadState) {
     thread::init_thread(t, &g);
 }
 
+/// Records a planned sample. Returns whether the free side's exact set now holds `ptr` with
+/// `inner_align` (see [`finish_alloc`]).
 #[cold]
 #[inline(never)]
-fn take_sample(t: &ThreadState, ptr: *mut u8, size: u64, rate: u64, inner_align: usize) {
-    // Never `None`: a sample is planned only outside the guard (`plan_alloc`), and nothing
-    // between the plan and here enters it. (The block's raised alignment is recorded below; a
-    // sample that were not recorded would be freed with the caller's layout.)
+fn take_sample(t: &ThreadState, ptr: *mut u8, size: u64, rate: u64, inner_align: usize) -> bool {
+    // A sample is planned only outside the guard (`plan_alloc`), and the inner call returns with
+    // the guard as it found it, so this enters it.
     let Some(_g) = InProfiler::enter(t) else {
-        return;
+        return false;
     };
+    retire_queued();
     // Zero only the `depth` slots the capture may use, not the whole 2 KiB buffer (most of a
     // sampled allocation's cost if zeroed in full; docs/benches.md).
     let mut storage = core::mem::MaybeUninit::<[usize; stack::BUF_LEN]>::uninit();
@@ -580,6 +842,7 @@ fn take_sample(t: &ThreadState, ptr: *mut u8, size: u64, rate: u64, inner_align:
         clock::now_ns(),
         inner_align,
     );
+    true
 }
 
 #[cfg(test)]

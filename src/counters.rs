@@ -29,7 +29,11 @@
 //! true one by at most the sum over threads of what each allocated since its last flush (for one
 //! thread: less than one countdown), and above it by at most what the other threads freed since
 //! their last flush (each less than `FREE_FLUSH`). An allocation larger than the countdown always
-//! flushes, so a peak made of large blocks is exact. `tests/fast_path.rs` checks both sides;
+//! flushes, so a peak made of large blocks is exact. A reader ([`totals`]) adds nothing above
+//! the true peak: it folds in allocations read *before* frees, at most the in-use bytes at one
+//! moment (see there). So `peak ≤ true peak + Σ over other threads of unflushed frees` (each below
+//! `FREE_FLUSH`) always, whatever readers run meanwhile. `tests/rel_peak.rs` checks that bound under
+//! load with concurrent readers, over many runs; `tests/fast_path.rs` checks both sides;
 //! [`crate::measure`]'s peak is exact (below).
 //!
 //! # Scopes: `measure()` and tags, with nothing added to the fast path
@@ -189,6 +193,13 @@ pub(crate) fn orphan_alloc(size: usize) {
     INUSE.fetch_add(size as i64, Relaxed);
 }
 
+/// Takes back an allocation counted by [`orphan_alloc`] whose block is not handed out after all.
+pub(crate) fn orphan_uncount(size: usize) {
+    ORPHAN.alloc_objects.fetch_sub(1, Relaxed);
+    ORPHAN.alloc_bytes.fetch_sub(size as u64, Relaxed);
+    INUSE.fetch_sub(size as i64, Relaxed);
+}
+
 pub(crate) fn orphan_free(size: usize) {
     // Release: pairs with the `fence(Acquire)` in `totals`, as in `Slot::add_free`.
     ORPHAN.free_objects.fetch_add(1, Release);
@@ -284,6 +295,20 @@ impl Totals {
 
 pub(crate) fn totals() -> Totals {
     let mut t = Totals::default();
+    // The peak candidate is read the other way round: allocations first, then frees. Every
+    // counter only grows, so allocations read before a moment `m` (between the two passes) are at
+    // most those made by `m`, and frees read after it at least those made by `m`: `allocs - frees`
+    // is at most the true in-use bytes at `m`, never above the true peak. (Read the order the
+    // totals use, frees then allocations, it would count every block allocated and freed during
+    // the read as live: without bound under load.)
+    let mut early_allocs = 0u64;
+    let mut add_early = |s: &Slot| {
+        early_allocs = early_allocs.wrapping_add(s.alloc_bytes.load(Relaxed));
+    };
+    add_early(&ORPHAN);
+    for_each_slot(add_early);
+    // `m`: the allocation reads above come before the free reads below.
+    fence(SeqCst);
     let mut add_frees = |s: &Slot| {
         t.free_objects = t.free_objects.wrapping_add(s.free_objects.load(Relaxed));
         t.free_bytes = t.free_bytes.wrapping_add(s.free_bytes.load(Relaxed));
@@ -292,17 +317,15 @@ pub(crate) fn totals() -> Totals {
     for_each_slot(add_frees);
     // Pairs with the `Release` stores of `free_*` (`Slot::add_free`, `orphan_free`): every
     // allocation that happened before a free read above is in the allocation sums read below.
-    core::sync::atomic::fence(Acquire);
-    let mut peak = PEAK.load(Relaxed);
+    fence(Acquire);
     let mut add_allocs = |s: &Slot| {
         t.alloc_objects = t.alloc_objects.wrapping_add(s.alloc_objects.load(Relaxed));
         t.alloc_bytes = t.alloc_bytes.wrapping_add(s.alloc_bytes.load(Relaxed));
     };
     add_allocs(&ORPHAN);
     for_each_slot(add_allocs);
-    peak = peak.max(t.inuse_bytes());
-    PEAK.fetch_max(peak, Relaxed);
-    t.peak = peak;
+    let candidate = early_allocs.saturating_sub(t.free_bytes);
+    t.peak = PEAK.fetch_max(candidate, Relaxed).max(candidate);
     t
 }
 

@@ -23,6 +23,7 @@
 //! thread that could re-enter profiling while holding it.
 use core::cell::Cell;
 use core::ptr;
+use core::sync::atomic::{compiler_fence, Ordering::SeqCst};
 
 use crate::counters::Slot;
 
@@ -54,10 +55,6 @@ pub(crate) struct ThreadState {
     pub rng: Cell<u64>,
     pub life: Cell<Life>,
     pub in_profiler: Cell<bool>,
-    /// Bytes the fast path counted as allocated (and, for `realloc`, as freed) before calling the
-    /// inner allocator, so that a failed call can be taken out again off the fast path.
-    pub pending_alloc: Cell<u64>,
-    pub pending_free: Cell<u64>,
     /// Open `measure()` scopes on this thread. While there is one, every allocation takes the
     /// slow path (which tracks the scope's exact peak) and the sampling countdown is parked in
     /// `scope_countdown`.
@@ -87,8 +84,6 @@ impl ThreadState {
             rng: Cell::new(0),
             life: Cell::new(Life::New),
             in_profiler: Cell::new(false),
-            pending_alloc: Cell::new(0),
-            pending_free: Cell::new(0),
             scope_depth: Cell::new(0),
             scope_countdown: Cell::new(0),
             not_sampled_addr: Cell::new(0),
@@ -212,20 +207,29 @@ impl<'a> InProfiler<'a> {
         if t.in_profiler.get() {
             return None;
         }
+        // The flag first, the slot last (and the reverse on drop): a signal handler that
+        // allocates on this thread in between must never find an armed countdown with no slot
+        // (the fast path would count into a null slot). With the flag set early, it finds
+        // either the fast path still armed with its slot, or the slow path inside the guard.
+        t.in_profiler.set(true);
+        compiler_fence(SeqCst);
         t.saved_countdown.set(t.countdown.replace(0));
         t.saved_free_left.set(t.free_left.replace(0));
+        compiler_fence(SeqCst);
         t.saved_slot.set(t.slot.replace(ptr::null()));
-        t.in_profiler.set(true);
         Some(InProfiler { t })
     }
 }
 
 impl Drop for InProfiler<'_> {
     fn drop(&mut self) {
-        self.t.in_profiler.set(false);
-        self.t.countdown.set(self.t.saved_countdown.get());
-        self.t.free_left.set(self.t.saved_free_left.get());
+        // The reverse of `enter` (see there): the slot before the countdowns, the flag last.
         self.t.slot.set(self.t.saved_slot.get());
+        compiler_fence(SeqCst);
+        self.t.free_left.set(self.t.saved_free_left.get());
+        self.t.countdown.set(self.t.saved_countdown.get());
+        compiler_fence(SeqCst);
+        self.t.in_profiler.set(false);
     }
 }
 

@@ -426,6 +426,14 @@ pub fn in_profiler() -> bool {
     guard::in_profiler()
 }
 
+/// Runs `f` inside the profiler guard, as heapsight's own code runs (what it allocates is the
+/// profiler's own). For the reliability tests of values the program allocated and profiler code
+/// drops (`otlp::start` drops the caller's `Config` there). Not part of the stable API.
+#[doc(hidden)]
+pub fn in_profiler_scope<R>(f: impl FnOnce() -> R) -> R {
+    guard::profiler_scope(f)
+}
+
 /// Runs `f` while the calling thread holds the site-table lock, the one lock the allocation hook
 /// can take. For the reliability test that proves the unsampled path never takes it (it
 /// allocates on another thread meanwhile): a sampled allocation, a free of a sampled block or a

@@ -895,15 +895,14 @@ fn with_shard<R>(ptr: usize, f: impl FnOnce(&mut LiveMap) -> R) -> R {
     f(g.get_or_insert_with(HashMap::default))
 }
 
-/// Puts a counted sample in its shard. A block at this address that we still think is live was
-/// freed behind our back (by a different allocator, say): it is retired rather than left to leak
-/// its weight.
+/// Puts a counted sample in its shard and its address, with its inner alignment, in the free
+/// side's exact set. A block at this address that we still think is live was freed behind our
+/// back (by a different allocator, say): it is retired rather than left to leak its weight, and
+/// the set takes this block's alignment.
 fn insert_live(ptr: usize, live: Live) {
     let stale = with_shard(ptr, |m| {
         let old = m.insert(ptr, live);
-        if old.is_none() {
-            crate::filter::raise(ptr);
-        }
+        crate::filter::raise(ptr, live.inner_align());
         old
     });
     if let Some(old) = stale {

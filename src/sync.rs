@@ -72,6 +72,9 @@ impl RawLock {
     }
 
     fn lock(&self) {
+        // Counted before the lock can be held: a signal handler that runs on this thread while
+        // it holds (or is taking) the lock must see it (`held_here`).
+        HELD_HERE.with(|h| h.set(h.get() + 1));
         if self
             .state
             .compare_exchange(FREE, HELD, Acquire, Relaxed)
@@ -105,7 +108,21 @@ impl RawLock {
         if self.state.swap(FREE, Release) == CONTENDED {
             wake_one(&self.state);
         }
+        HELD_HERE.with(|h| h.set(h.get().saturating_sub(1)));
     }
+}
+
+thread_local! {
+    /// Locks of this file this thread holds or is taking (const, no destructor: readable
+    /// during thread exit and in signal handlers).
+    static HELD_HERE: core::cell::Cell<u32> = const { core::cell::Cell::new(0) };
+}
+
+/// Whether this thread holds (or is taking) any lock of this file, e.g. because the code a
+/// signal handler interrupted did, or because `with_site_lock_held` runs the caller's code: then
+/// it must not wait for one (it could be its own).
+pub(crate) fn held_here() -> bool {
+    HELD_HERE.with(|h| h.get() != 0)
 }
 
 /// A value guarded by one lock word of this file.

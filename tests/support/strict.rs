@@ -71,6 +71,23 @@ thread_local! {
     static FAIL_NEXT: Cell<u64> = const { Cell::new(0) };
     /// Inside the re-entry hook on this thread.
     static IN_HOOK: Cell<bool> = const { Cell::new(false) };
+    /// Inside a call of `A` on this thread (see [`inside_inner`]).
+    static IN_INNER: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Runs `f` (a call of `A`) marked as inside the inner allocator on this thread.
+fn in_inner<R>(f: impl FnOnce() -> R) -> R {
+    IN_INNER.with(|c| c.set(c.get() + 1));
+    let r = f();
+    IN_INNER.with(|c| c.set(c.get() - 1));
+    r
+}
+
+/// Whether this thread is inside a call of the inner allocator `A` right now: a signal handler
+/// that allocates must not then (glibc's malloc is not async-signal-safe; heapsight's own code
+/// is what such a handler tests).
+pub fn inside_inner() -> bool {
+    IN_INNER.with(|c| c.get() != 0)
 }
 
 fn pack(l: Layout) -> usize {
@@ -140,8 +157,21 @@ fn forget(p: usize, l: Layout) -> bool {
     false
 }
 
-/// Whether this call is one to fail (injected), and runs the re-entry hook otherwise.
+/// Runs the re-entry hook (not from inside it), then says whether this call is one to fail
+/// (injected). Calls the hook itself makes never fail: a failure injected for a call is that
+/// call's, whatever the hook allocated meanwhile.
 fn before_call() -> bool {
+    if IN_HOOK.with(|c| c.get()) {
+        return false;
+    }
+    let h = HOOK.load(Relaxed);
+    if h != 0 {
+        IN_HOOK.with(|c| c.set(true));
+        // SAFETY: only `set_reentry_hook` stores here, a `fn()` cast to usize.
+        let f: fn() = unsafe { std::mem::transmute::<usize, fn()>(h) };
+        f();
+        IN_HOOK.with(|c| c.set(false));
+    }
     let next = FAIL_NEXT.with(|c| {
         let n = c.get();
         if n > 0 {
@@ -150,24 +180,11 @@ fn before_call() -> bool {
         n > 0
     });
     let every = FAIL_EVERY.load(Relaxed);
-    let fail = next
-        || (every != 0
-            && CALLS
-                .fetch_add(1, Relaxed)
-                .wrapping_add(1)
-                .is_multiple_of(every));
+    let fail = next || (every != 0 && CALLS.fetch_add(1, Relaxed).wrapping_add(1) % every == 0);
     if fail {
         INJECTED.fetch_add(1, Relaxed);
-        return true;
     }
-    let h = HOOK.load(Relaxed);
-    if h != 0 && !IN_HOOK.with(|c| c.replace(true)) {
-        // SAFETY: only `set_reentry_hook` stores here, a `fn()` cast to usize.
-        let f: fn() = unsafe { std::mem::transmute::<usize, fn()>(h) };
-        f();
-        IN_HOOK.with(|c| c.set(false));
-    }
-    false
+    fail
 }
 
 /// The layout-checking allocator; see the module docs.
@@ -197,7 +214,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Strict<A> {
         }
         ALLOCS.fetch_add(1, Relaxed);
         // SAFETY: the caller's layout.
-        let p = unsafe { self.inner.alloc(l) };
+        let p = in_inner(|| unsafe { self.inner.alloc(l) });
         if !p.is_null() {
             remember(p as usize, l);
         }
@@ -210,7 +227,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Strict<A> {
         }
         ALLOCS.fetch_add(1, Relaxed);
         // SAFETY: the caller's layout.
-        let p = unsafe { self.inner.alloc_zeroed(l) };
+        let p = in_inner(|| unsafe { self.inner.alloc_zeroed(l) });
         if !p.is_null() {
             remember(p as usize, l);
         }
@@ -222,7 +239,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Strict<A> {
         // Before `A` can hand the address out again.
         forget(p as usize, l);
         // SAFETY: the caller's block and layout (a mismatch is counted, and the test fails).
-        unsafe { self.inner.dealloc(p, l) }
+        in_inner(|| unsafe { self.inner.dealloc(p, l) })
     }
 
     unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
@@ -233,7 +250,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Strict<A> {
         // Out of the table before `A` may free the address (another thread could be given it).
         let known = forget(p as usize, l);
         // SAFETY: the caller's block, layout and size.
-        let q = unsafe { self.inner.realloc(p, l, n) };
+        let q = in_inner(|| unsafe { self.inner.realloc(p, l, n) });
         if q.is_null() {
             if known {
                 remember(p as usize, l);
