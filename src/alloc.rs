@@ -273,6 +273,8 @@ fn alloc_slow(layout: Layout, call: impl Fn(Layout) -> *mut u8) -> *mut u8 {
     }
     if !p.is_null() {
         THREAD.with(|t| finish_alloc(t, plan, p, size));
+    } else {
+        plan.unsampled();
     }
     p
 }
@@ -301,9 +303,14 @@ impl Plan {
         }
     }
 
+    /// The plan without its sample, whose claim on the live-sample index is given back
+    /// (`sites::claim_sample`).
     fn unsampled(self) -> Plan {
         match self {
-            Plan::Count(Some(_)) => Plan::Count(None),
+            Plan::Count(Some(_)) => {
+                sites::release_claim();
+                Plan::Count(None)
+            }
             p => p,
         }
     }
@@ -330,6 +337,12 @@ fn plan_alloc(t: &ThreadState, layout: Layout) -> Plan {
         // Too large to align further (within a page of `isize::MAX`): no sample this time.
         return Plan::Count(None);
     }
+    // Room to record it, claimed before `A` is asked for the block: a sample that could not be
+    // recorded after it was allocated at a raised alignment would be freed with the caller's.
+    // Without room (the profiler's memory cannot grow) the sample is dropped and counted.
+    if !sites::claim_sample() {
+        return Plan::Count(None);
+    }
     Plan::Count(Some((rate, align)))
 }
 
@@ -350,6 +363,7 @@ fn finish_alloc(t: &ThreadState, plan: Plan, ptr: *mut u8, size: usize) {
         // In a scope, or just after thread init (a fresh countdown does not cover this
         // allocation yet).
         t.set_countdown(c - size as u64);
+        sample.is_some().then(sites::release_claim);
         return;
     }
     // The countdown fell inside this allocation: a fresh one, and a flush (constant time
@@ -440,12 +454,10 @@ unsafe fn realloc_slow<A: GlobalAlloc>(
         }
         return new;
     }
-    let taken = if sampled {
-        take_sample_for_realloc(ptr)
-    } else {
-        None
-    };
-    let old_align = taken.map_or(layout.align(), |l| l.inner_align().max(layout.align()));
+    // The alignment `A` gave the old block, read without taking its sample out: a move takes it
+    // out only once the new block exists, so a failed move leaves it as it was (putting a sample
+    // back could need memory that is not there).
+    let old_align = if sampled { peek_inner_align(ptr) } else { 1 }.max(layout.align());
     // SAFETY: `old_align` is the alignment `A` allocated the block with (a power of two, and the
     // block exists, so its size rounded up to it fits).
     let old_inner = unsafe { Layout::from_size_align_unchecked(layout.size(), old_align) };
@@ -453,34 +465,60 @@ unsafe fn realloc_slow<A: GlobalAlloc>(
     let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
     let plan = THREAD.with(|t| plan_alloc(t, new_layout));
     let new_inner = plan.inner_layout(new_layout);
-    let new = if old_inner == layout && new_inner == new_layout {
+    if old_inner == layout && new_inner == new_layout {
+        // In place: the sample comes out before `A` may free the block (see `dealloc`).
+        let taken = if sampled {
+            take_sample_for_realloc(ptr)
+        } else {
+            None
+        };
         // SAFETY: the caller's guarantees, passed on unchanged.
-        unsafe { inner.realloc(ptr, layout, new_size) }
-    } else {
-        // SAFETY: `new_inner` is the caller's new size with a power-of-two alignment; the old block is valid for `layout.size()` bytes, the new one for `new_size`, they do
-        // not overlap (both live at once), and the old one is freed with the layout `A`
-        // allocated it with.
-        unsafe {
-            let n = inner.alloc(new_inner);
-            if !n.is_null() {
-                core::ptr::copy_nonoverlapping(ptr, n, layout.size().min(new_size));
-                inner.dealloc(ptr, old_inner);
+        let new = unsafe { inner.realloc(ptr, layout, new_size) };
+        if new.is_null() {
+            // The old block is untouched and still the caller's, at the caller's layout: put its
+            // sample back (or lose it, counted, if that needs memory that is not there).
+            if let Some(live) = taken {
+                crate::guard::profiler_scope(|| sites::restore_sample(ptr, live));
             }
-            n
+            plan.unsampled();
+            return new;
         }
-    };
-    if new.is_null() {
-        // The old block is untouched and still the caller's: put its sample back.
-        if let Some(live) = taken {
-            crate::guard::profiler_scope(|| sites::restore_sample(ptr, live));
-        }
+        THREAD.with(|t| {
+            count_free_slow(t, ptr, layout.size(), false);
+            finish_alloc(t, plan, new, new_size);
+        });
         return new;
     }
-    THREAD.with(|t| {
-        count_free_slow(t, ptr, layout.size(), false);
-        finish_alloc(t, plan, new, new_size);
-    });
+    // A move: `A` must see one layout per block.
+    // SAFETY: `new_inner` is the caller's new size with a power-of-two alignment.
+    let new = unsafe { inner.alloc(new_inner) };
+    if new.is_null() {
+        plan.unsampled();
+        return new;
+    }
+    // SAFETY: the old block is valid for `layout.size()` bytes, the new one for `new_size`, and
+    // they do not overlap (both live at once).
+    unsafe { core::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size)) };
+    // The old block's sample out before `A` can hand its address out again, then its free with
+    // the layout `A` allocated it with.
+    THREAD.with(|t| count_free_slow(t, ptr, layout.size(), sampled));
+    // SAFETY: the caller's block, not used after this call, freed with `A`'s layout for it.
+    unsafe { inner.dealloc(ptr, old_inner) };
+    THREAD.with(|t| finish_alloc(t, plan, new, new_size));
     new
+}
+
+/// The alignment the inner allocator gave the sampled block at `ptr`, or 1 when it is not (or
+/// no longer) a sample, or this thread is inside the profiler (which may hold the shard lock).
+#[cold]
+#[inline(never)]
+fn peek_inner_align(ptr: *mut u8) -> usize {
+    THREAD.with(|t| {
+        let Some(_g) = InProfiler::enter(t) else {
+            return 1;
+        };
+        sites::sample_inner_align(ptr).unwrap_or(1)
+    })
 }
 
 #[cold]
@@ -554,6 +592,7 @@ fn take_sample(t: &ThreadState, ptr: *mut u8, size: u64, rate: u64, inner_align:
     // between the plan and here enters it. (The block's raised alignment is recorded below; a
     // sample that were not recorded would be freed with the caller's layout.)
     let Some(_g) = InProfiler::enter(t) else {
+        sites::release_claim();
         return;
     };
     // Zero only the `depth` slots the capture may use, not the whole 2 KiB buffer (most of a

@@ -102,12 +102,28 @@ pub(crate) fn sample_layout_align(rate: u64, size: usize, align: usize) -> usize
 }
 
 /// Counts a new live sample at `ptr`. Call with the lock of `ptr`'s shard ([`shard_of`]) held
-/// (the only writer of its exact set), inside the profiler guard (a rebuild allocates).
-pub(crate) fn raise(ptr: usize) {
+/// (the only writer of its exact set), inside the profiler guard (a rebuild allocates). `false`
+/// (nothing changed) if the set needed to grow and could not; never after [`reserve`] made room.
+pub(crate) fn raise(ptr: usize) -> bool {
     // Before the block is handed out: a thread's memo "this address is not a sample" is only
     // trusted while the epoch it was taken at is current (see `sample_epoch`).
     SAMPLE_EPOCH.fetch_add(1, Relaxed);
-    set_insert(ptr);
+    set_insert(ptr)
+}
+
+/// Makes room in shard `shard`'s set for `n` more addresses without a rebuild (rebuilding now if
+/// needed; the allocation may fail: `false`). Call with that shard's lock held, inside the guard.
+pub(crate) fn reserve(shard: usize, n: usize) -> bool {
+    let l2 = &LEVEL2[shard];
+    let t = l2.current.load(Relaxed);
+    // SAFETY: tables are leaked and only written under the shard lock, held here.
+    let cap = if t.is_null() {
+        0
+    } else {
+        unsafe { &*t }.slots.len()
+    };
+    (l2.used.load(Relaxed) + n) * 4 <= cap * 3
+        || !rebuild(l2, (l2.live.load(Relaxed) + n) * 2).is_null()
 }
 
 /// Bumped by every new sample. A free that found an aligned address not sampled may remember
@@ -139,12 +155,30 @@ const EMPTY: usize = 0;
 const TOMB: usize = usize::MAX;
 
 impl Set {
-    fn new(cap: usize) -> Set {
+    /// A leaked empty set of `cap` slots, or null if the memory cannot be had (the hook must not
+    /// abort).
+    fn try_new(cap: usize) -> *mut Set {
         debug_assert!(cap.is_power_of_two() && cap >= 2);
-        Set {
-            shift: 64 - cap.trailing_zeros(),
-            slots: (0..cap).map(|_| AtomicUsize::new(EMPTY)).collect(),
+        let mut slots = Vec::new();
+        if slots.try_reserve_exact(cap).is_err() {
+            return core::ptr::null_mut();
         }
+        slots.extend((0..cap).map(|_| AtomicUsize::new(EMPTY)));
+        let layout = core::alloc::Layout::new::<Set>();
+        // SAFETY: `Set` has a nonzero size.
+        let p = unsafe { std::alloc::alloc(layout) } as *mut Set;
+        if p.is_null() {
+            return p;
+        }
+        // SAFETY: `p` is a fresh block with `Set`'s layout. `into_boxed_slice` does not
+        // reallocate: the capacity is exactly `cap` (`try_reserve_exact` on an empty vector).
+        unsafe {
+            p.write(Set {
+                shift: 64 - cap.trailing_zeros(),
+                slots: slots.into_boxed_slice(),
+            })
+        };
+        p
     }
 
     #[inline]
@@ -234,7 +268,7 @@ pub(crate) fn is_sampled(ptr: *mut u8) -> bool {
     true
 }
 
-fn set_insert(ptr: usize) {
+fn set_insert(ptr: usize) -> bool {
     let l2 = level2(ptr);
     let live = l2.live.load(Relaxed);
     let mut t = l2.current.load(Relaxed);
@@ -246,7 +280,13 @@ fn set_insert(ptr: usize) {
     };
     // Keep at least a quarter of the slots empty (short probes, and `contains` terminates).
     if (l2.used.load(Relaxed) + 1) * 4 > cap * 3 {
-        t = rebuild(l2, (live + 1) * 2);
+        let bigger = rebuild(l2, (live + 1) * 2);
+        if !bigger.is_null() {
+            t = bigger;
+        } else if t.is_null() || l2.used.load(Relaxed) + 2 > cap {
+            // No memory for a rebuild, and no slot to spare (one must stay empty).
+            return false;
+        }
     }
     // SAFETY: as above.
     let set = unsafe { &*t };
@@ -259,7 +299,7 @@ fn set_insert(ptr: usize) {
             TOMB => {
                 free.get_or_insert(i);
             }
-            v if v == ptr => return,
+            v if v == ptr => return true,
             _ => {}
         }
         i = (i + 1) & mask;
@@ -275,6 +315,7 @@ fn set_insert(ptr: usize) {
     // free happens after that (see `set_check_mask`).
     set.slots[at].store(ptr, Relaxed);
     l2.live.store(live + 1, Relaxed);
+    true
 }
 
 fn set_remove(ptr: usize) {
@@ -302,7 +343,8 @@ fn set_remove(ptr: usize) {
 }
 
 /// Copies the live addresses into a table of at least `min_cap` slots (the spare if it fits,
-/// else a new one), publishes it and keeps the old one as the spare. Shard lock held.
+/// else a new one), publishes it and keeps the old one as the spare. Shard lock held. Null (and
+/// nothing changed) if a new table was needed and its memory could not be had.
 fn rebuild(l2: &Level2, min_cap: usize) -> *mut Set {
     let cap = min_cap.next_power_of_two().max(64);
     let old = l2.current.load(Relaxed);
@@ -311,7 +353,11 @@ fn rebuild(l2: &Level2, min_cap: usize) -> *mut Set {
     let target: *mut Set = if !spare.is_null() && unsafe { &*spare }.slots.len() == cap {
         spare
     } else {
-        Box::into_raw(Box::new(Set::new(cap)))
+        let fresh = Set::try_new(cap);
+        if fresh.is_null() {
+            return fresh;
+        }
+        fresh
     };
     let seq = l2.seq.load(Relaxed);
     l2.seq.store(seq + 1, Relaxed);
@@ -405,7 +451,7 @@ mod tests {
                 sampled[i] = true;
                 // A sample is placed at a 4 KiB boundary (its inner alignment).
                 blocks[i] = 0x7000_0000_0000 + live * 4096;
-                raise(blocks[i]);
+                assert!(raise(blocks[i]));
                 live += 1;
             }
         }

@@ -45,7 +45,7 @@ const fn series<T>(
 }
 
 /// The process-wide series, read from [`crate::stats`].
-pub(crate) const STATS: [Series<Stats>; 10] = [
+pub(crate) const STATS: [Series<Stats>; 12] = [
     series(
         "heapsight_alloc_objects_total",
         Kind::Counter,
@@ -105,6 +105,18 @@ pub(crate) const STATS: [Series<Stats>; 10] = [
         Kind::Gauge,
         "Memory held by the profiler itself.",
         |s| s.profiler_bytes,
+    ),
+    series(
+        "heapsight_lost_samples_total",
+        Kind::Counter,
+        "Samples dropped because the profiler could not allocate memory to record them.",
+        |s| s.lost_samples,
+    ),
+    series(
+        "heapsight_unattributed_samples_total",
+        Kind::Counter,
+        "Samples counted in the frame-less site because the site table could not allocate room for their stack.",
+        |s| s.unattributed_samples,
     ),
 ];
 

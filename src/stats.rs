@@ -41,6 +41,13 @@ pub struct Stats {
     pub thread_slots: u64,
     /// Sampled stacks captured with the DWARF unwinder (fallback or forced).
     pub dwarf_captures: u64,
+    /// Samples dropped because the profiler could not allocate the memory to record them (the
+    /// inner allocator refused the profiler's own allocation). The program's allocation is never
+    /// the one that fails: the sample is what is given up. 0 unless memory ran out.
+    pub lost_samples: u64,
+    /// Samples counted in the frame-less site (as past the site cap) because the site table could
+    /// not allocate room for their stack or bucket. 0 unless memory ran out.
+    pub unattributed_samples: u64,
 }
 
 /// Reads the exact counters. Lock-free, allocation-free, safe to call from any thread at any time.
@@ -80,6 +87,8 @@ pub fn stats() -> Stats {
         profiler_bytes: counters::profiler_bytes(),
         thread_slots: counters::slot_count() as u64,
         dwarf_captures: stack::DWARF_CAPTURES.load(Relaxed),
+        lost_samples: sites::LOST_SAMPLES.load(Relaxed),
+        unattributed_samples: sites::UNATTRIBUTED_SAMPLES.load(Relaxed),
     }
 }
 
