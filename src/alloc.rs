@@ -267,7 +267,8 @@ fn alloc_slow(layout: Layout, call: impl Fn(Layout) -> *mut u8) -> *mut u8 {
     let mut p = call(plan.inner_layout(layout));
     if p.is_null() && plan.inner_layout(layout) != layout {
         // `A` refused the raised alignment: allocate as asked and let this sample go (the next
-        // allocation draws a fresh countdown, so no later one is biased by it).
+        // allocation draws a fresh countdown, so no later one is biased by it), counted as lost.
+        sites::LOST_SAMPLES.fetch_add(1, Relaxed);
         plan = plan.unsampled();
         p = call(layout);
     }

@@ -1458,7 +1458,7 @@ mod tests {
     /// The per-item costs docs/reliability.md states and tests/rel_bounded.rs's bound uses.
     #[test]
     fn entry_sizes() {
-        assert_eq!(core::mem::size_of::<Stack>(), 48);
+        assert_eq!(core::mem::size_of::<Stack>(), 40);
         assert_eq!(core::mem::size_of::<Slot>(), 72);
         assert_eq!(core::mem::size_of::<Live>(), 40);
         assert_eq!(core::mem::size_of::<LifeRow>(), 320);

@@ -130,6 +130,8 @@ pub(crate) fn synthetic() -> HeapProfile {
         profiler_bytes: 65536,
         thread_slots: 2,
         dwarf_captures: 0,
+        lost_samples: 0,
+        unattributed_samples: 0,
     };
     let mut p = HeapProfile {
         time_nanos: 1_700_000_000_123_456_789,
