@@ -45,7 +45,7 @@ const fn series<T>(
 }
 
 /// The process-wide series, read from [`crate::stats`].
-pub(crate) const STATS: [Series<Stats>; 12] = [
+pub(crate) const STATS: [Series<Stats>; 13] = [
     series(
         "heapsight_alloc_objects_total",
         Kind::Counter,
@@ -105,6 +105,12 @@ pub(crate) const STATS: [Series<Stats>; 12] = [
         Kind::Gauge,
         "Memory held by the profiler itself.",
         |s| s.profiler_bytes,
+    ),
+    series(
+        "heapsight_sample_padding_bytes",
+        Kind::Gauge,
+        "Alignment asked of the inner allocator for live sampled blocks (estimated padding; not in profiler_bytes).",
+        |s| s.sample_padding_bytes,
     ),
     series(
         "heapsight_lost_samples_total",

@@ -389,6 +389,18 @@ impl Live {
         1 << self.inner_align_log2
     }
 
+    /// What its raised alignment may cost in the inner allocator, as [`SAMPLE_PADDING`] counts
+    /// it: the alignment asked, for a block under `filter::LARGE` raised above 16 bytes (what
+    /// every allocator gives unasked); 0 otherwise.
+    fn padding(&self) -> u64 {
+        let align = self.inner_align() as u64;
+        if self.size < crate::filter::LARGE as u64 && align > 16 {
+            align
+        } else {
+            0
+        }
+    }
+
     /// The class that bounds the free side's address check: a large block is recognised by its
     /// size (`filter::LARGE`), whatever its alignment, so it does not lower the check.
     fn align_class(&self) -> usize {
@@ -913,6 +925,7 @@ impl Table {
         let (o, b) = OverflowSums::fixed(live.size, live.rate);
         self.inuse_fx += b;
         self.live += 1;
+        SAMPLE_PADDING.fetch_add(live.padding(), Relaxed);
         // Before the block is handed (back) to the program: its free must pass the check.
         self.live_by_align[live.align_class()] += 1;
         self.publish_check_mask();
@@ -975,6 +988,7 @@ impl Table {
         let (o, b) = OverflowSums::fixed(live.size, live.rate);
         self.inuse_fx -= b;
         self.live -= 1;
+        SAMPLE_PADDING.fetch_sub(live.padding(), Relaxed);
         let class = &mut self.live_by_align[live.align_class()];
         *class = class.saturating_sub(1);
         self.publish_check_mask();
@@ -1055,6 +1069,14 @@ fn shard_of(ptr: usize) -> usize {
 
 /// Raw sample count, readable without the lock.
 pub(crate) static SAMPLES: AtomicU64 = AtomicU64::new(0);
+
+/// The alignment asked of the inner allocator for the live sampled blocks it raised (see
+/// `Live::padding`): an estimate of the padding those blocks cost beyond their size, which the
+/// inner allocator spends and no counter sees. Measured per allocator in
+/// `dev/examples/align_cost.rs` (docs/reliability.md): from a twentieth of it (glibc, whose
+/// alignment gap is reused by smaller blocks) to nearly twice it (mimalloc, 24-byte blocks,
+/// rounded up to a larger size class).
+pub(crate) static SAMPLE_PADDING: AtomicU64 = AtomicU64::new(0);
 
 /// Samples dropped for lack of memory: not taken (no room in the live-sample index; see
 /// [`claim_sample`]), or a failed `realloc`'s sample that could not be put back.

@@ -159,7 +159,7 @@ fn run(rate: u64, n: u64, ops: u64) -> Result<(), String> {
     let lost = after.lost_samples - before.lost_samples;
     let unattributed = after.unattributed_samples - before.unattributed_samples;
     println!(
-        "  (rate {rate}, every {n}th inner call fails: {} failures injected, the program saw {} \
+        "  (rate {rate}, one in {n} inner calls fails: {} failures injected, the program saw {} \
          refusals; {} samples, {lost} lost, {unattributed} unattributed)",
         injected,
         ta.refused + tb.refused,
@@ -205,16 +205,48 @@ fn run(rate: u64, n: u64, ops: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// `Stats::sample_padding_bytes` is the alignment asked for every live raised sample, against
+/// `Strict`'s own count of blocks it was asked for at 4 KiB alignment; back to its start once
+/// they are freed.
+fn padding_follows_the_raised_samples() -> Result<(), String> {
+    heapsight::set_sample_rate(512 * 1024);
+    let layout = Layout::from_size_align(24, 8).unwrap();
+    let mut blocks: Vec<*mut u8> = Vec::with_capacity(1 << 20);
+    let pad0 = heapsight::stats().sample_padding_bytes;
+    let raised0 = strict::allocs_aligned_at_least(4096);
+    for _ in 0..blocks.capacity() {
+        // SAFETY: a nonzero size.
+        let p = unsafe { GLOBAL.alloc(layout) };
+        assert!(!p.is_null());
+        blocks.push(p);
+    }
+    let raised = strict::allocs_aligned_at_least(4096) - raised0;
+    let pad = heapsight::stats().sample_padding_bytes - pad0;
+    for &p in &blocks {
+        // SAFETY: allocated above with `layout`.
+        unsafe { GLOBAL.dealloc(p, layout) };
+    }
+    let after = heapsight::stats().sample_padding_bytes;
+    println!("  ({raised} raised samples live: sample_padding_bytes +{pad})");
+    if raised == 0 || pad != 4096 * raised || after != pad0 {
+        return Err(format!(
+            "{raised} blocks raised to 4 KiB, padding +{pad}; after the frees {after} (was {pad0})"
+        ));
+    }
+    Ok(())
+}
+
 fn main() {
     support::watchdog(600, "rel_fallible");
     let mut r = support::Runner::new();
+    r.check_ok("padding_follows_the_raised_samples", padding_follows_the_raised_samples);
     for n in [2, 3, 7, 61] {
-        r.check_ok(&format!("rate_1_every_{n}th_inner_call_fails"), || {
+        r.check_ok(&format!("rate_1_one_in_{n}_inner_calls_fails"), || {
             run(1, n, 20_000)
         });
     }
     for n in [2, 7] {
-        r.check_ok(&format!("default_rate_every_{n}th_inner_call_fails"), || {
+        r.check_ok(&format!("default_rate_one_in_{n}_inner_calls_fails"), || {
             run(512 * 1024, n, 200_000)
         });
     }

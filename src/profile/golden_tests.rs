@@ -130,6 +130,7 @@ pub(crate) fn synthetic() -> HeapProfile {
         profiler_bytes: 65536,
         thread_slots: 2,
         dwarf_captures: 0,
+        sample_padding_bytes: 0,
         lost_samples: 0,
         unattributed_samples: 0,
     };
