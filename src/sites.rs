@@ -32,7 +32,8 @@
 //!   taken out, under the address's shard lock; a free consults it (and its exact, lock-free
 //!   second level) before it takes a shard lock.
 //! * **Lifetimes**: a stack gets a row of [`LIFE_BINS`] half-octave counters at its first sampled
-//!   free; freeing a sampled block adds one to the bin of its age (allocation to free, from
+//!   free (from room reserved when the stack was interned, so a free never allocates); freeing a
+//!   sampled block adds one to the bin of its age (allocation to free, from
 //!   `Live::born_ns`). A free only increments a counter: no unbounded log, nothing lost between
 //!   two dumps. Cost: 320 bytes per stack that had a sampled free, bounded by the stacks.
 //! * **Peak**: the table keeps the sampled in-use byte estimate (fixed point) and, when a new
@@ -43,7 +44,9 @@
 //!   reclaimed until the next capture, so the peak keeps its frames.
 //!
 //! All memory here is allocated inside the profiler guard, so it comes from the inner allocator,
-//! is never sampled, and is counted as the profiler's own in `Stats::profiler_bytes`.
+//! is never sampled, and is counted as the profiler's own in `Stats::profiler_bytes`. None of it
+//! may abort the program: every growth is fallible, a sample is claimed before its block is
+//! allocated, and frees never allocate (see [`Table`] and [`claim_sample`]).
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
@@ -171,7 +174,11 @@ impl Drop for Frames {
         // SAFETY: the block is live while `self` holds a reference.
         let head = unsafe { self.0.as_ref() };
         // Release/Acquire as `Arc`: every use of the addresses happens before the free.
-        if head.refs.fetch_sub(1, core::sync::atomic::Ordering::Release) != 1 {
+        if head
+            .refs
+            .fetch_sub(1, core::sync::atomic::Ordering::Release)
+            != 1
+        {
             return;
         }
         core::sync::atomic::fence(core::sync::atomic::Ordering::Acquire);
@@ -1157,7 +1164,8 @@ fn make_room() -> bool {
             return false;
         }
     }
-    ROOM.compare_exchange(seen, seen | 1, SeqCst, SeqCst).is_ok()
+    ROOM.compare_exchange(seen, seen | 1, SeqCst, SeqCst)
+        .is_ok()
 }
 
 /// Room for [`SAMPLE_HEADROOM`] more samples in shard `i` (its lock held): its map and its exact

@@ -44,10 +44,7 @@ const ENTRY_FRAMES: u64 = 24;
 fn profiler_bytes_bound(sites: u64, depth: u64, buckets: u64, live: u64, slots: u64) -> u64 {
     let table = |n: u64, t: u64| (2 * n * 8).div_ceil(7).max(4) * (t + 1) + 16;
     let vec = |n: u64, t: u64| 2 * n.max(4) * t;
-    let stacks = 2 * sites * (16 + 8 * depth)
-        + vec(sites, 40)
-        + table(sites, 16)
-        + vec(sites, 320);
+    let stacks = 2 * sites * (16 + 8 * depth) + vec(sites, 40) + table(sites, 16) + vec(sites, 320);
     let buckets = vec(buckets, 72) + table(buckets, 32) + vec(buckets, 56);
     let live = table(live + 16, 48) + 32 * (table(16, 48) + 2 * (64 * 8 + 24));
     let cache = table(sites, 48) + sites * (16 + 24 * depth) + table(sites, 16);

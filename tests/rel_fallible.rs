@@ -17,9 +17,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 
 use heapsight::HeapSight;
 
-mod support;
 #[path = "support/strict.rs"]
 mod strict;
+mod support;
 use strict::Strict;
 use support::{exact, on_distinct_stack, Rng};
 
@@ -152,7 +152,10 @@ fn run(rate: u64, n: u64, ops: u64) -> Result<(), String> {
     }
     strict::fail_every(0);
     let (ta, tb) = (a.join(), b.join());
-    let (ta, tb) = (ta.map_err(|_| "thread a panicked")?, tb.map_err(|_| "thread b panicked")?);
+    let (ta, tb) = (
+        ta.map_err(|_| "thread a panicked")?,
+        tb.map_err(|_| "thread b panicked")?,
+    );
     let after = heapsight::stats();
     let now = exact();
     let injected = strict::totals().injected - injected0;
@@ -239,16 +242,20 @@ fn padding_follows_the_raised_samples() -> Result<(), String> {
 fn main() {
     support::watchdog(600, "rel_fallible");
     let mut r = support::Runner::new();
-    r.check_ok("padding_follows_the_raised_samples", padding_follows_the_raised_samples);
+    r.check_ok(
+        "padding_follows_the_raised_samples",
+        padding_follows_the_raised_samples,
+    );
     for n in [2, 3, 7, 61] {
         r.check_ok(&format!("rate_1_one_in_{n}_inner_calls_fails"), || {
             run(1, n, 20_000)
         });
     }
     for n in [2, 7] {
-        r.check_ok(&format!("default_rate_one_in_{n}_inner_calls_fails"), || {
-            run(512 * 1024, n, 200_000)
-        });
+        r.check_ok(
+            &format!("default_rate_one_in_{n}_inner_calls_fails"),
+            || run(512 * 1024, n, 200_000),
+        );
     }
     r.finish();
 }

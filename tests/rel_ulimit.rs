@@ -19,9 +19,9 @@ use std::alloc::{GlobalAlloc, Layout};
 
 use heapsight::HeapSight;
 
-mod support;
 #[path = "support/strict.rs"]
 mod strict;
+mod support;
 use strict::Strict;
 use support::{exact, on_distinct_stack};
 
@@ -104,12 +104,19 @@ fn child() {
         (base.inuse_objects, base.inuse_bytes),
         "in-use drifted"
     );
-    assert_eq!(now.alloc_objects - base.alloc_objects, allocs, "allocations");
+    assert_eq!(
+        now.alloc_objects - base.alloc_objects,
+        allocs,
+        "allocations"
+    );
     assert_eq!(now.free_objects - base.free_objects, frees, "frees");
     drop(on_stacks);
     drop(filler);
     strict::assert_clean();
-    assert!(refused > 0, "the limit was never reached: the test proves nothing");
+    assert!(
+        refused > 0,
+        "the limit was never reached: the test proves nothing"
+    );
     let after = heapsight::stats();
     assert!(
         after.lost_samples + after.unattributed_samples
@@ -146,7 +153,10 @@ fn main() {
                 out.status
             ));
         }
-        println!("  ({})", stdout.trim().trim_start_matches("ulimit child: ok: "));
+        println!(
+            "  ({})",
+            stdout.trim().trim_start_matches("ulimit child: ok: ")
+        );
         Ok(())
     });
     r.finish();

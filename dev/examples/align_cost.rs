@@ -100,7 +100,12 @@ static GLOBAL: HeapSight<Switch> = HeapSight::new(Switch);
 fn rss_anon() -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap();
     let line = s.lines().find(|l| l.starts_with("RssAnon:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
 }
 
 /// The child: keeps `live` bytes of `size`-byte blocks alive at `rate`, prints
@@ -142,7 +147,11 @@ fn run(inner: &str, size: usize, live: usize, rate: u64) -> (u64, i64, i64) {
         .env("ALIGN_COST_INNER", inner)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let s = String::from_utf8(out.stdout).unwrap();
     let v: Vec<i64> = s.split_whitespace().map(|x| x.parse().unwrap()).collect();
     (v[0] as u64, v[1], v[2])
