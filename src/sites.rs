@@ -1264,13 +1264,20 @@ pub(crate) fn record_sample(
         t.count_in(live, true)
     });
     // The table was made before the claim was given (`make_room`), so it is there.
-    let recorded = live.is_some_and(|live| {
+    insert_claimed(ptr, live);
+}
+
+/// Puts a sample counted in the table (`None`: not counted, no table) into its shard under the
+/// caller's claim, and gives the claim back. If it cannot go in (no room after all) it is
+/// counted out again and lost.
+fn insert_claimed(ptr: *mut u8, live: Option<Live>) {
+    let kept = live.is_some_and(|live| {
         insert_live(ptr as usize, live) || {
             with_table(|t| t.count_out(&live, None));
             false
         }
     });
-    if !recorded {
+    if !kept {
         LOST_SAMPLES.fetch_add(1, Relaxed);
     }
     release_claim();
@@ -1307,16 +1314,7 @@ pub(crate) fn restore_sample(ptr: *mut u8, live: Live) {
         LOST_SAMPLES.fetch_add(1, Relaxed);
         return;
     }
-    let restored = with_table(|t| t.count_in(live, false)).is_some_and(|live| {
-        insert_live(ptr as usize, live) || {
-            with_table(|t| t.count_out(&live, None));
-            false
-        }
-    });
-    if !restored {
-        LOST_SAMPLES.fetch_add(1, Relaxed);
-    }
-    release_claim();
+    insert_claimed(ptr, with_table(|t| t.count_in(live, false)));
 }
 
 /// The lock boundary: copies what a profile needs and releases the lock. Stacks are immutable
