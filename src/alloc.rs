@@ -290,7 +290,8 @@ fn alloc_slow<A: GlobalAlloc>(
     let mut p = call(plan.inner_layout(layout));
     if p.is_null() && plan.inner_layout(layout) != layout {
         // `A` refused the raised alignment: allocate as asked and let this sample go (the next
-        // countdown is drawn already, so no later allocation is biased by it).
+        // countdown is drawn already, so no later allocation is biased by it), counted as lost.
+        sites::LOST_SAMPLES.fetch_add(1, Relaxed);
         plan = plan.unsampled();
         p = call(layout);
     }
@@ -833,6 +834,7 @@ fn take_sample(t: &ThreadState, ptr: *mut u8, size: u64, rate: u64, inner_align:
         core::slice::from_raw_parts_mut(p, depth)
     };
     let n = stack::capture(buf, (t.stack_lo.get(), t.stack_hi.get()));
+    // `false`: the profiler's memory could not grow to record it (counted as lost).
     sites::record_sample(
         &buf[..n],
         ptr,
@@ -841,8 +843,7 @@ fn take_sample(t: &ThreadState, ptr: *mut u8, size: u64, rate: u64, inner_align:
         t.tag.get(),
         clock::now_ns(),
         inner_align,
-    );
-    true
+    )
 }
 
 #[cfg(test)]

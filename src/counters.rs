@@ -235,8 +235,9 @@ fn for_each_slot(mut f: impl FnMut(&'static Slot)) {
 }
 
 /// Takes a free slot, or creates one. Must run inside the profiler guard: a new slot is
-/// allocated through the global allocator, which then forwards it uncounted.
-pub(crate) fn acquire_slot() -> &'static Slot {
+/// allocated through the global allocator, which then forwards it uncounted. `None` when that
+/// allocation fails (the thread is then counted in the shared fallback, exactly).
+pub(crate) fn acquire_slot() -> Option<&'static Slot> {
     debug_assert!(crate::guard::in_profiler());
     let mut found: Option<&'static Slot> = None;
     for_each_slot(|s| {
@@ -248,17 +249,27 @@ pub(crate) fn acquire_slot() -> &'static Slot {
             found = Some(s);
         }
     });
-    if let Some(s) = found {
-        return s;
+    if found.is_some() {
+        return found;
     }
-    let s: &'static Slot = Box::leak(Box::new(Slot::new()));
+    // Not `Box::new`, which aborts when the allocation fails.
+    // SAFETY: `Slot` has a nonzero size.
+    let p = unsafe { std::alloc::alloc(core::alloc::Layout::new::<Slot>()) } as *mut Slot;
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: a fresh block with `Slot`'s layout, never freed (slots are leaked).
+    let s: &'static Slot = unsafe {
+        p.write(Slot::new());
+        &*p
+    };
     s.owned.store(true, Relaxed);
     SLOT_COUNT.fetch_add(1, Relaxed);
     let mut head = SLOTS.load(Relaxed);
     loop {
         s.next.store(head, Relaxed);
         match SLOTS.compare_exchange_weak(head, s as *const Slot as *mut Slot, Release, Relaxed) {
-            Ok(_) => return s,
+            Ok(_) => return Some(s),
             Err(h) => head = h,
         }
     }
@@ -386,22 +397,29 @@ pub(crate) fn end_scope(own: &Slot, enclosing: i64) {
 
 /// Makes sure the slot has its per-tag totals block. Only the owner calls this; allocates (inside
 /// the profiler guard) the first time only.
-fn tag_counts(own: &Slot) -> &'static TagCounts {
+/// `None` if the block cannot be allocated (then the interval being closed is not credited to
+/// its tag; nothing aborts).
+fn tag_counts(own: &Slot) -> Option<&'static TagCounts> {
     let p = own.tags.load(Acquire);
     if !p.is_null() {
         // SAFETY: a non-null `tags` was leaked by the code below and is never freed.
-        return unsafe { &*p };
+        return Some(unsafe { &*p });
     }
-    let block: &'static TagCounts = crate::guard::profiler_scope(|| {
-        Box::leak(Box::new(TagCounts {
-            objects: [const { AtomicU64::new(0) }; MAX_TAGS],
-            bytes: [const { AtomicU64::new(0) }; MAX_TAGS],
-        }))
-    });
+    // Zeroed memory is a valid `TagCounts` (atomics of 0); not `Box::new`, which aborts when the
+    // allocation fails.
+    let p = crate::guard::profiler_scope(|| {
+        // SAFETY: `TagCounts` has a nonzero size.
+        unsafe { std::alloc::alloc_zeroed(core::alloc::Layout::new::<TagCounts>()) }
+    }) as *mut TagCounts;
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: a fresh zeroed block with `TagCounts`'s layout, leaked (never freed).
+    let block: &'static TagCounts = unsafe { &*p };
     // Release: a reader that sees the pointer sees the zeroed block.
     own.tags
         .store(block as *const TagCounts as *mut TagCounts, Release);
-    block
+    Some(block)
 }
 
 /// Closes the slot's open tag interval (crediting it to its tag) and opens one for `tag`.
@@ -413,7 +431,7 @@ pub(crate) fn switch_tag(own: &Slot, tag: u32) {
     }
     debug_assert!((tag as usize) < MAX_TAGS);
     let counts = if old != 0 || tag != 0 {
-        Some(tag_counts(own))
+        tag_counts(own)
     } else {
         None
     };

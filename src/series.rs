@@ -45,7 +45,7 @@ const fn series<T>(
 }
 
 /// The process-wide series, read from [`crate::stats`].
-pub(crate) const STATS: [Series<Stats>; 11] = [
+pub(crate) const STATS: [Series<Stats>; 14] = [
     series(
         "heapsight_alloc_objects_total",
         Kind::Counter,
@@ -111,6 +111,24 @@ pub(crate) const STATS: [Series<Stats>; 11] = [
         Kind::Counter,
         "Tag interning refused because the tag table was full, each attempt (allocations then count under <overflow>).",
         |s| s.tag_names_refused,
+    ),
+    series(
+        "heapsight_sample_padding_bytes",
+        Kind::Gauge,
+        "Alignment asked of the inner allocator for live sampled blocks (estimated padding; not in profiler_bytes).",
+        |s| s.sample_padding_bytes,
+    ),
+    series(
+        "heapsight_lost_samples_total",
+        Kind::Counter,
+        "Samples dropped because the profiler could not allocate memory to record them.",
+        |s| s.lost_samples,
+    ),
+    series(
+        "heapsight_unattributed_samples_total",
+        Kind::Counter,
+        "Samples counted in the frame-less site because the site table could not allocate room for their stack.",
+        |s| s.unattributed_samples,
     ),
 ];
 

@@ -32,7 +32,8 @@
 //!   taken out, under the address's shard lock; a free consults it (and its exact, lock-free
 //!   second level) before it takes a shard lock.
 //! * **Lifetimes**: a stack gets a row of [`LIFE_BINS`] half-octave counters at its first sampled
-//!   free; freeing a sampled block adds one to the bin of its age (allocation to free, from
+//!   free (from room reserved when the stack was interned, so a free never allocates); freeing a
+//!   sampled block adds one to the bin of its age (allocation to free, from
 //!   `Live::born_ns`). A free only increments a counter: no unbounded log, nothing lost between
 //!   two dumps. Cost: 320 bytes per stack that had a sampled free, bounded by the stacks.
 //! * **Peak**: the table keeps the sampled in-use byte estimate (fixed point) and, when a new
@@ -43,11 +44,13 @@
 //!   reclaimed until the next capture, so the peak keeps its frames.
 //!
 //! All memory here is allocated inside the profiler guard, so it comes from the inner allocator,
-//! is never sampled, and is counted as the profiler's own in `Stats::profiler_bytes`.
+//! is never sampled, and is counted as the profiler's own in `Stats::profiler_bytes`. None of it
+//! may abort the program: every growth is fallible, a sample that cannot be recorded is lost
+//! (counted; the hook then moves its block off the raised alignment, see `alloc::unrecorded`),
+//! and frees never allocate (see [`Table`]).
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
 
 use crate::config::DEFAULT_MAX_SITES;
 use crate::sampler;
@@ -94,6 +97,105 @@ impl Hasher for Fx {
     }
 }
 pub(crate) type FxBuild = BuildHasherDefault<Fx>;
+
+/// A stack's return addresses, shared by the table and the snapshots that copy it: an
+/// `Arc<[usize]>` whose allocation can fail. `std`'s `Arc` has no fallible constructor on stable
+/// Rust, and a failed allocation inside the hook must drop the stack, not abort the program (see
+/// [`Frames::try_new`]). One block: a reference count, the length, then the addresses (16 + 8n
+/// bytes, as `Arc<[usize]>`).
+pub(crate) struct Frames(core::ptr::NonNull<FramesHead>);
+
+#[repr(C)]
+pub(crate) struct FramesHead {
+    refs: AtomicUsize,
+    len: usize,
+}
+
+// SAFETY: the addresses are immutable after construction and the count is atomic, as `Arc`.
+unsafe impl Send for Frames {}
+// SAFETY: as above.
+unsafe impl Sync for Frames {}
+
+impl Frames {
+    fn layout(len: usize) -> Option<core::alloc::Layout> {
+        let (l, _) = core::alloc::Layout::new::<FramesHead>()
+            .extend(core::alloc::Layout::array::<usize>(len).ok()?)
+            .ok()?;
+        Some(l.pad_to_align())
+    }
+
+    /// A copy of `frames`, or `None` if the global allocator cannot give the block.
+    pub(crate) fn try_new(frames: &[usize]) -> Option<Frames> {
+        let layout = Self::layout(frames.len())?;
+        // SAFETY: the layout has a nonzero size (the header).
+        let p = unsafe { std::alloc::alloc(layout) } as *mut FramesHead;
+        let p = core::ptr::NonNull::new(p)?;
+        // SAFETY: `p` is a fresh block of `layout`: the header, then room for `frames.len()`
+        // usizes at offset `size_of::<FramesHead>()` (16, a multiple of usize's alignment).
+        unsafe {
+            p.as_ptr().write(FramesHead {
+                refs: AtomicUsize::new(1),
+                len: frames.len(),
+            });
+            core::ptr::copy_nonoverlapping(frames.as_ptr(), Self::data(p), frames.len());
+        }
+        Some(Frames(p))
+    }
+
+    fn data(p: core::ptr::NonNull<FramesHead>) -> *mut usize {
+        // SAFETY: the addresses follow the header inside the same block.
+        unsafe { (p.as_ptr() as *mut u8).add(core::mem::size_of::<FramesHead>()) as *mut usize }
+    }
+
+    /// Whether both are the same block (the snapshot's cache key).
+    pub(crate) fn ptr_eq(a: &Frames, b: &Frames) -> bool {
+        a.0 == b.0
+    }
+}
+
+impl core::ops::Deref for Frames {
+    type Target = [usize];
+    fn deref(&self) -> &[usize] {
+        // SAFETY: the block stays allocated while this reference exists; `len` addresses were
+        // written at construction and never change.
+        unsafe { core::slice::from_raw_parts(Self::data(self.0), self.0.as_ref().len) }
+    }
+}
+
+impl Clone for Frames {
+    fn clone(&self) -> Frames {
+        // SAFETY: the block is live while `self` holds a reference. Relaxed, as `Arc::clone`.
+        unsafe { self.0.as_ref() }.refs.fetch_add(1, Relaxed);
+        Frames(self.0)
+    }
+}
+
+impl Drop for Frames {
+    fn drop(&mut self) {
+        // SAFETY: the block is live while `self` holds a reference.
+        let head = unsafe { self.0.as_ref() };
+        // Release/Acquire as `Arc`: every use of the addresses happens before the free.
+        if head
+            .refs
+            .fetch_sub(1, core::sync::atomic::Ordering::Release)
+            != 1
+        {
+            return;
+        }
+        core::sync::atomic::fence(core::sync::atomic::Ordering::Acquire);
+        let len = head.len;
+        if let Some(layout) = Self::layout(len) {
+            // SAFETY: the last reference: allocated in `try_new` with this very layout.
+            unsafe { std::alloc::dealloc(self.0.as_ptr() as *mut u8, layout) }
+        }
+    }
+}
+
+impl core::fmt::Debug for Frames {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        (**self).fmt(f)
+    }
+}
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub(crate) struct BucketKey {
@@ -295,6 +397,18 @@ impl Live {
         1 << self.inner_align_log2
     }
 
+    /// What its raised alignment may cost in the inner allocator, as [`SAMPLE_PADDING`] counts
+    /// it: the alignment asked, for a block under `filter::LARGE` raised above 16 bytes (what
+    /// every allocator gives unasked); 0 otherwise.
+    fn padding(&self) -> u64 {
+        let align = self.inner_align() as u64;
+        if self.size < crate::filter::LARGE as u64 && align > 16 {
+            align
+        } else {
+            0
+        }
+    }
+
     /// The class that bounds the free side's address check: a large block is recognised by its
     /// size (`filter::LARGE`), whatever its alignment, so it does not lower the check.
     fn align_class(&self) -> usize {
@@ -346,7 +460,7 @@ pub(crate) struct Peak {
     /// Buckets at the peak of stacks reclaimed since, that had samples live at the peak: their
     /// frames and counts at the peak, so the peak profile still attributes them. Emptied at
     /// the first reclamation after the next capture (see [`Table::retire_for_peak`]).
-    retired: Vec<(Arc<[usize]>, BucketKey, u64, u64)>,
+    retired: Vec<(Frames, BucketKey, u64, u64)>,
     /// The epoch `retired` belongs to.
     retired_epoch: u32,
 }
@@ -356,7 +470,7 @@ const PEAK_STEP: f64 = 1.1;
 
 /// An interned stack (or a free id, `frames == None`).
 struct Stack {
-    frames: Option<Arc<[usize]>>,
+    frames: Option<Frames>,
     /// [`frames_hash`] of the frames, and the next stack with the same hash (`NONE`-terminated).
     hash: u64,
     same_hash: u32,
@@ -374,9 +488,9 @@ struct Stack {
 
 impl Stack {
     /// A stack with no samples, buckets or lifetime row, in no list.
-    fn unlinked(frames: &[usize], hash: u64) -> Stack {
+    fn unlinked(frames: Option<Frames>, hash: u64) -> Stack {
         Stack {
-            frames: Some(Arc::from(frames)),
+            frames,
             hash,
             same_hash: NONE,
             live: 0,
@@ -388,9 +502,19 @@ impl Stack {
     }
 }
 
+/// # Never an allocation that cannot fail
+///
+/// Every allocation here runs inside the hook (a sampled allocation, or a free of a sampled
+/// block), so none may abort the program when the inner allocator says no: each growth is a
+/// `try_reserve` made before anything changes, and a stack or bucket that gets no room sends its
+/// sample to the frame-less site ([`UNATTRIBUTED_SAMPLES`]). Frees never allocate: freed stacks
+/// and lifetime rows are chained through themselves, and a lifetime row, created at a stack's
+/// first sampled free, comes out of capacity reserved when the stack was interned
+/// (`row_claims`).
 struct Table {
     stacks: Vec<Stack>,
-    free_stacks: Vec<u32>,
+    /// Free stack ids, chained through `Stack::next` (`NONE`-terminated).
+    free_stacks: u32,
     /// Interned stacks, not counting the overflow stack.
     stacks_used: usize,
     /// Frames hash -> first stack with that hash (then `Stack::same_hash`). Keyed by a hash
@@ -405,7 +529,13 @@ struct Table {
     bucket_index: HashMap<BucketKey, u32, FxBuild>,
     overflow_sums: OverflowSums,
     rows: Vec<LifeRow>,
-    free_rows: Vec<u32>,
+    /// Free rows, chained through their first cell (`NONE`-terminated), and how many.
+    free_rows: u32,
+    free_row_count: usize,
+    /// Stacks (the frame-less one included) without a row yet. Invariant: `rows` has room for a
+    /// row for each without allocating (`capacity - len + free_row_count >= row_claims`), so the
+    /// first sampled free of a stack never allocates.
+    row_claims: usize,
     /// Samples counted in and not yet out, and the most there ever were.
     live: usize,
     live_high: usize,
@@ -423,11 +553,18 @@ struct Table {
 }
 
 impl Table {
-    fn new() -> Self {
-        Table {
-            // Stack 0 is the frame-less pseudo-site.
-            stacks: vec![Stack::unlinked(&[], 0)],
-            free_stacks: Vec::new(),
+    /// An empty table, or `None` if its first allocations fail.
+    fn try_new() -> Option<Self> {
+        let mut stacks = Vec::new();
+        stacks.try_reserve(1).ok()?;
+        // Stack 0 is the frame-less pseudo-site.
+        stacks.push(Stack::unlinked(Some(Frames::try_new(&[])?), 0));
+        let mut rows = Vec::new();
+        // Its lifetime row's room (see `row_claims`).
+        rows.try_reserve(1).ok()?;
+        Some(Table {
+            stacks,
+            free_stacks: NONE,
             stacks_used: 0,
             stack_index: HashMap::default(),
             lru_head: NONE,
@@ -437,8 +574,10 @@ impl Table {
             buckets_used: 0,
             bucket_index: HashMap::default(),
             overflow_sums: OverflowSums::default(),
-            rows: Vec::new(),
-            free_rows: Vec::new(),
+            rows,
+            free_rows: NONE,
+            free_row_count: 0,
+            row_claims: 1,
             live: 0,
             live_high: 0,
             live_by_align: [0; ALIGN_CLASSES],
@@ -448,7 +587,20 @@ impl Table {
             inuse_fx: 0,
             epoch: 0,
             peak: Peak::default(),
+        })
+    }
+
+    /// Makes room for one more stack's lifetime row (see `row_claims`); `false` if it cannot.
+    fn claim_row(&mut self) -> bool {
+        let spare = self.rows.capacity() - self.rows.len() + self.free_row_count;
+        if spare <= self.row_claims {
+            let more = self.row_claims + 1 - self.free_row_count;
+            if self.rows.try_reserve(more).is_err() {
+                return false;
+            }
         }
+        self.row_claims += 1;
+        true
     }
 
     fn lru_unlink(&mut self, s: u32) {
@@ -519,16 +671,29 @@ impl Table {
                 return OVERFLOW_STACK;
             }
         }
-        let stack = Stack::unlinked(frames, hash);
-        let id = match self.free_stacks.pop() {
-            Some(id) => {
-                self.stacks[id as usize] = stack;
-                id
-            }
-            None => {
-                self.stacks.push(stack);
-                (self.stacks.len() - 1) as u32
-            }
+        // Room for everything a new stack takes, before anything changes; without it the sample
+        // goes to the frame-less site.
+        let room = self.free_stacks != NONE || self.stacks.try_reserve(1).is_ok();
+        let copy = if room && self.stack_index.try_reserve(1).is_ok() {
+            Frames::try_new(frames)
+        } else {
+            None
+        };
+        let Some(copy) = copy else {
+            return unattributed(OVERFLOW_STACK);
+        };
+        if !self.claim_row() {
+            return unattributed(OVERFLOW_STACK);
+        }
+        let stack = Stack::unlinked(Some(copy), hash);
+        let id = if self.free_stacks != NONE {
+            let id = self.free_stacks;
+            self.free_stacks = self.stacks[id as usize].next;
+            self.stacks[id as usize] = stack;
+            id
+        } else {
+            self.stacks.push(stack);
+            (self.stacks.len() - 1) as u32
         };
         if let Some(next) = self.stack_index.insert(hash, id) {
             self.stacks[id as usize].same_hash = next;
@@ -582,10 +747,8 @@ impl Table {
     /// Its counts at the last peak move there too, unless some of its samples were live at the
     /// peak: then they keep their frames in [`Peak::retired`].
     fn reclaim(&mut self, s: u32) {
-        let keep_for_peak = self.live_at_peak(s);
-        if keep_for_peak {
-            self.retire_for_peak(s);
-        }
+        // When the list cannot grow, the stack's counts at the peak go to the frame-less site.
+        let keep_for_peak = self.live_at_peak(s) && self.retire_for_peak(s);
         let mut b = self.stacks[s as usize].buckets;
         while b != NONE {
             let slot = &mut self.buckets[b as usize];
@@ -607,21 +770,29 @@ impl Table {
         }
         let row = self.stacks[s as usize].row;
         if row != NONE {
-            let old = core::mem::replace(&mut self.rows[row as usize], [0; LIFE_BINS]);
+            let mut old = core::mem::replace(&mut self.rows[row as usize], [0; LIFE_BINS]);
             let into = self.row_of(OVERFLOW_STACK);
             for (i, o) in into.iter_mut().zip(old) {
                 *i = i.saturating_add(o);
             }
-            self.free_rows.push(row);
+            old = [0; LIFE_BINS];
+            old[0] = self.free_rows;
+            self.rows[row as usize] = old;
+            self.free_rows = row;
+            self.free_row_count += 1;
+        } else {
+            self.row_claims -= 1;
         }
         self.lru_unlink(s);
+        let free_head = self.free_stacks;
         let st = &mut self.stacks[s as usize];
         drop(st.frames.take());
         st.buckets = NONE;
         st.row = NONE;
+        st.next = free_head;
         let (hash, next) = (st.hash, st.same_hash);
         self.unindex(s, hash, next);
-        self.free_stacks.push(s);
+        self.free_stacks = s;
         self.stacks_used -= 1;
         self.reclaimed_stacks += 1;
     }
@@ -653,14 +824,24 @@ impl Table {
     /// Keeps stack `s`'s frames and counts at the last peak in [`Peak::retired`]. Entries of an
     /// earlier epoch are dropped first: the list holds only stacks retired since the last capture,
     /// at most the buckets that existed at it (each pushed once, so clearing is amortised O(1)).
-    fn retire_for_peak(&mut self, s: u32) {
+    /// `false` (nothing kept) when the list cannot grow.
+    fn retire_for_peak(&mut self, s: u32) -> bool {
         if self.peak.retired_epoch != self.epoch {
             self.peak.retired.clear();
             self.peak.retired_epoch = self.epoch;
         }
         let Some(frames) = self.stacks[s as usize].frames.clone() else {
-            return;
+            return false;
         };
+        let mut n = 0;
+        let mut b = self.stacks[s as usize].buckets;
+        while b != NONE {
+            n += 1;
+            b = self.buckets[b as usize].next;
+        }
+        if self.peak.retired.try_reserve(n).is_err() {
+            return false;
+        }
         let mut b = self.stacks[s as usize].buckets;
         while b != NONE {
             let slot = &self.buckets[b as usize];
@@ -670,18 +851,25 @@ impl Table {
             }
             b = slot.next;
         }
+        true
     }
 
-    /// The lifetime row of stack `s`, created on first use.
+    /// The lifetime row of stack `s`, created on first use from the room its interning
+    /// reserved (`row_claims`): never an allocation, so a free never needs memory.
     fn row_of(&mut self, s: u32) -> &mut LifeRow {
         if self.stacks[s as usize].row == NONE {
-            let r = match self.free_rows.pop() {
-                Some(r) => r,
-                None => {
-                    self.rows.push([0; LIFE_BINS]);
-                    (self.rows.len() - 1) as u32
-                }
+            let r = if self.free_rows != NONE {
+                let r = self.free_rows;
+                self.free_rows = self.rows[r as usize][0];
+                self.rows[r as usize][0] = 0;
+                self.free_row_count -= 1;
+                r
+            } else {
+                debug_assert!(self.rows.len() < self.rows.capacity(), "row not reserved");
+                self.rows.push([0; LIFE_BINS]);
+                (self.rows.len() - 1) as u32
             };
+            self.row_claims -= 1;
             self.stacks[s as usize].row = r;
         }
         &mut self.rows[self.stacks[s as usize].row as usize]
@@ -708,6 +896,11 @@ impl Table {
             next: self.stacks[key.stack as usize].buckets,
             used: true,
         };
+        // Room first (see `Table`): without it the sample goes to the overflow bucket.
+        let room = self.free_buckets != NONE || self.buckets.try_reserve(1).is_ok();
+        if !room || self.bucket_index.try_reserve(1).is_err() {
+            return unattributed(OVERFLOW_BUCKET);
+        }
         let b = if self.free_buckets != NONE {
             let b = self.free_buckets;
             self.free_buckets = self.buckets[b as usize].next;
@@ -740,6 +933,7 @@ impl Table {
         let (o, b) = OverflowSums::fixed(live.size, live.rate);
         self.inuse_fx += b;
         self.live += 1;
+        SAMPLE_PADDING.fetch_add(live.padding(), Relaxed);
         // Before the block is handed (back) to the program: its free must pass the check.
         self.live_by_align[live.align_class()] += 1;
         self.publish_check_mask();
@@ -802,6 +996,7 @@ impl Table {
         let (o, b) = OverflowSums::fixed(live.size, live.rate);
         self.inuse_fx -= b;
         self.live -= 1;
+        SAMPLE_PADDING.fetch_sub(live.padding(), Relaxed);
         let class = &mut self.live_by_align[live.align_class()];
         *class = class.saturating_sub(1);
         self.publish_check_mask();
@@ -883,10 +1078,34 @@ fn shard_of(ptr: usize) -> usize {
 /// Raw sample count, readable without the lock.
 pub(crate) static SAMPLES: AtomicU64 = AtomicU64::new(0);
 
-fn with_table<R>(f: impl FnOnce(&mut Table) -> R) -> R {
+/// The alignment asked of the inner allocator for the live sampled blocks it raised (see
+/// `Live::padding`): an estimate of the padding those blocks cost beyond their size, which the
+/// inner allocator spends and no counter sees. Measured per allocator in
+/// `dev/examples/align_cost.rs` (docs/reliability.md): from a twentieth of it (glibc, whose
+/// alignment gap is reused by smaller blocks) to nearly twice it (mimalloc, 24-byte blocks,
+/// rounded up to a larger size class).
+pub(crate) static SAMPLE_PADDING: AtomicU64 = AtomicU64::new(0);
+
+/// Samples dropped for lack of memory: not taken (no room in the live-sample index; see
+/// [`record_sample`] returned `false`), or a failed `realloc`'s sample that could not be put back.
+pub(crate) static LOST_SAMPLES: AtomicU64 = AtomicU64::new(0);
+/// Samples counted only in the frame-less site because the table could not allocate room for
+/// their stack or bucket.
+pub(crate) static UNATTRIBUTED_SAMPLES: AtomicU64 = AtomicU64::new(0);
+
+fn unattributed(id: u32) -> u32 {
+    UNATTRIBUTED_SAMPLES.fetch_add(1, Relaxed);
+    id
+}
+
+/// Runs `f` on the table, created on first use; `None` if it cannot be created (no memory).
+fn with_table<R>(f: impl FnOnce(&mut Table) -> R) -> Option<R> {
     debug_assert!(crate::guard::in_profiler());
     let mut g = TABLE.lock();
-    f(g.get_or_insert_with(Table::new))
+    if g.is_none() {
+        *g = Some(Table::try_new()?);
+    }
+    g.as_mut().map(f)
 }
 
 fn with_shard<R>(ptr: usize, f: impl FnOnce(&mut LiveMap) -> R) -> R {
@@ -898,20 +1117,24 @@ fn with_shard<R>(ptr: usize, f: impl FnOnce(&mut LiveMap) -> R) -> R {
 /// Puts a counted sample in its shard and its address, with its inner alignment, in the free
 /// side's exact set. A block at this address that we still think is live was freed behind our
 /// back (by a different allocator, say): it is retired rather than left to leak its weight, and
-/// the set takes this block's alignment.
-fn insert_live(ptr: usize, live: Live) {
-    let stale = with_shard(ptr, |m| {
-        let old = m.insert(ptr, live);
-        crate::filter::raise(ptr, live.inner_align());
-        old
+/// the set takes this block's alignment. `false` if the shard or the set could not grow (nothing
+/// changed then).
+fn insert_live(ptr: usize, live: Live) -> bool {
+    let (stale, ok) = with_shard(ptr, |m| {
+        if m.try_reserve(1).is_err() || !crate::filter::raise(ptr, live.inner_align()) {
+            return (None, false);
+        }
+        (m.insert(ptr, live), true)
     });
     if let Some(old) = stale {
         with_table(|t| t.count_out(&old, None));
     }
+    ok
 }
 
-/// Records a sampled allocation. Must run inside the profiler guard, after the stack was captured
-/// (the unwinder is never called under a lock).
+/// Records a sampled allocation; `false` if it could not be (no memory for the table, its shard
+/// or the free side's exact set: counted in [`LOST_SAMPLES`]). Must run inside the
+/// profiler guard, after the stack was captured (the unwinder is never called under a lock).
 pub(crate) fn record_sample(
     frames: &[usize],
     ptr: *mut u8,
@@ -920,7 +1143,7 @@ pub(crate) fn record_sample(
     tag: u32,
     born_ns: u64,
     inner_align: usize,
-) {
+) -> bool {
     SAMPLES.fetch_add(1, Relaxed);
     let hash = frames_hash(frames);
     let live = with_table(|t| {
@@ -951,7 +1174,22 @@ pub(crate) fn record_sample(
         };
         t.count_in(live, true)
     });
-    insert_live(ptr as usize, live);
+    insert_counted(ptr, live)
+}
+
+/// Puts a sample counted in the table (`None`: not counted, no table) into its shard. If it
+/// cannot go in (no memory) it is counted out again and lost; `false` then.
+fn insert_counted(ptr: *mut u8, live: Option<Live>) -> bool {
+    let kept = live.is_some_and(|live| {
+        insert_live(ptr as usize, live) || {
+            with_table(|t| t.count_out(&live, None));
+            false
+        }
+    });
+    if !kept {
+        LOST_SAMPLES.fetch_add(1, Relaxed);
+    }
+    kept
 }
 
 /// Removes a live sample on free; `None` if `ptr` was not sampled (a filter false positive).
@@ -972,9 +1210,11 @@ pub(crate) fn remove_sample(ptr: *mut u8) -> Option<Live> {
 
 /// Puts back a sample taken out by [`remove_sample`] when a `realloc` failed and the old block
 /// is still live.
+/// It needs room in its shard, like a new sample: without it the sample is lost (counted in
+/// [`LOST_SAMPLES`]; the block is then the program's, unsampled, with the layout `A` gave it:
+/// only a block at the caller's layout is reallocated in place).
 pub(crate) fn restore_sample(ptr: *mut u8, live: Live) {
-    let live = with_table(|t| t.count_in(live, false));
-    insert_live(ptr as usize, live);
+    insert_counted(ptr, with_table(|t| t.count_in(live, false)));
 }
 
 /// The lock boundary: copies what a profile needs and releases the lock. Stacks are immutable
@@ -993,7 +1233,7 @@ pub(crate) struct TableCopy {
 }
 
 /// Stacks by id (`None` for a free id), as a snapshot holds them.
-type StackList = Vec<Option<Arc<[usize]>>>;
+type StackList = Vec<Option<Frames>>;
 
 /// The stacks by id, and the lifetime rows of those that have one.
 fn stacks_and_rows(t: &Table) -> (StackList, Vec<(u32, LifeRow)>) {
@@ -1039,7 +1279,7 @@ fn used_buckets(t: &Table, extra: usize, counts: impl Fn(&Slot) -> (u64, u64)) -
 }
 
 pub(crate) fn copy() -> TableCopy {
-    with_table(|t| copy_table(t))
+    with_table(|t| copy_table(t)).unwrap_or_default()
 }
 
 /// The table as of the last peak capture, or `None` if no sample was ever taken. Lifetime rows
@@ -1061,7 +1301,7 @@ pub(crate) fn copy_at_peak() -> Option<(TableCopy, f64, u64)> {
         if p.retired_epoch == epoch {
             // Reclaimed since the capture but live at it: extra stack ids past the table's.
             for (frames, key, allocs, frees) in &p.retired {
-                let same = matches!(stacks.last(), Some(Some(l)) if Arc::ptr_eq(l, frames))
+                let same = matches!(stacks.last(), Some(Some(l)) if Frames::ptr_eq(l, frames))
                     && stacks.len() > t.stacks.len();
                 if !same {
                     stacks.push(Some(frames.clone()));
@@ -1080,6 +1320,7 @@ pub(crate) fn copy_at_peak() -> Option<(TableCopy, f64, u64)> {
         };
         Some((raw, p.inuse_bytes, p.at_ns))
     })
+    .flatten()
 }
 
 /// Stacks interned now, stacks reclaimed so far, samples live now and the most ever live at
@@ -1087,7 +1328,7 @@ pub(crate) fn copy_at_peak() -> Option<(TableCopy, f64, u64)> {
 #[doc(hidden)]
 pub fn table_counts() -> (usize, u64, usize, usize) {
     crate::guard::profiler_scope(|| {
-        with_table(|t| (t.stacks_used, t.reclaimed_stacks, t.live, t.live_high))
+        with_table(|t| (t.stacks_used, t.reclaimed_stacks, t.live, t.live_high)).unwrap_or_default()
     })
 }
 
@@ -1099,8 +1340,8 @@ pub fn bench_snapshot_lock_hold() -> std::time::Duration {
         let mut held = std::time::Duration::ZERO;
         let raw = {
             let start = std::time::Instant::now();
-            let mut g = TABLE.lock();
-            let raw = copy_table(g.get_or_insert_with(Table::new));
+            let g = TABLE.lock();
+            let raw = g.as_ref().map(copy_table);
             drop(g);
             held += start.elapsed();
             raw
@@ -1113,7 +1354,7 @@ pub fn bench_snapshot_lock_hold() -> std::time::Duration {
 /// A copy of the buckets only (for per-tag estimates), so the weights are computed outside the
 /// lock. Must run inside the profiler guard.
 pub(crate) fn buckets() -> Vec<Bucket> {
-    with_table(|t| used_buckets(t, 0, |s| (s.allocs, s.frees)))
+    with_table(|t| used_buckets(t, 0, |s| (s.allocs, s.frees))).unwrap_or_default()
 }
 
 /// Runs `f` with every site lock held (see `crate::with_site_lock_held`). Inside the guard.
@@ -1145,7 +1386,7 @@ mod tests {
     /// The per-item costs docs/reliability.md states and tests/rel_bounded.rs's bound uses.
     #[test]
     fn entry_sizes() {
-        assert_eq!(core::mem::size_of::<Stack>(), 48);
+        assert_eq!(core::mem::size_of::<Stack>(), 40);
         assert_eq!(core::mem::size_of::<Slot>(), 72);
         assert_eq!(core::mem::size_of::<Live>(), 40);
         assert_eq!(core::mem::size_of::<LifeRow>(), 320);
@@ -1158,7 +1399,7 @@ mod tests {
     /// them (head, middle, last) keeps the others found, and ids are reused.
     #[test]
     fn same_hash_chain_survives_reclaim() {
-        let mut t = Table::new();
+        let mut t = Table::try_new().unwrap();
         let a = t.intern_stack(&[1, 2], 7);
         let b = t.intern_stack(&[3, 4], 7);
         let c = t.intern_stack(&[5], 7);

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use crate::guard::profiler_scope;
 use crate::owned::Owned;
-use crate::sites::{self, Bucket, Estimates, FxBuild, OVERFLOW_STACK};
+use crate::sites::{self, Bucket, Estimates, Frames, FxBuild, OVERFLOW_STACK};
 use crate::symbols::{self, Frame, Symbol, Symbols};
 use crate::sync::{self, Locks};
 use crate::Stats;
@@ -321,7 +321,7 @@ pub(crate) fn merge_rows<'a>(
 ///
 /// A raw stack is immutable while interned, so each is symbolized, trimmed and canonicalized once
 /// while it stays in the table; a profile then finds it by the address of its shared frames
-/// (`Arc<[usize]>`) in O(1). The entry keeps a clone of that `Arc`, so the address cannot be
+/// (`Frames`) in O(1). The entry keeps a clone of that `Arc`, so the address cannot be
 /// reused by another stack while the entry exists: a stack id the table reclaimed and gave to new
 /// frames comes with a new `Arc`, hence a new entry. After each profile the entries of stacks no
 /// longer in the table are dropped, and the canonical stacks nothing refers to any more, so the
@@ -342,7 +342,7 @@ struct StackCache {
 
 struct RawEntry {
     /// The raw frames, kept alive so that their address is not reused while the entry exists.
-    _frames: Arc<[usize]>,
+    _frames: Frames,
     /// The canonical trimmed stack.
     canon: Arc<[Frame]>,
     /// The last profile that saw these frames in the table.
@@ -393,11 +393,11 @@ fn canon_bytes(c: &AddrKey) -> usize {
 /// the lock released, then it is taken again; two dumps racing may both resolve the same
 /// addresses, and the second one's work is dropped.
 fn trimmed_stacks(
-    raw: &[Option<Arc<[usize]>>],
+    raw: &[Option<Frames>],
     symbolize: bool,
 ) -> (Vec<Arc<[Frame]>>, Vec<usize>, usize) {
     let max_depth = crate::stack::MAX_DEPTH.load(std::sync::atomic::Ordering::Relaxed);
-    let key = |s: &Arc<[usize]>| s.as_ptr() as usize;
+    let key = |s: &Frames| s.as_ptr() as usize;
     let mut resolved: HashMap<usize, Resolved, FxBuild> = HashMap::default();
     let mut guard = loop {
         let mut guard = STACK_CACHES.lock(symbolize as usize);
@@ -411,7 +411,7 @@ fn trimmed_stacks(
             round: 0,
             bytes: 0,
         });
-        let new: Vec<Arc<[usize]>> = raw
+        let new: Vec<Frames> = raw
             .iter()
             .skip(1)
             .flatten()
@@ -477,7 +477,7 @@ type Resolved = (Symbols, Option<usize>);
 /// Symbolizes every distinct address of `stacks` not yet in `resolved`, noting for each where its
 /// allocator symbols end (`last_allocator_symbol`), so trimming a stack is a scan of integers.
 /// Takes no stack-cache lock.
-fn resolve_addresses(stacks: &[Arc<[usize]>], resolved: &mut HashMap<usize, Resolved, FxBuild>) {
+fn resolve_addresses(stacks: &[Frames], resolved: &mut HashMap<usize, Resolved, FxBuild>) {
     let mut seen: std::collections::HashSet<usize, FxBuild> = Default::default();
     let addrs: Vec<usize> = stacks
         .iter()
@@ -496,7 +496,7 @@ fn resolve_addresses(stacks: &[Arc<[usize]>], resolved: &mut HashMap<usize, Reso
 /// of their addresses are in `symbols_of`.
 fn add_stacks(
     cache: &mut StackCache,
-    new: &[Arc<[usize]>],
+    new: &[Frames],
     symbolize: bool,
     symbols_of: &HashMap<usize, Resolved, FxBuild>,
 ) {

@@ -46,7 +46,11 @@ pub(crate) fn init_thread(t: &ThreadState, _guard: &InProfiler<'_>) {
         t.life.set(Life::Exited);
         return;
     }
-    let slot = counters::acquire_slot();
+    let Some(slot) = counters::acquire_slot() else {
+        // No memory for a slot: counted in the shared fallback from now on, as after exit.
+        t.life.set(Life::Exited);
+        return;
+    };
     let (lo, hi) = stack::thread_stack_bounds();
     t.stack_lo.set(lo);
     t.stack_hi.set(hi);

@@ -28,28 +28,24 @@ const ENTRY_FRAMES: u64 = 24;
 /// * a hashbrown table of `n` entries of `t` bytes has at most `2 × 8/7 × n` buckets (the next
 ///   power of two above `n × 8/7`), each `t + 1` bytes (a control byte), plus 16 bytes;
 /// * a `Vec` of `n` elements has capacity at most `2n` (doubling), at least 4;
-/// * per stack: its frames `Arc<[usize]>` (16 + 8 × depth; twice, as a stack reclaimed while it
-///   had samples live at the last peak keeps its frames for the peak profile until the next
-///   capture), a 48-byte entry in `stacks`, an index entry (8-byte hash + 4-byte id → 16), a
-///   free-id slot (4), a lifetime row (320) and a free-row slot (4);
+/// * per stack: its frames (16 + 8 × depth; twice, as a stack reclaimed while it had samples
+///   live at the last peak keeps its frames for the peak profile until the next capture), a
+///   40-byte entry in `stacks`, an index entry (8-byte hash + 4-byte id → 16) and a lifetime row
+///   (320, reserved when the stack is interned; free ids and rows are chained through
+///   themselves);
 /// * per bucket: 72 bytes in `buckets`, an index entry (24-byte key + 4-byte id → 32) and at
 ///   most one retired peak entry (56);
-/// * per live sample: a shard entry (8-byte address + 40-byte `Live` = 48), plus the 32 shards'
-///   smallest tables;
+/// * per live sample: a shard entry (8-byte address + 40-byte `Live` = 48), plus per shard a
+///   margin of 16 entries in the map and 64 slots of 16 bytes in the exact set, with its spare;
 /// * the unsymbolized stack cache: per stack an entry (48) and a canonical trimmed stack
 ///   (16 + 24 × depth, and a 16-byte set entry);
 /// * per thread: one 128-byte counter slot.
 fn profiler_bytes_bound(sites: u64, depth: u64, buckets: u64, live: u64, slots: u64) -> u64 {
     let table = |n: u64, t: u64| (2 * n * 8).div_ceil(7).max(4) * (t + 1) + 16;
     let vec = |n: u64, t: u64| 2 * n.max(4) * t;
-    let stacks = 2 * sites * (16 + 8 * depth)
-        + vec(sites, 48)
-        + table(sites, 16)
-        + vec(sites, 4)
-        + vec(sites, 320)
-        + vec(sites, 4);
+    let stacks = 2 * sites * (16 + 8 * depth) + vec(sites, 40) + table(sites, 16) + vec(sites, 320);
     let buckets = vec(buckets, 72) + table(buckets, 32) + vec(buckets, 56);
-    let live = table(live, 48) + 32 * table(0, 48);
+    let live = table(live + 16, 48) + 32 * (table(16, 48) + 2 * (64 * 16 + 24));
     let cache = table(sites, 48) + sites * (16 + 24 * depth) + table(sites, 16);
     stacks + buckets + live + cache + slots * 128 + 4096
 }

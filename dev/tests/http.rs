@@ -140,6 +140,9 @@ fn metrics_parse() {
         "heapsight_peak_inuse_bytes",
         "heapsight_sample_rate_bytes",
         "heapsight_profiler_bytes",
+        "heapsight_sample_padding_bytes",
+        "heapsight_lost_samples_total",
+        "heapsight_unattributed_samples_total",
     ] {
         assert!(values.contains_key(m), "missing {m}");
     }

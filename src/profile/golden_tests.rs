@@ -131,6 +131,9 @@ pub(crate) fn synthetic() -> HeapProfile {
         thread_slots: 2,
         dwarf_captures: 0,
         tag_names_refused: 0,
+        sample_padding_bytes: 0,
+        lost_samples: 0,
+        unattributed_samples: 0,
     };
     let mut p = HeapProfile {
         time_nanos: 1_700_000_000_123_456_789,
