@@ -294,9 +294,7 @@ impl Plan {
         match self {
             // `plan_alloc` checked that the size fits at this alignment (the fallback is never
             // taken; it only avoids a panic path in the allocator).
-            Plan::Count(Some((_, align))) => {
-                Layout::from_size_align(layout.size(), align).unwrap_or(layout)
-            }
+            Plan::Count(Some((_, align))) => filter::inner_layout(layout, align).unwrap_or(layout),
             _ => layout,
         }
     }
@@ -326,7 +324,7 @@ fn plan_alloc(t: &ThreadState, layout: Layout) -> Plan {
     // A sample: its address must pass the free check (see `filter`), so it is asked at the
     // sample alignment (the site table widens the check to it when it records the sample).
     let align = filter::sample_layout_align(rate, layout.size(), layout.align());
-    if Layout::from_size_align(layout.size(), align).is_err() {
+    if filter::inner_layout(layout, align).is_none() {
         // Too large to align further (within a page of `isize::MAX`): no sample this time.
         return Plan::Count(None);
     }
@@ -404,14 +402,10 @@ unsafe fn dealloc_slow<A: GlobalAlloc>(inner: &A, ptr: *mut u8, layout: Layout, 
         t.free_left.set(t.free_left.get().wrapping_add(undo as u64));
         count_free_slow(t, ptr, layout.size(), true)
     });
-    // SAFETY: the caller's guarantees, passed on unchanged, with the alignment the block was
-    // allocated with from `A` (the caller's, or the larger one it was sampled with).
-    unsafe {
-        inner.dealloc(
-            ptr,
-            Layout::from_size_align_unchecked(layout.size(), align.max(layout.align())),
-        )
-    }
+    // SAFETY: the caller's guarantees, passed on unchanged, with the layout the block was
+    // allocated with from `A` (the caller's, or the raised one it was sampled with, which
+    // `plan_alloc` checked fits, so the fallback is never taken).
+    unsafe { inner.dealloc(ptr, filter::inner_layout(layout, align).unwrap_or(layout)) }
 }
 
 /// `realloc` off the fast path: takes the old block's sample out (if it is one) before `A` may
@@ -445,10 +439,10 @@ unsafe fn realloc_slow<A: GlobalAlloc>(
     } else {
         None
     };
-    let old_align = taken.map_or(layout.align(), |l| l.inner_align().max(layout.align()));
-    // SAFETY: `old_align` is the alignment `A` allocated the block with (a power of two, and the
-    // block exists, so its size rounded up to it fits).
-    let old_inner = unsafe { Layout::from_size_align_unchecked(layout.size(), old_align) };
+    // The layout `A` allocated the block with (checked to fit when it was planned).
+    let old_inner = taken.map_or(layout, |l| {
+        filter::inner_layout(layout, l.inner_align()).unwrap_or(layout)
+    });
     // SAFETY: the caller guarantees `new_size` rounded up to `layout.align()` fits.
     let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
     let plan = THREAD.with(|t| plan_alloc(t, new_layout));
