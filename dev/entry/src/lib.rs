@@ -207,7 +207,11 @@ pub fn run() {
             let mut ring = churn_ring();
             // Average block ~520 B; at least one full turn of the ring, so every block of the
             // measured loop replaces one allocated by the kernel.
-            let steps = if fresh { CHURN_LIVE as u64 } else { (WARM_BYTES / 520).max(CHURN_LIVE as u64) };
+            let steps = if fresh {
+                CHURN_LIVE as u64
+            } else {
+                (WARM_BYTES / 520).max(CHURN_LIVE as u64)
+            };
             kernel_churn(&mut ring, steps);
             kernel_churn(&mut ring, n);
             black_box(&ring);

@@ -1,4 +1,5 @@
-//! HeapSight over mimalloc, at the default sample rate (512 KiB); `#[global_allocator]` declared in this binary crate.
+//! HeapSight over mimalloc, at the default sample rate (512 KiB);
+//! `#[global_allocator]` declared in this binary crate.
 #[global_allocator]
 static A: heapsight::HeapSight<mimalloc::MiMalloc> = heapsight::HeapSight::new(mimalloc::MiMalloc);
 fn main() {

@@ -1,4 +1,5 @@
-//! HeapSight over System (glibc), sampling off (rate 0): counters only; `#[global_allocator]` declared in this binary crate.
+//! HeapSight over System (glibc), sampling off (rate 0): counters only;
+//! `#[global_allocator]` declared in this binary crate.
 #[global_allocator]
 static A: heapsight::HeapSight = heapsight::HeapSight::system();
 fn main() {
