@@ -32,6 +32,9 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import workloads  # noqa: E402  (dev/benches/workloads.py: the build)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
 OUT = os.path.join(TARGET, "workloads")
@@ -47,20 +50,7 @@ WORKLOADS = {"json": ((1, 2), 10), "syn": ((1, 2), 6), "seed": ((1, 2), 3), "axu
 
 
 def build():
-    out = subprocess.run(
-        ["cargo", "bench", "-p", "heapsight-dev", "--no-run", "--message-format=json",
-         "--bench", "wl_jemalloc", "--bench", "wl_hs_jemalloc"],
-        cwd=ROOT, check=True, stdout=subprocess.PIPE, text=True,
-    ).stdout
-    exes = {}
-    for line in out.splitlines():
-        try:
-            m = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if m.get("reason") == "compiler-artifact" and m.get("executable"):
-            exes[m["target"]["name"]] = m["executable"]
-    return exes
+    return workloads.build(["wl_jemalloc", "wl_hs_jemalloc"])
 
 
 def run(cmd, env, timeout):
