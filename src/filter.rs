@@ -419,7 +419,7 @@ mod tests {
             for (align, inner) in [(1, 32), (8, 512), (16, 4096), (64, 64)] {
                 let got = inner_layout(l(size, align), inner).unwrap();
                 let want_size = if inner > align {
-                    (size + inner - 1) / inner * inner
+                    size.div_ceil(inner) * inner
                 } else {
                     size
                 };
