@@ -368,7 +368,7 @@ impl Plan {
             Plan::Count {
                 sample: Some((_, align)),
                 ..
-            } => Layout::from_size_align(layout.size(), align).unwrap_or(layout),
+            } => filter::inner_layout(layout, align).unwrap_or(layout),
             _ => layout,
         }
     }
@@ -450,7 +450,7 @@ fn plan_alloc(t: &ThreadState, layout: Layout) -> Plan {
     // A sample: its address must pass the free check (see `filter`), so it is asked at the
     // sample alignment (the site table widens the check to it when it records the sample).
     let align = filter::sample_layout_align(rate, layout.size(), layout.align());
-    if Layout::from_size_align(layout.size(), align).is_ok() {
+    if filter::inner_layout(layout, align).is_some() {
         // (Too large to align further, within a page of `isize::MAX`: no sample this time.)
         plan = plan_sample(plan, rate, align);
     }
@@ -510,17 +510,18 @@ fn finish_alloc(t: &ThreadState, plan: Plan, ptr: *mut u8, size: usize) -> bool 
     }
 }
 
-/// The layout `A` allocated a live sample at `ptr` with: the caller's size at the alignment
-/// the free side's exact set recorded (see `filter`), or `None` if `ptr` is not a live sample.
+/// The layout `A` allocated a live sample at `ptr` with: the caller's layout raised to the
+/// alignment the free side's exact set recorded ([`filter::inner_layout`]), or `None` if `ptr`
+/// is not a live sample.
 /// The one answer every free and realloc path uses.
 fn sampled_layout(ptr: *mut u8, layout: Layout) -> Option<Layout> {
     if !filter::maybe_sampled_sized(ptr, layout.size()) {
         return None;
     }
     let align = filter::sampled_align(ptr)?;
-    // The recorded alignment is the one `A` was asked for this very size (at least the
-    // caller's), so the layout is valid.
-    Layout::from_size_align(layout.size(), align).ok()
+    // The recorded alignment is the one `A` was asked for this very layout, so this is the
+    // layout it was asked with.
+    filter::inner_layout(layout, align)
 }
 
 /// A free whose address passed the sample check (see `filter`): the exact, lock-free look-up
@@ -616,9 +617,10 @@ unsafe fn dealloc_sampled<A: GlobalAlloc>(
         retired
     });
     if retired {
-        // SAFETY: the caller's block, with the layout `A` allocated it with (the size is the
-        // caller's, the alignment the one recorded for it).
-        unsafe { inner.dealloc(ptr, Layout::from_size_align_unchecked(size, inner_align)) }
+        let inner_layout = filter::inner_layout(layout, inner_align).unwrap_or(layout);
+        // SAFETY: the caller's block, with the layout `A` allocated it with (the caller's raised
+        // to the alignment recorded for it, which was checked to fit when it was planned).
+        unsafe { inner.dealloc(ptr, inner_layout) }
     }
 }
 

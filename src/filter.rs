@@ -58,6 +58,7 @@
 //! looks at ½(1 + 1/(1−α)) slots on average for a present address and ½(1 + 1/(1−α)²) for an
 //! absent one, α ≤ ¾ the used fraction (Knuth): at most 2.5 and 8.5 slots, four to a cache line.
 //! `tests::probe_lengths_stay_bounded_at_200k_samples` checks it against a table of 200,000.
+use core::alloc::Layout;
 use core::sync::atomic::{fence, AtomicPtr, AtomicU64, AtomicUsize, Ordering::*};
 
 /// The largest alignment a sample is given: 4 KiB (a page).
@@ -119,6 +120,26 @@ pub(crate) fn sample_layout_align(rate: u64, size: usize, align: usize) -> usize
     } else {
         sample_align(rate).max(align)
     }
+}
+
+/// The layout a block the caller asked with `layout` is given to the inner allocator with, when
+/// it is allocated at `inner_align` (the block's recorded alignment: the caller's own, or a
+/// sample's raised one). A raised block also has its size rounded up to `inner_align`: the block
+/// then belongs to a size class of its own in the inner allocator, so that once the sample is freed
+/// the loop that allocated it is not handed that aligned address back. glibc's tcache would
+/// otherwise give the freed 4 KiB-aligned 32 B chunk to the loop's next 32 B allocation, and every
+/// later free of the loop would pass the address check (and every realloc leave the fast path);
+/// a chunk of 4 KiB is above tcache's largest bin (1,032 B). Size-class allocators (mimalloc,
+/// jemalloc) already serve a small request at 4 KiB alignment from a class of at least 4 KiB, so
+/// for them this asks for the memory they would have used anyway; glibc's sampled small blocks
+/// take up to `inner_align` bytes each, the same bound as the padding (see the module docs).
+/// `None` when the rounded size does not fit a `Layout` (then the block is not raised).
+pub(crate) fn inner_layout(layout: Layout, inner_align: usize) -> Option<Layout> {
+    if inner_align <= layout.align() {
+        return Some(layout);
+    }
+    let size = layout.size().checked_add(inner_align - 1)? & !(inner_align - 1);
+    Layout::from_size_align(size, inner_align).ok()
 }
 
 /// Counts a new live sample at `ptr`, allocated from the inner allocator at `inner_align` (a
@@ -502,6 +523,34 @@ mod tests {
     /// level never errs, every raised block passes the address check, the fraction of unsampled
     /// blocks that pass it is printed (docs/benches.md quotes it), probes stay within the stated
     /// bound (module docs), and everything lowers back to zero.
+    #[test]
+    fn raised_blocks_are_asked_at_a_whole_number_of_alignments() {
+        let l = |s, a| Layout::from_size_align(s, a).unwrap();
+        // Not raised: the caller's layout, size untouched (even when not a multiple of align).
+        assert_eq!(inner_layout(l(5, 8), 1), Some(l(5, 8)));
+        assert_eq!(inner_layout(l(5, 8), 8), Some(l(5, 8)));
+        assert_eq!(inner_layout(l(70_000, 16), 16), Some(l(70_000, 16)));
+        // Raised: the size rounded up to the raised alignment.
+        assert_eq!(inner_layout(l(32, 8), 4096), Some(l(4096, 4096)));
+        assert_eq!(inner_layout(l(4096, 8), 4096), Some(l(4096, 4096)));
+        assert_eq!(inner_layout(l(4097, 8), 4096), Some(l(8192, 4096)));
+        assert_eq!(inner_layout(l(1, 1), 32), Some(l(32, 32)));
+        // Too large to round: not raised.
+        assert_eq!(inner_layout(l(isize::MAX as usize - 10, 1), 4096), None);
+        // Against a naive oracle.
+        for size in [1usize, 15, 16, 17, 31, 33, 1000, 4095, 5000, 65_535] {
+            for (align, inner) in [(1, 32), (8, 512), (16, 4096), (64, 64)] {
+                let got = inner_layout(l(size, align), inner).unwrap();
+                let want_size = if inner > align {
+                    size.div_ceil(inner) * inner
+                } else {
+                    size
+                };
+                assert_eq!((got.size(), got.align()), (want_size, inner.max(align)));
+            }
+        }
+    }
+
     #[test]
     fn check_and_exact_set_against_the_oracle() {
         // Addresses far above any heap of the test process, 16-byte aligned like malloc's.

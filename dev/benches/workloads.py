@@ -57,8 +57,10 @@ WORKLOADS = {
 UNIT = {"json": "iteration", "syn": "iteration", "seed": "iteration", "axum": "request"}
 
 
-def build():
-    benches = [a for c in CONFIGS for a in ("--bench", c[0])]
+def build(names=None):
+    """Builds the benches `names` (default: every configuration's) and returns {name: executable}."""
+    names = names or [c[0] for c in CONFIGS]
+    benches = [a for n in names for a in ("--bench", n)]
     out = subprocess.run(
         ["cargo", "bench", "-p", "heapsight-dev", "--no-run", "--message-format=json", *benches],
         cwd=ROOT, check=True, stdout=subprocess.PIPE, text=True,
@@ -71,7 +73,7 @@ def build():
             continue
         if m.get("reason") == "compiler-artifact" and m.get("executable"):
             exes[m["target"]["name"]] = m["executable"]
-    missing = [c[0] for c in CONFIGS if c[0] not in exes]
+    missing = [n for n in names if n not in exes]
     if missing:
         sys.exit(f"not built: {missing}")
     return exes

@@ -135,9 +135,53 @@ pub fn churn_ring() -> Vec<(usize, usize)> {
         .collect()
 }
 
-/// `main` of every binary: `BIN KERNEL N` runs kernel KERNEL N times (after one warm-up step,
-/// which initialises the thread and the allocator outside the count), after starting
-/// `ENTRY_IDLE_THREADS` idle threads (default 0).
+/// `n` × (build a `Vec<u64>` by 64 pushes from empty, drop it): one allocation, four reallocs
+/// (4 → 8 → 16 → 32 → 64 elements: 32 B to 512 B) and one free, so 6 allocator calls per
+/// iteration ([`VEC_CALLS`]).
+#[inline(never)]
+pub fn kernel_vec(n: u64) {
+    for _ in 0..n {
+        let mut v: Vec<u64> = Vec::new();
+        for i in 0..black_box(64u64) {
+            v.push(i);
+        }
+        black_box(&v);
+    }
+}
+
+/// Allocator calls per `kernel_vec` iteration.
+pub const VEC_CALLS: u64 = 6;
+
+#[path = "../../benches/kernels/nested.rs"]
+mod nested;
+
+/// `n` × the seed workload at a tenth of its size: `HashMap<String, Vec<String>>`, 50,000
+/// appends over 1,000 keys, built and dropped (dev/benches/kernels/nested.rs, the code the
+/// real-workload benchmark runs at 500k appends).
+#[inline(never)]
+pub fn kernel_seed(n: u64) {
+    for _ in 0..n {
+        black_box(nested::build_unsized(50_000, 1_000));
+    }
+}
+
+/// Bytes allocated by the warm-up of each kernel: 8 MiB, about 16 samples at the default rate
+/// (512 KiB), all freed again before the measured loop starts (except `churn`'s, whose ring
+/// keeps up to 20,000 blocks live and frees each sample `CHURN_LIVE` steps after it is taken).
+/// The measured loop therefore runs on a heap that has taken and freed samples, as a program's
+/// does after its first seconds, not in a fresh process.
+const WARM_BYTES: u64 = 8 << 20;
+
+/// Runs `kernel` for `WARM_BYTES / bytes_per_iteration` iterations, then for `n`. Both calls are
+/// inside the counted function, so the warm-up is in both counts of the slope and cancels.
+fn warm_then(bytes_per_iteration: u64, n: u64, kernel: impl Fn(u64)) {
+    kernel(WARM_BYTES / bytes_per_iteration + 1);
+    kernel(n);
+}
+
+/// `main` of every binary: `BIN KERNEL N` runs kernel KERNEL N times after a warm-up that takes
+/// and frees samples ([`WARM_BYTES`]), after starting `ENTRY_IDLE_THREADS` idle threads
+/// (default 0). `ENTRY_NO_WARMUP=1` runs one warm-up iteration instead (a fresh process).
 pub fn run() {
     let args: Vec<String> = std::env::args().collect();
     let kernel = args.get(1).map(String::as_str).unwrap_or("pair");
@@ -149,33 +193,47 @@ pub fn run() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
+    let fresh = std::env::var_os("ENTRY_NO_WARMUP").is_some();
     idle_threads(idle);
+    let warm = |bytes: u64| if fresh { WARM_BYTES } else { bytes };
     match kernel {
-        "pair4k" => {
-            kernel_pair4k(1);
-            kernel_pair4k(n)
-        }
-        "pair" => {
-            kernel_pair(1);
-            kernel_pair(n)
-        }
-        "zeroed" => {
-            kernel_zeroed(1);
-            kernel_zeroed(n)
-        }
-        "realloc" => {
-            kernel_realloc(1);
-            kernel_realloc(n)
-        }
+        "pair4k" => warm_then(warm(4096), n, kernel_pair4k),
+        "pair" => warm_then(warm(32), n, kernel_pair),
+        "zeroed" => warm_then(warm(32), n, kernel_zeroed),
+        "realloc" => warm_then(warm(96), n, kernel_realloc),
+        "vec" => warm_then(warm(32 + 64 + 128 + 256 + 512), n, kernel_vec),
+        "seed" => warm_then(warm(4 << 20), n, kernel_seed),
         "churn" => {
             let mut ring = churn_ring();
-            kernel_churn(&mut ring, CHURN_LIVE as u64);
+            // Average block ~520 B; at least one full turn of the ring, so every block of the
+            // measured loop replaces one allocated by the kernel.
+            let steps = if fresh {
+                CHURN_LIVE as u64
+            } else {
+                (WARM_BYTES / 520).max(CHURN_LIVE as u64)
+            };
+            kernel_churn(&mut ring, steps);
             kernel_churn(&mut ring, n);
             black_box(&ring);
         }
         other => {
-            eprintln!("unknown kernel {other}: pair, zeroed, realloc or churn");
+            eprintln!("unknown kernel {other}: pair, zeroed, realloc, vec, seed or churn");
             std::process::exit(2);
         }
     }
+}
+
+/// `main` of the binaries that run heapsight with sampling off (counters only).
+pub fn run_rate0() {
+    heapsight::set_sample_rate(0);
+    run()
+}
+
+/// `main` of the binaries that run heapsight at the default rate (512 KiB), with a fixed seed:
+/// which allocations are sampled, and so where the inner allocator puts them, is the same in
+/// every run (the counts are repeatable to the instruction).
+pub fn run_default() {
+    heapsight::set_sample_rate(heapsight::DEFAULT_SAMPLE_RATE);
+    heapsight::set_sampling_seed(42);
+    run()
 }

@@ -1,7 +1,7 @@
-//! HeapSight over mimalloc, sampling off (rate 0): counters only.
+//! HeapSight over mimalloc, sampling off (rate 0): counters only;
+//! `#[global_allocator]` declared in this binary crate.
 #[global_allocator]
 static A: heapsight::HeapSight<mimalloc::MiMalloc> = heapsight::HeapSight::new(mimalloc::MiMalloc);
 fn main() {
-    heapsight::set_sample_rate(0);
-    heapsight_entry_bench::run()
+    heapsight_entry_bench::run_rate0()
 }

@@ -1,7 +1,7 @@
-//! HeapSight over system, sampling off (rate 0): counters only.
+//! HeapSight over System (glibc), sampling off (rate 0): counters only;
+//! `#[global_allocator]` declared in this binary crate.
 #[global_allocator]
 static A: heapsight::HeapSight = heapsight::HeapSight::system();
 fn main() {
-    heapsight::set_sample_rate(0);
-    heapsight_entry_bench::run()
+    heapsight_entry_bench::run_rate0()
 }

@@ -1,4 +1,4 @@
-//! The system allocator alone.
+//! System (glibc) alone.
 #[global_allocator]
 static A: std::alloc::System = std::alloc::System;
 fn main() {

@@ -1,0 +1,3 @@
+//! The `#[global_allocator]` of every binary that links this crate.
+#[global_allocator]
+static A: heapsight::HeapSight<mimalloc::MiMalloc> = heapsight::HeapSight::new(mimalloc::MiMalloc);

@@ -1,0 +1,8 @@
+//! HeapSight over jemalloc (tikv-jemallocator), sampling off (rate 0): counters only;
+//! `#[global_allocator]` declared in this binary crate.
+#[global_allocator]
+static A: heapsight::HeapSight<tikv_jemallocator::Jemalloc> =
+    heapsight::HeapSight::new(tikv_jemallocator::Jemalloc);
+fn main() {
+    heapsight_entry_bench::run_rate0()
+}

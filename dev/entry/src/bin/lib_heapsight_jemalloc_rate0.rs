@@ -1,0 +1,7 @@
+//! HeapSight over jemalloc (tikv-jemallocator), sampling off (rate 0): counters only;
+//! `#[global_allocator]` declared in a library crate
+//! (`alloc/jemalloc`), as in a workspace whose shared crate sets the allocator for every binary.
+extern crate heapsight_entry_alloc_jemalloc;
+fn main() {
+    heapsight_entry_bench::run_rate0()
+}
