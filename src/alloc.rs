@@ -449,7 +449,11 @@ fn plan_alloc(t: &ThreadState, layout: Layout) -> Plan {
     }
     // A sample: its address must pass the free check (see `filter`), so it is asked at the
     // sample alignment (the site table widens the check to it when it records the sample).
+    // The alignment recorded for the block is the raised one, or 1 when it is not raised (a rate
+    // below the smallest sample alignment, a large block): `filter::inner_layout` then gives the
+    // caller's layout back, so every path reads "raised or not" from the one recorded value.
     let align = filter::sample_layout_align(rate, layout.size(), layout.align());
+    let align = if align > layout.align() { align } else { 1 };
     if filter::inner_layout(layout, align).is_some() {
         // (Too large to align further, within a page of `isize::MAX`: no sample this time.)
         plan = plan_sample(plan, rate, align);
@@ -663,7 +667,12 @@ fn retire_queued() {
         let p = s.swap(0, Relaxed);
         if p != 0 {
             UNRETIRED_N.fetch_sub(1, Relaxed);
-            sites::remove_sample(p as *mut u8);
+            // Its block stays kept as the profiler's (counted at the caller's size when it was
+            // kept): the rounding its raised layout asked for moves from the sample to the
+            // profiler, so the inner allocator's bytes stay accounted for exactly.
+            if let Some(live) = sites::remove_sample(p as *mut u8) {
+                counters::profiler_alloc(live.padding() as usize);
+            }
         }
     }
 }

@@ -397,13 +397,13 @@ impl Live {
         1 << self.inner_align_log2
     }
 
-    /// What its raised alignment may cost in the inner allocator, as [`SAMPLE_PADDING`] counts
-    /// it: the alignment asked, for a block under `filter::LARGE` raised above 16 bytes (what
-    /// every allocator gives unasked); 0 otherwise.
-    fn padding(&self) -> u64 {
+    /// The bytes its raised layout asks of the inner allocator beyond the caller's size, as
+    /// [`SAMPLE_PADDING`] counts them: a raised block's size is rounded up to its alignment
+    /// (`filter::inner_layout`); an unraised one is recorded at alignment 1 and asks nothing more.
+    pub(crate) fn padding(&self) -> u64 {
         let align = self.inner_align() as u64;
-        if self.size < crate::filter::LARGE as u64 && align > 16 {
-            align
+        if align > 1 {
+            self.size.div_ceil(align) * align - self.size
         } else {
             0
         }
@@ -1078,12 +1078,9 @@ fn shard_of(ptr: usize) -> usize {
 /// Raw sample count, readable without the lock.
 pub(crate) static SAMPLES: AtomicU64 = AtomicU64::new(0);
 
-/// The alignment asked of the inner allocator for the live sampled blocks it raised (see
-/// `Live::padding`): an estimate of the padding those blocks cost beyond their size, which the
-/// inner allocator spends and no counter sees. Measured per allocator in
-/// `dev/examples/align_cost.rs` (docs/reliability.md): from a twentieth of it (glibc, whose
-/// alignment gap is reused by smaller blocks) to nearly twice it (mimalloc, 24-byte blocks,
-/// rounded up to a larger size class).
+/// What the inner allocator was asked for beyond the callers' sizes by the live sampled blocks
+/// it raised (see `Live::padding`), exactly; its own rounding and alignment gaps come on top
+/// (measured per allocator by `dev/examples/align_cost.rs`, docs/reliability.md).
 pub(crate) static SAMPLE_PADDING: AtomicU64 = AtomicU64::new(0);
 
 /// Samples dropped for lack of memory: not taken (no room in the live-sample index; see

@@ -40,6 +40,9 @@ pub struct HeapProfile {
     /// What symbolization lacked (e.g. a stripped binary), one line per file; written as pprof
     /// comments and in the text trailer.
     pub(crate) symbol_notes: Owned<Vec<String>>,
+    /// Lines every pprof file and text trailer of this profile carries (the memory table of a
+    /// triggered dump), after the symbolization notes.
+    pub(crate) notes: Owned<Vec<String>>,
     /// Tag names by tag id (0 = untagged); filled by the tagging API, empty until then.
     pub(crate) tag_names: Owned<Vec<String>>,
     /// Each tag's key/value labels by tag id, sorted by key (see `tags`); may be shorter than
@@ -215,6 +218,7 @@ fn build(raw: sites::TableCopy, symbolize: bool, stats: Stats, time_nanos: i64) 
             Vec::new()
         }
         .into(),
+        notes: Owned::default(),
         tag_names: Owned::new(crate::tags::names().iter().map(|n| n.to_string()).collect()),
         tag_labels: crate::tags::label_sets(),
         lifetimes: lifetimes.into(),
@@ -229,7 +233,7 @@ impl HeapProfile {
     /// lacked (the memory table of a triggered dump). Inside the guard: the vector is the
     /// profiler's.
     pub(crate) fn add_notes(&mut self, lines: impl Iterator<Item = String>) {
-        crate::guard::profiler_scope(|| self.symbol_notes.extend(lines));
+        crate::guard::profiler_scope(|| self.notes.extend(lines));
     }
 
     /// Derives `sites` from `buckets` (merged per stack) and puts both in display order. Must

@@ -45,12 +45,11 @@ pub struct Stats {
     /// ([`MAX_TAG_NAMES`](crate::MAX_TAG_NAMES)): their allocations count under the
     /// [`OVERFLOW_TAG`](crate::OVERFLOW_TAG) tag. The first refusal is also reported on stderr.
     pub tag_names_refused: u64,
-    /// The raised alignment of live sampled blocks: the sum of the alignment asked of the inner
-    /// allocator for each live sample under 64 KiB that was raised (4 KiB at the default rate),
-    /// an estimate of the padding the inner allocator spends on them. Not in `profiler_bytes`
-    /// (which counts the profiler's own blocks exactly): the real cost depends on the inner
-    /// allocator, measured from about 0.06× (glibc, small blocks) to 1.8× (mimalloc, 24-byte
-    /// blocks) of this figure; see docs/reliability.md.
+    /// What live sampled blocks ask of the inner allocator beyond their sizes, exactly: a
+    /// sampled block under 64 KiB is asked at a raised alignment (4 KiB at the default rate)
+    /// with its size rounded up to it, so that its free can be told by its address. So the
+    /// inner allocator holds `inuse_bytes + profiler_bytes + sample_padding_bytes` (plus its own
+    /// overhead, which depends on the allocator: docs/reliability.md).
     pub sample_padding_bytes: u64,
     /// Samples dropped because the profiler could not allocate the memory to record them (the
     /// inner allocator refused the profiler's own allocation). The program's allocation is never

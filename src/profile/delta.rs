@@ -138,6 +138,7 @@ pub(crate) fn delta(later: &HeapProfile, earlier: &HeapProfile) -> HeapProfile {
             .saturating_sub(earlier.overflow_samples),
         symbol_cache_bytes: later.symbol_cache_bytes,
         symbol_notes: later.symbol_notes.clone(),
+        notes: later.notes.clone(),
         tag_names: later.tag_names.clone(),
         tag_labels: later.tag_labels.clone(),
         lifetimes: Owned::new(lifetimes),

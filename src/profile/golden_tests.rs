@@ -148,6 +148,7 @@ pub(crate) fn synthetic() -> HeapProfile {
         overflow_samples: 5,
         symbol_cache_bytes: 4096,
         symbol_notes: Default::default(),
+        notes: Default::default(),
         tag_names: vec![String::new(), "cache".to_string()].into(),
         tag_labels: Default::default(),
         lifetimes: lifetimes.into(),

@@ -355,6 +355,7 @@ pub(crate) fn encode(
                     .is_some_and(|r| r.starts_with(": "))
             })
         })
+        .chain(p.notes.iter())
         .map(|n| st.intern(n))
         .collect();
 
@@ -372,7 +373,7 @@ pub(crate) fn encode(
     });
     e.i64_opt(12, p.rate as i64); // period
     for c in comments {
-        e.i64_opt(13, c); // comment: what symbolization lacked
+        e.i64_opt(13, c); // comment: what symbolization lacked, then the profile's notes
     }
     e.i64_opt(14, default_type); // default_sample_type
     e.buf

@@ -197,6 +197,9 @@ fn write_trailer(p: &HeapProfile, rate: u64, s: &mut String) {
     for n in &p.symbol_notes {
         let _ = writeln!(s, "# Symbolization: {n}");
     }
+    for n in p.notes.iter() {
+        let _ = writeln!(s, "# {n}");
+    }
     let _ = writeln!(
         s,
         "#\n# heapsight.Sites (top {TRAILER_SITES} by in-use bytes; allocation sizes weighted by \

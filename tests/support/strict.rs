@@ -356,15 +356,16 @@ pub fn assert_clean() {
 /// the profiler's own: what `A` really holds, against what heapsight says is held.
 pub fn check_counters(s: &heapsight::Stats) -> Result<(), String> {
     let t = totals();
-    let said = s.inuse_bytes as i64 + s.profiler_bytes as i64;
+    let said = s.inuse_bytes as i64 + s.profiler_bytes as i64 + s.sample_padding_bytes as i64;
     if t.live_bytes != said {
         return Err(format!(
             "the inner allocator holds {} bytes in {} blocks; heapsight says {} in use + {} \
-             profiler = {said} (off by {})",
+             profiler + {} sample padding = {said} (off by {})",
             t.live_bytes,
             t.live_blocks,
             s.inuse_bytes,
             s.profiler_bytes,
+            s.sample_padding_bytes,
             said - t.live_bytes
         ));
     }
