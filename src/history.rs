@@ -518,7 +518,7 @@ impl History {
         let Some(last) = self.points.last() else {
             return Vec::new();
         };
-        let trends: Owned<Vec<(u32, Trend, Series, Option<HeapTrend>)>> = profiler_scope(|| {
+        let trends: Owned<Vec<Found>> = profiler_scope(|| {
             let mut out = Vec::new();
             // Sites not reported on their own: (key, Mann–Kendall z of their estimates, series).
             let mut rest: Vec<(u32, f64, Series)> = Vec::new();
@@ -634,6 +634,8 @@ impl History {
 
 /// `(seconds before the latest point, live bytes)`, oldest first.
 type Series = Vec<(f64, u64)>;
+/// A site `growing()` reports: its key, trend, series, and the heap's trend if credited with it.
+type Found = (u32, Trend, Series, Option<HeapTrend>);
 
 /// A trend verdict: the slope (bytes per second) and the Mann–Kendall z.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -1146,12 +1148,15 @@ mod tests {
         (x, e)
     }
 
+    /// The live id range of a site at interval `i`.
+    type LiveRange = Box<dyn Fn(usize) -> (u64, u64)>;
+
     impl Service {
         /// The points of `n` intervals.
         fn points(&self, n: usize) -> Vec<Arc<Point>> {
             let seed = self.seed;
             // Site: (key, mean size, live id range at interval i, all ids ever allocated).
-            let mut sites: Vec<(u32, f64, Box<dyn Fn(usize) -> (u64, u64)>)> = Vec::new();
+            let mut sites: Vec<(u32, f64, LiveRange)> = Vec::new();
             if self.leak {
                 sites.push((LEAK_SITE, KIB, Box::new(|i| (0, 100 * (i as u64 + 1)))));
             }
