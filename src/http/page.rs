@@ -199,6 +199,21 @@ fn history_sections(h: &mut String) {
     }
     h.push_str("</div>\n<h2>Growing sites</h2>\n");
     let growing = hist.growing();
+    // The chart's rise put to a test (exact counters): said whether or not a site is named yet.
+    if let Some(t) = hist.heap_trend() {
+        let _ = writeln!(
+            h,
+            "<p id=heap-trend>Exact live bytes rising: +{} ± {} per minute (trend z {:.1}).{}</p>",
+            human(t.bytes_per_minute.max(0.0) as u64),
+            human(t.bytes_per_minute_error as u64),
+            t.z,
+            if growing.is_empty() {
+                " No site's samples accumulate yet to name it by."
+            } else {
+                ""
+            }
+        );
+    }
     if growing.is_empty() {
         let _ = writeln!(
             h,
@@ -216,14 +231,19 @@ fn history_sections(h: &mut String) {
     for g in growing.iter().take(10) {
         let _ = writeln!(
             h,
-            "<tr><td>+{} ± {}</td><td>{} ± {}</td><td>{:.1}</td><td class=spark>{}</td><td class=l>{}</td></tr>",
+            "<tr><td>+{} ± {}</td><td>{} ± {}</td><td>{:.1}</td><td class=spark>{}</td><td class=l>{}{}</td></tr>",
             human(g.bytes_per_minute.max(0.0) as u64),
             human(g.bytes_per_minute_error as u64),
             human(g.inuse_bytes),
             human(g.inuse_error as u64),
             g.z,
             sparkline(&g.series),
-            escape_html(&site_label(g.frames()))
+            escape_html(&site_label(g.frames())),
+            if g.heap_trend.is_some() {
+                " (credited with the exact rise: its samples accumulate)"
+            } else {
+                ""
+            }
         );
     }
     h.push_str("</table>\n");
