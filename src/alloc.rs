@@ -157,12 +157,16 @@ fn allocate<A: GlobalAlloc>(
 #[inline(always)]
 fn count_alloc(size: usize) -> bool {
     THREAD.with(|t| {
-        // Subtract first, test the borrow after: `countdown > size` is "no borrow and not zero",
-        // so this compiles to one `sub` on the thread-local and one branch. The slow path adds
-        // `size` back before anything else, so the countdown is never seen wrapped.
-        let (c, borrow) = t.countdown.get().overflowing_sub(size as u64);
+        // Subtract first, test the sign after: `countdown > size` is "the difference is positive
+        // as a signed number" (countdowns and sizes are below 2^63), so this compiles to one
+        // `sub` on the thread-local and one branch. The slow path adds `size` back. Until it
+        // has, the countdown is negative: a signal handler that allocates on this thread in that
+        // window (inside the guard or before thread init, with no slot) subtracts its own size
+        // from a negative number and takes the slow path too. (An unsigned test would see the
+        // wrapped value as a huge countdown and count into a missing slot.)
+        let c = t.countdown.get().wrapping_sub(size as u64);
         t.countdown.set(c);
-        if !borrow & (c != 0) {
+        if c as i64 > 0 {
             // SAFETY: `countdown > 0` only while this thread owns a slot that is installed in
             // `t.slot` (thread init sets the slot before the countdown; the guard, scopes and
             // thread exit zero the countdown whenever the slot is not installed), and slots are
@@ -199,11 +203,11 @@ fn uncount_failed_alloc(size: usize) {
 #[inline(always)]
 fn count_free(size: usize) -> bool {
     THREAD.with(|t| {
-        // As on alloc: subtract first, test after. `free_left` is 0 without a slot (new thread,
+        // As on alloc: subtract first, test the sign after. `free_left` is 0 without a slot (new thread,
         // guard, exiting), so this one test also catches those; the slow path adds `size` back.
-        let (c, borrow) = t.free_left.get().overflowing_sub(size as u64);
+        let c = t.free_left.get().wrapping_sub(size as u64);
         t.free_left.set(c);
-        if !borrow & (c != 0) {
+        if c as i64 > 0 {
             // SAFETY: `free_left > 0` only while this thread's slot is installed in `t.slot`
             // (`set_slot` and the guard zero it whenever the slot is not), and slots are never
             // freed.
@@ -229,9 +233,11 @@ fn count_realloc(ptr: *mut u8, old_size: usize, new_size: usize) -> bool {
 #[inline(always)]
 fn count_realloc_unsampled(old_size: usize, new_size: usize) -> bool {
     THREAD.with(|t| {
-        let (f, fb) = t.free_left.get().overflowing_sub(old_size as u64);
-        let (c, cb) = t.countdown.get().overflowing_sub(new_size as u64);
-        if !fb & (f != 0) & !cb & (c != 0) {
+        // Signed tests, as in `count_alloc`: a countdown another call on this thread left
+        // negative (a signal handler inside its window) sends this one to the slow path too.
+        let f = t.free_left.get().wrapping_sub(old_size as u64);
+        let c = t.countdown.get().wrapping_sub(new_size as u64);
+        if (f as i64 > 0) & (c as i64 > 0) {
             t.free_left.set(f);
             t.countdown.set(c);
             // SAFETY: both countdowns are nonzero only while the slot is installed (as in

@@ -301,7 +301,7 @@ fn since_is_a_diff_go_pprof_reads() {
         ]);
         let value_of = |needle: &str| -> f64 {
             // `-traces`: blocks after a `-----------+-----...` line; a block's first line after
-            // its labels (`bytes:  4kB`) starts with the sample's value.
+            // its labels (`op:  Vec::push`, `bytes:  4kB`) starts with the sample's value.
             traces
                 .split("-----------+")
                 .filter(|b| b.contains(needle))
@@ -310,7 +310,14 @@ fn since_is_a_diff_go_pprof_reads() {
                         .lines()
                         .skip(1)
                         .map(str::trim)
-                        .find(|l| !l.is_empty() && !l.starts_with("bytes:"))
+                        // Label lines (`bytes:  4kB`, `op:  Vec::push`) end their key with ':'.
+                        .find(|l| {
+                            !l.is_empty()
+                                && !l
+                                    .split_whitespace()
+                                    .next()
+                                    .is_some_and(|k| k.ends_with(':'))
+                        })
                         .and_then(|l| l.split_whitespace().next())
                         .unwrap_or("0");
                     parse_pprof_bytes(v)
