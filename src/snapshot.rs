@@ -594,25 +594,27 @@ fn unix_nanos() -> i64 {
         .map_or(0, |d| d.as_nanos() as i64)
 }
 
+/// A frame at `addr` whose (inlined first) functions are `names`, for tests of the layers above.
+#[cfg(test)]
+pub(crate) fn frame(addr: usize, names: &[&str]) -> Frame {
+    Frame {
+        address: addr,
+        symbols: Symbols::new(
+            names
+                .iter()
+                .map(|n| Symbol {
+                    function: n.to_string(),
+                    file: None,
+                    line: None,
+                })
+                .collect(),
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn frame(addr: usize, names: &[&str]) -> Frame {
-        Frame {
-            address: addr,
-            symbols: Symbols::new(
-                names
-                    .iter()
-                    .map(|n| Symbol {
-                        function: n.to_string(),
-                        file: None,
-                        line: None,
-                    })
-                    .collect(),
-            ),
-        }
-    }
 
     #[test]
     fn trims_entry_frames_and_keeps_growth_frames() {

@@ -68,7 +68,9 @@ fn child() {
             }
         });
     }
-    for size in [256 << 10, 4096, 64] {
+    // Down to blocks smaller than what the profiler needs for a new stack (its frames alone are
+    // over 100 bytes), so that the program's allocation can succeed where the profiler's fails.
+    for size in [256 << 10, 4096, 64, 16] {
         let l = Layout::from_size_align(size, 8).unwrap();
         let mut misses = 0;
         while misses < 64 && filler.len() < filler.capacity() {

@@ -371,6 +371,7 @@ fn without_parameters(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::snapshot::frame;
 
     /// Real demangled names (from heapsight's symbolizer, v0 and legacy manglings) and whether
     /// each is the program's: std, core, alloc, hashbrown and heapsight never are; serde, tokio,
@@ -437,22 +438,6 @@ mod tests {
             "profiles_go"
         );
         assert_eq!(crate_name_of_binary("server-v2"), "server_v2");
-    }
-
-    fn frame(address: usize, names: &[&str]) -> Frame {
-        Frame {
-            address,
-            symbols: Symbols::new(
-                names
-                    .iter()
-                    .map(|n| Symbol {
-                        function: n.to_string(),
-                        file: None,
-                        line: None,
-                    })
-                    .collect(),
-            ),
-        }
     }
 
     fn names(frames: &[Frame]) -> Vec<Vec<String>> {
