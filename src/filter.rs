@@ -20,15 +20,15 @@
 //! alignment and every free of one asks the exact set (one probe, next to the allocator's own
 //! cost of freeing 64 KiB).
 //!
-//! The price is memory and moves: a sampled small block may take up to `sample_align` more bytes
-//! in the inner allocator (alignment padding), and a `realloc` that takes a small block into or
-//! out of sampling moves it (allocate, copy, free) rather than resize it in place, since the
-//! inner allocator must see one layout for a block throughout. [`sample_align`] is at most
-//! `rate / 128`; what the allocator really spends per sample depends on it: measured (256 MiB
-//! of live blocks of one size, `dev/examples/align_cost.rs`, docs/reliability.md §15) up to
-//! 0.43% of the bytes the samples stand for under glibc, 0.88% under jemalloc and 1.55% under
-//! mimalloc (24-byte blocks rounded up to its 5 KiB class). `Stats::sample_padding_bytes`
-//! reports the alignment asked per live raised sample.
+//! The price is memory and moves: a sampled small block is asked with its size rounded up to its
+//! raised alignment ([`inner_layout`]: the block then sits in a size class of its own, so a
+//! freed sample's chunk is not handed back to the loop that allocated it), and a `realloc` that
+//! takes a small block into or out of sampling moves it (allocate, copy, free) rather than
+//! resize it in place, since the inner allocator must see one layout for a block throughout.
+//! [`sample_align`] is at most `rate / 128`; measured at the default rate (256 MiB of live
+//! blocks of one size, `dev/examples/align_cost.rs`, docs/reliability.md §19), samples cost
+//! 0.65–1.09% of the bytes they stand for over glibc, mimalloc and jemalloc.
+//! `Stats::sample_padding_bytes` is exactly what live samples ask beyond their sizes.
 //!
 //! # The exact level
 //!
