@@ -606,7 +606,7 @@ impl History {
     }
 
     /// The trend of the heap's exact live bytes over the window, when it is a significant rise
-    /// (`None` otherwise, or below [`MIN_POINTS`] points): see [`exact_trend`]. This is the
+    /// (`None` otherwise, or below [`MIN_POINTS`] points): see `exact_trend`. This is the
     /// page's chart put to a test; [`History::growing`] names a site as soon as it is `Some`.
     pub fn heap_trend(&self) -> Option<HeapTrend> {
         let mut t: Vec<f64> = self.points.iter().map(|p| p.at.as_secs_f64()).collect();
