@@ -6,11 +6,8 @@
 //! handler are not in the program view (docs/profiles.md). `go` missing: `SKIPPED` (a failure
 //! under CI).
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use axum::extract::Path;
 use axum::routing::get;
@@ -42,20 +39,6 @@ fn ingest(batch: usize) {
 async fn handle(Path(batch): Path<usize>) -> &'static str {
     ingest(batch);
     "ok"
-}
-
-fn get_status(addr: SocketAddr, path: &str) -> u16 {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).expect("read response");
-    let head = String::from_utf8_lossy(&raw);
-    head.split(' ').nth(1).unwrap_or("0").parse().unwrap_or(0)
 }
 
 /// (flat%, cum%, function) of each row of `go tool pprof ARGS`.
@@ -94,7 +77,7 @@ fn top_names_the_handler_s_function() {
     let addr = listener.local_addr().unwrap();
     rt.spawn(async move { axum::serve(listener, app).await });
     for b in 0..REQUESTS {
-        assert_eq!(get_status(addr, &format!("/ingest/{b}")), 200);
+        assert_eq!(support::get_status(addr, &format!("/ingest/{b}")), 200);
     }
     let dir = support::TempDir::new("pprof-top-axum");
     let file = dir.join("heap.pb.gz");

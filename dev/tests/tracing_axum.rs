@@ -4,8 +4,6 @@
 //! several times, on whichever worker is free): every block each handler allocates is counted
 //! under its route and none under the other, exactly; the exact per-tag counters cover at least
 //! that; and `go tool pprof -tagfocus` on the written profile keeps one route.
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use axum::extract::MatchedPath;
@@ -56,20 +54,6 @@ async fn handler_b() -> String {
     total.to_string()
 }
 
-fn get_status(addr: SocketAddr, path: &str) -> u16 {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).expect("read response");
-    let head = String::from_utf8_lossy(&raw);
-    head.split(' ').nth(1).unwrap_or("0").parse().unwrap_or(0)
-}
-
 /// Sum of (alloc_objects, alloc_bytes) over the sites of `tag` with a frame named like `needle`.
 fn by_tag(p: &heapsight::HeapProfile, tag: &str, needle: &str) -> (u64, u64) {
     p.sites_by_tag()
@@ -114,8 +98,8 @@ fn per_route_memory_from_trace_spans() {
             s.spawn(move || {
                 for i in 0..REQUESTS {
                     if i % 3 == c {
-                        assert_eq!(get_status(addr, "/a"), 200);
-                        assert_eq!(get_status(addr, &format!("/b/{i}")), 200);
+                        assert_eq!(support::get_status(addr, "/a"), 200);
+                        assert_eq!(support::get_status(addr, &format!("/b/{i}")), 200);
                     }
                 }
             });

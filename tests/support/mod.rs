@@ -398,3 +398,19 @@ pub fn go_pprof<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// The status code of a plain `GET path` against a server on `addr` (a real client, no mocks).
+pub fn get_status(addr: std::net::SocketAddr, path: &str) -> u16 {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read response");
+    let head = String::from_utf8_lossy(&raw);
+    head.split(' ').nth(1).unwrap_or("0").parse().unwrap_or(0)
+}
